@@ -1,0 +1,453 @@
+//! Who is calling (API.md §2): a service with `X-Service-Token`, or a user with a JWT in
+//! `Authorization: Bearer` or the `auth_token` cookie. One extractor, [`Caller`], decides.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, HeaderMap};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::{JwtSettings, Secret};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::key::UserId;
+
+/// The authenticated party of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A service that presented the right `X-Service-Token`; may act for any user.
+    Service,
+    /// A user with a valid JWT; acts for itself only.
+    User(UserId),
+}
+
+impl Caller {
+    /// Whose files the request touches: a user is always itself (what it names is ignored);
+    /// a service must name a valid user id.
+    pub fn acting_for(&self, named: Option<&str>) -> Result<UserId, ApiError> {
+        match self {
+            Self::User(u) => Ok(u.clone()),
+            Self::Service => {
+                let named = named
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("user_id is required for service calls".to_owned())
+                    })?;
+                UserId::parse(named).map_err(|e| ApiError::BadRequest(e.to_string()))
+            }
+        }
+    }
+
+    /// May this caller touch what belongs to `owner`?
+    pub fn may_access(&self, owner: &str) -> bool {
+        match self {
+            Self::Service => true,
+            Self::User(u) => u.as_str() == owner,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth.authenticate(&parts.headers).await
+    }
+}
+
+/// A caller that must be a service (`/v1/files/generate-token`, `/metrics`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCaller;
+
+impl FromRequestParts<AppState> for ServiceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match state.auth.authenticate(&parts.headers).await? {
+            Caller::Service => Ok(Self),
+            Caller::User(_) => Err(ApiError::Unauthorized("Service token required".to_owned())),
+        }
+    }
+}
+
+/// Checks service tokens and user JWTs; built once from the settings.
+#[derive(Debug)]
+pub struct Authenticator {
+    service_token_digest: Option<Secret<[u8; 32]>>,
+    jwt: JwtVerifier,
+}
+
+impl Authenticator {
+    /// Builds the checks from the settings; fails on a key that does not parse.
+    pub fn new(service_token: Option<&Secret<String>>, jwt: &JwtSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            service_token_digest: service_token.map(|t| Secret::new(digest(t.expose().as_bytes()))),
+            jwt: JwtVerifier::new(jwt)?,
+        })
+    }
+
+    /// Decides who is calling from the request headers.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(presented) = headers.get("x-service-token") {
+            return self.check_service(presented.as_bytes()).map(|()| Caller::Service);
+        }
+        let token = bearer_or_cookie(headers).ok_or(ApiError::Unauthenticated)?;
+        self.jwt.verify(&token).await.map(Caller::User)
+    }
+
+    fn check_service(&self, presented: &[u8]) -> Result<(), ApiError> {
+        let invalid = || ApiError::Unauthorized("Invalid service token".to_owned());
+        let expected = self.service_token_digest.as_ref().ok_or_else(invalid)?;
+        // Comparing digests keeps the comparison constant-time whatever the lengths.
+        let ok: bool = digest(presented.trim_ascii()).ct_eq(expected.expose()).into();
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The JWT from `Authorization: Bearer ...`, else from the `auth_token` cookie.
+fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let token = v[7..].trim();
+            if !token.is_empty() {
+                return Some(token.to_owned());
+            }
+        }
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == "auth_token")
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// A verification key for `alg` from a PEM text.
+pub fn decoding_key_from_pem(alg: Algorithm, pem: &str) -> jsonwebtoken::errors::Result<DecodingKey> {
+    use Algorithm::*;
+    match alg {
+        ES256 | ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
+        EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
+        _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+    }
+}
+
+/// A signing key for `alg` from a PEM text.
+pub fn encoding_key_from_pem(alg: Algorithm, pem: &str) -> jsonwebtoken::errors::Result<EncodingKey> {
+    use Algorithm::*;
+    match alg {
+        ES256 | ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+        _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
+    }
+}
+
+/// How long a fetched JWKS is trusted before it is fetched again on use.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+struct JwtVerifier {
+    validation: Validation,
+    static_key: Option<DecodingKey>,
+    jwks: Option<Jwks>,
+}
+
+impl JwtVerifier {
+    fn new(s: &JwtSettings) -> anyhow::Result<Self> {
+        let mut validation = Validation::new(s.alg);
+        validation.algorithms = vec![s.alg];
+        validation.leeway = 30;
+        let mut required = vec!["exp"];
+        match &s.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &s.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        let static_key = match &s.public_key_pem {
+            Some(pem) => Some(decoding_key_from_pem(s.alg, pem)?),
+            None => None,
+        };
+        let jwks = match &s.jwks_url {
+            Some(url) => Some(Jwks::new(url.clone(), s.jwks_min_refetch)?),
+            None => None,
+        };
+        Ok(Self {
+            validation,
+            static_key,
+            jwks,
+        })
+    }
+
+    async fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+        let invalid = || ApiError::Unauthorized("Invalid token".to_owned());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(invalid());
+        }
+        let key = self.key_for(header.kid.as_deref()).await.ok_or_else(invalid)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation)
+            .map_err(|e| {
+                tracing::debug!(error = %e, "JWT rejected");
+                invalid()
+            })?;
+        let claim = |name: &str| match data.claims.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let id = claim("user_id").or_else(|| claim("sub")).ok_or_else(invalid)?;
+        UserId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {
+        if let Some(jwks) = &self.jwks {
+            if let Some(key) = jwks.key_for(kid, self.static_key.is_none()).await {
+                return Some(key);
+            }
+        }
+        self.static_key.clone()
+    }
+}
+
+/// Keys from `AUTH_JWKS_URL`, by `kid`; fetched again when a token names an unknown `kid`,
+/// at most once per `min_refetch`, so random `kid`s cannot turn us into a flood.
+#[derive(Debug)]
+struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    min_refetch: Duration,
+    keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    /// Keys without a `kid`, tried when a token has none.
+    unnamed: RwLock<Arc<Vec<DecodingKey>>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl Jwks {
+    fn new(url: String, min_refetch: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        Ok(Self {
+            url,
+            http,
+            min_refetch,
+            keys: RwLock::default(),
+            unnamed: RwLock::default(),
+            last_fetch: Mutex::new(None),
+        })
+    }
+
+    async fn key_for(&self, kid: Option<&str>, allow_single_unnamed: bool) -> Option<DecodingKey> {
+        if let Some(k) = self.lookup(kid, allow_single_unnamed).await {
+            if !self.stale().await {
+                return Some(k);
+            }
+        }
+        self.refresh().await;
+        self.lookup(kid, allow_single_unnamed).await
+    }
+
+    async fn lookup(&self, kid: Option<&str>, allow_single_unnamed: bool) -> Option<DecodingKey> {
+        match kid {
+            Some(kid) => self.keys.read().await.get(kid).cloned(),
+            None => {
+                let unnamed = self.unnamed.read().await.clone();
+                let named = self.keys.read().await.clone();
+                if unnamed.len() == 1 {
+                    return unnamed.first().cloned();
+                }
+                if allow_single_unnamed && unnamed.is_empty() && named.len() == 1 {
+                    return named.values().next().cloned();
+                }
+                None
+            }
+        }
+    }
+
+    async fn stale(&self) -> bool {
+        self.last_fetch.lock().await.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
+    }
+
+    async fn refresh(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok((named, unnamed)) => {
+                tracing::info!(url = %self.url, keys = named.len() + unnamed.len(), "JWKS fetched");
+                *self.keys.write().await = Arc::new(named);
+                *self.unnamed.write().await = Arc::new(unnamed);
+            }
+            // Keep the keys we had: a JWKS outage must not log everyone out.
+            Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed"),
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<(HashMap<String, DecodingKey>, Vec<DecodingKey>)> {
+        let set: JwkSet = self
+            .http
+            .get(&self.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut named = HashMap::new();
+        let mut unnamed = Vec::new();
+        for jwk in &set.keys {
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => match &jwk.common.key_id {
+                    Some(kid) => {
+                        named.insert(kid.clone(), key);
+                    }
+                    None => unnamed.push(key),
+                },
+                Err(e) => tracing::warn!(error = %e, "JWKS key skipped"),
+            }
+        }
+        Ok((named, unnamed))
+    }
+}
+
+/// Mints user tokens for `/v1/files/generate-token`.
+pub struct TokenMinter {
+    alg: Algorithm,
+    kid: String,
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMinter").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenMinter {
+    /// A minter when `JWT_PRIVATE_KEY_PATH` is set.
+    pub fn new(s: &JwtSettings) -> anyhow::Result<Option<Self>> {
+        let Some(pem) = &s.private_key_pem else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            alg: s.alg,
+            kid: s.kid.clone(),
+            key: encoding_key_from_pem(s.alg, pem.expose())?,
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+        }))
+    }
+
+    /// A token for `user` valid for `ttl`.
+    pub fn mint(&self, user: &UserId, ttl: Duration) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = serde_json::json!({
+            "sub": user.as_str(),
+            "user_id": user.as_str(),
+            "iat": now,
+            "exp": now + ttl.as_secs() as i64,
+        });
+        if let Some(iss) = &self.issuer {
+            claims["iss"] = Value::from(iss.as_str());
+        }
+        if let Some(aud) = &self.audience {
+            claims["aud"] = Value::from(aud.as_str());
+        }
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+}
+
+/// The JWKS document published at `/.well-known/jwks.json`, from an RSA public key PEM.
+pub fn jwks_document(pem: &str, kid: &str, alg: Algorithm) -> anyhow::Result<Value> {
+    use base64::Engine as _;
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::PublicKey::from_public_key_pem(pem)
+        .or_else(|_| rsa::PublicKey::from_pkcs1_pem(pem))
+        .map_err(|e| anyhow::anyhow!("not an RSA public key: {e}"))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let alg = match alg {
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        _ => "RS256",
+    };
+    Ok(serde_json::json!({
+        "keys": [{
+            "kty": "RSA",
+            "use": "sig",
+            "kid": kid,
+            "alg": alg,
+            "n": b64.encode(key.n_bytes()),
+            "e": b64.encode(key.e_bytes()),
+        }]
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn token_from_header_or_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_or_cookie(&h), None);
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; auth_token=tok1; c=d"));
+        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer tok2"));
+        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok2"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
+    }
+
+    #[test]
+    fn service_users_must_be_named() {
+        assert!(Caller::Service.acting_for(None).is_err());
+        assert!(Caller::Service.acting_for(Some("../x")).is_err());
+        assert_eq!(Caller::Service.acting_for(Some("u1")).unwrap().as_str(), "u1");
+        let me = Caller::User(UserId::parse("me").unwrap());
+        assert_eq!(me.acting_for(Some("other")).unwrap().as_str(), "me");
+        assert!(me.may_access("me") && !me.may_access("other"));
+    }
+}

@@ -1,0 +1,583 @@
+//! Settings from the environment (API.md §1): the old service's variable names, an optional
+//! env file in systemd's `KEY=VALUE` form, validation at start with one line naming the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A configuration error: which variable, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (or command-line option) at fault.
+    pub var: String,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &str, message: impl Into<String>) -> Self {
+        Self {
+            var: var.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which origins may call us from a browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin, without credentials.
+    Any,
+    /// A list of origins, credentials allowed.
+    List(Vec<String>),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Where user JWTs are verified from.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// The only algorithm accepted (`AUTH_JWT_ALG`).
+    pub alg: Algorithm,
+    /// PEM of the static verification key (`JWT_PUBLIC_KEY_PATH` or `AUTH_JWT_PUBLIC_KEY_BASE64`).
+    pub public_key_pem: Option<String>,
+    /// `AUTH_JWKS_URL`.
+    pub jwks_url: Option<String>,
+    /// Least time between two JWKS fetches caused by unknown `kid`s.
+    pub jwks_min_refetch: Duration,
+    /// `AUTH_JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `AUTH_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// `JWKS_KID`.
+    pub kid: String,
+    /// PEM of the private key for `/v1/files/generate-token` (`JWT_PRIVATE_KEY_PATH`).
+    pub private_key_pem: Option<Secret<String>>,
+}
+
+/// Every setting of the service, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BIND_HOST`.
+    pub bind_host: String,
+    /// `PORT`.
+    pub port: u16,
+    /// `UPLOAD_ROOT`.
+    pub upload_root: PathBuf,
+    /// `PUBLIC_BASE_URL`, without a trailing slash.
+    pub public_base_url: String,
+    /// `AUTH_SERVICE_TOKEN`; `None` turns service auth off.
+    pub service_token: Option<Secret<String>>,
+    /// `UPLOAD_SIGNING_KEY`; `None` means the key kept in `UPLOAD_ROOT/.signing_key`.
+    pub signing_key: Option<Secret<Vec<u8>>>,
+    /// `SIGNED_URL_TTL_DEFAULT`, seconds.
+    pub signed_url_ttl_default: u64,
+    /// `MAX_BODY_MB` in bytes.
+    pub max_body_bytes: u64,
+    /// `PER_USER_QUOTA_GB` in bytes.
+    pub quota_bytes: u64,
+    /// JWT verification and minting.
+    pub jwt: JwtSettings,
+    /// `UPLOAD_SESSION_TTL_HOURS`.
+    pub upload_session_ttl: Duration,
+    /// `BATCH_TOKEN_TTL`.
+    pub batch_token_ttl: Duration,
+    /// `CORS_ALLOW_ORIGINS`.
+    pub cors_origins: CorsOrigins,
+    /// `ACCEL_REDIRECT_PREFIX`: hand file bodies to nginx when set.
+    pub accel_redirect_prefix: Option<String>,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+}
+
+/// Every variable the service reads.
+pub const KNOWN_VARS: &[&str] = &[
+    "PORT",
+    "BIND_HOST",
+    "UPLOAD_ROOT",
+    "PUBLIC_BASE_URL",
+    "AUTH_SERVICE_TOKEN",
+    "UPLOAD_SIGNING_KEY",
+    "SIGNED_URL_TTL_DEFAULT",
+    "MAX_BODY_MB",
+    "PER_USER_QUOTA_GB",
+    "AUTH_JWT_PUBLIC_KEY_BASE64",
+    "JWT_PUBLIC_KEY_PATH",
+    "AUTH_JWKS_URL",
+    "AUTH_JWKS_MIN_REFETCH_SECS",
+    "AUTH_JWT_ALG",
+    "AUTH_JWT_ISSUER",
+    "AUTH_JWT_AUDIENCE",
+    "JWKS_KID",
+    "JWT_PRIVATE_KEY_PATH",
+    "UPLOAD_SESSION_TTL_HOURS",
+    "BATCH_TOKEN_TTL",
+    "CORS_ALLOW_ORIGINS",
+    "ACCEL_REDIRECT_PREFIX",
+    "LOG_FORMAT",
+];
+
+/// The raw strings, merged from the env file and the process environment by `config`.
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    port: Option<String>,
+    bind_host: Option<String>,
+    upload_root: Option<String>,
+    public_base_url: Option<String>,
+    auth_service_token: Option<String>,
+    upload_signing_key: Option<String>,
+    signed_url_ttl_default: Option<String>,
+    max_body_mb: Option<String>,
+    per_user_quota_gb: Option<String>,
+    auth_jwt_public_key_base64: Option<String>,
+    jwt_public_key_path: Option<String>,
+    auth_jwks_url: Option<String>,
+    auth_jwks_min_refetch_secs: Option<String>,
+    auth_jwt_alg: Option<String>,
+    auth_jwt_issuer: Option<String>,
+    auth_jwt_audience: Option<String>,
+    jwks_kid: Option<String>,
+    jwt_private_key_path: Option<String>,
+    upload_session_ttl_hours: Option<String>,
+    batch_token_ttl: Option<String>,
+    cors_allow_origins: Option<String>,
+    accel_redirect_prefix: Option<String>,
+    log_format: Option<String>,
+}
+
+impl Settings {
+    /// Reads the settings the way the binary does: the env file named by `env_file` (the
+    /// `--env-file` option) or by `UPLOAD_ENV_FILE`, then the process environment on top.
+    pub fn from_env(env_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let process: HashMap<String, String> = std::env::vars().collect();
+        let file = match env_file {
+            Some(p) => Some(p.to_path_buf()),
+            None => process
+                .get("UPLOAD_ENV_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+        };
+        let file_vars = match file {
+            Some(path) => read_env_file(&path)?,
+            None => HashMap::new(),
+        };
+        Self::from_sources(file_vars, process)
+    }
+
+    /// Builds settings from an env file's pairs and an environment's pairs (the latter wins).
+    pub fn from_sources(
+        file_vars: HashMap<String, String>,
+        env_vars: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        // Only our own names reach `config`: other variables of the process (shell functions,
+        // names with dots) must neither match a field nor upset its key parser.
+        let source = |map: HashMap<String, String>| {
+            let known = map
+                .into_iter()
+                .filter(|(k, _)| KNOWN_VARS.contains(&k.as_str()))
+                .collect();
+            config::Environment::default()
+                .source(Some(known))
+                .ignore_empty(true)
+        };
+        let raw: Raw = config::Config::builder()
+            .add_source(source(file_vars))
+            .add_source(source(env_vars))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::new("environment", e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: Raw) -> Result<Self, ConfigError> {
+        let port: u16 = parse_num("PORT", raw.port.as_deref(), 5070u16)?;
+        let bind_host = raw.bind_host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        if bind_host.trim().is_empty() || bind_host.contains(char::is_whitespace) {
+            return Err(ConfigError::new("BIND_HOST", "not a host name or address"));
+        }
+        let upload_root = PathBuf::from(raw.upload_root.as_deref().unwrap_or("/data/uploads"));
+        let public_base_url = match raw.public_base_url {
+            Some(u) => {
+                let u = u.trim().trim_end_matches('/').to_owned();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(ConfigError::new(
+                        "PUBLIC_BASE_URL",
+                        "must start with http:// or https://",
+                    ));
+                }
+                u
+            }
+            None if bind_host.contains(':') => format!("http://[{bind_host}]:{port}"),
+            None => format!("http://{bind_host}:{port}"),
+        };
+        let service_token = raw
+            .auth_service_token
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        let signing_key = raw
+            .upload_signing_key
+            .filter(|k| !k.is_empty())
+            .map(|k| Secret::new(k.into_bytes()));
+        let signed_url_ttl_default = parse_num(
+            "SIGNED_URL_TTL_DEFAULT",
+            raw.signed_url_ttl_default.as_deref(),
+            3600u64,
+        )?;
+        if signed_url_ttl_default == 0 || signed_url_ttl_default > 7 * 24 * 3600 {
+            return Err(ConfigError::new(
+                "SIGNED_URL_TTL_DEFAULT",
+                "must be between 1 and 604800 seconds",
+            ));
+        }
+        let max_body_mb: u64 = parse_num("MAX_BODY_MB", raw.max_body_mb.as_deref(), 5120u64)?;
+        if max_body_mb == 0 || max_body_mb > 1 << 30 {
+            return Err(ConfigError::new("MAX_BODY_MB", "must be between 1 and 2^30"));
+        }
+        let quota_gb = parse_decimal("PER_USER_QUOTA_GB", raw.per_user_quota_gb.as_deref(), 500.0)?;
+        let quota_bytes = (quota_gb * (1u64 << 30) as f64).floor() as u64;
+
+        let alg_name = raw.auth_jwt_alg.as_deref().unwrap_or("RS256").trim();
+        let alg: Algorithm = alg_name
+            .parse()
+            .map_err(|_| ConfigError::new("AUTH_JWT_ALG", format!("unknown algorithm '{alg_name}'")))?;
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(ConfigError::new(
+                "AUTH_JWT_ALG",
+                "HMAC algorithms are not accepted: user tokens are verified with a public key",
+            ));
+        }
+        let public_key_pem = match (raw.jwt_public_key_path, raw.auth_jwt_public_key_base64) {
+            (Some(path), _) => Some(read_key_file("JWT_PUBLIC_KEY_PATH", &path)?),
+            (None, Some(b64)) => Some(decode_pem_base64(&b64)?),
+            (None, None) => None,
+        };
+        if let Some(pem) = &public_key_pem {
+            crate::auth::decoding_key_from_pem(alg, pem).map_err(|e| {
+                ConfigError::new(
+                    "AUTH_JWT_PUBLIC_KEY_BASE64/JWT_PUBLIC_KEY_PATH",
+                    format!("not a usable {alg:?} public key: {e}"),
+                )
+            })?;
+        }
+        let jwks_url = raw.auth_jwks_url.map(|u| u.trim().to_owned());
+        if let Some(u) = &jwks_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::new("AUTH_JWKS_URL", "must be an http(s) URL"));
+            }
+        }
+        let jwks_min_refetch = Duration::from_secs(parse_num(
+            "AUTH_JWKS_MIN_REFETCH_SECS",
+            raw.auth_jwks_min_refetch_secs.as_deref(),
+            10u64,
+        )?);
+        let private_key_pem = match raw.jwt_private_key_path {
+            Some(path) => {
+                let pem = read_key_file("JWT_PRIVATE_KEY_PATH", &path)?;
+                crate::auth::encoding_key_from_pem(alg, &pem).map_err(|e| {
+                    ConfigError::new(
+                        "JWT_PRIVATE_KEY_PATH",
+                        format!("not a usable {alg:?} private key: {e}"),
+                    )
+                })?;
+                Some(Secret::new(pem))
+            }
+            None => None,
+        };
+        let jwt = JwtSettings {
+            alg,
+            public_key_pem,
+            jwks_url,
+            jwks_min_refetch,
+            issuer: raw.auth_jwt_issuer,
+            audience: raw.auth_jwt_audience,
+            kid: raw.jwks_kid.unwrap_or_else(|| "streamline-rsa-1".to_owned()),
+            private_key_pem,
+        };
+
+        let ttl_hours = parse_decimal(
+            "UPLOAD_SESSION_TTL_HOURS",
+            raw.upload_session_ttl_hours.as_deref(),
+            24.0,
+        )?;
+        if ttl_hours <= 0.0 {
+            return Err(ConfigError::new("UPLOAD_SESSION_TTL_HOURS", "must be above 0"));
+        }
+        let batch_token_ttl: u64 = parse_num("BATCH_TOKEN_TTL", raw.batch_token_ttl.as_deref(), 3600u64)?;
+        if batch_token_ttl == 0 {
+            return Err(ConfigError::new("BATCH_TOKEN_TTL", "must be above 0"));
+        }
+        let cors_origins = parse_cors(raw.cors_allow_origins.as_deref().unwrap_or("*"))?;
+        let accel_redirect_prefix = match raw.accel_redirect_prefix {
+            Some(p) if !p.trim().is_empty() => {
+                let p = p.trim();
+                if !p.starts_with('/') {
+                    return Err(ConfigError::new("ACCEL_REDIRECT_PREFIX", "must start with /"));
+                }
+                Some(format!("{}/", p.trim_end_matches('/')))
+            }
+            _ => None,
+        };
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("") | Some("text") | Some("plain") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("'{other}' is neither 'text' nor 'json'"),
+                ))
+            }
+        };
+        Ok(Self {
+            bind_host,
+            port,
+            upload_root,
+            public_base_url,
+            service_token,
+            signing_key,
+            signed_url_ttl_default,
+            max_body_bytes: max_body_mb * 1024 * 1024,
+            quota_bytes,
+            jwt,
+            upload_session_ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
+            batch_token_ttl: Duration::from_secs(batch_token_ttl),
+            cors_origins,
+            accel_redirect_prefix,
+            log_format,
+        })
+    }
+
+    /// The address to listen on, resolving a host name such as `localhost`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let host = self.bind_host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| ConfigError::new("BIND_HOST", format!("cannot resolve '{host}'")))
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(var: &str, value: Option<&str>, default: T) -> Result<T, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError::new(var, format!("'{v}' is not a valid whole number"))),
+    }
+}
+
+fn parse_decimal(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+            _ => Err(ConfigError::new(var, format!("'{v}' is not a non-negative number"))),
+        },
+    }
+}
+
+fn parse_cors(value: &str) -> Result<CorsOrigins, ConfigError> {
+    let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() || items.contains(&"*") {
+        return Ok(CorsOrigins::Any);
+    }
+    for o in &items {
+        if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+            return Err(ConfigError::new(
+                "CORS_ALLOW_ORIGINS",
+                format!("'{o}' is not an origin such as https://app.example.com"),
+            ));
+        }
+    }
+    Ok(CorsOrigins::List(items.into_iter().map(str::to_owned).collect()))
+}
+
+fn read_key_file(var: &str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(var, format!("cannot read '{path}': {e}")))
+}
+
+fn decode_pem_base64(b64: &str) -> Result<String, ConfigError> {
+    use base64::Engine as _;
+    let var = "AUTH_JWT_PUBLIC_KEY_BASE64";
+    // `base64` wraps its output at 76 columns; the wrapped form must work too.
+    let compact: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| ConfigError::new(var, format!("not valid base64: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::new(var, "does not decode to a PEM text"))
+}
+
+/// Reads an env file as systemd's `EnvironmentFile` does: `KEY=VALUE` lines, `#`/`;`
+/// comments, optional quotes around the value, no `$VAR` expansion.
+pub fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("UPLOAD_ENV_FILE", format!("cannot read '{}': {e}", path.display()))
+    })?;
+    parse_env_file(&text).map_err(|(line, msg)| {
+        ConfigError::new("UPLOAD_ENV_FILE", format!("{}:{line}: {msg}", path.display()))
+    })
+}
+
+/// Parses env-file text; an error carries the 1-based line number.
+pub fn parse_env_file(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err((i + 1, "expected KEY=VALUE".to_owned()));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((i + 1, format!("'{key}' is not a variable name")));
+        }
+        out.insert(key.to_owned(), unquote(value.trim()));
+    }
+    Ok(out)
+}
+
+fn unquote(v: &str) -> String {
+    let b = v.as_bytes();
+    if v.len() >= 2 && b[0] == b'"' && b[v.len() - 1] == b'"' {
+        let inner = &v[1..v.len() - 1];
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(other) => out.push(other),
+                    None => out.push('\\'),
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else if v.len() >= 2 && b[0] == b'\'' && b[v.len() - 1] == b'\'' {
+        v[1..v.len() - 1].to_owned()
+    } else {
+        v.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_sources(HashMap::new(), env)
+    }
+
+    #[test]
+    fn defaults_match_the_old_service() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 5070);
+        assert_eq!(s.bind_host, "127.0.0.1");
+        assert_eq!(s.upload_root, PathBuf::from("/data/uploads"));
+        assert_eq!(s.public_base_url, "http://127.0.0.1:5070");
+        assert!(s.service_token.is_none());
+        assert_eq!(s.max_body_bytes, 5120 * 1024 * 1024);
+        assert_eq!(s.quota_bytes, 500 * (1 << 30));
+        assert_eq!(s.jwt.kid, "streamline-rsa-1");
+        assert_eq!(s.jwt.alg, Algorithm::RS256);
+        assert_eq!(s.cors_origins, CorsOrigins::Any);
+        assert_eq!(s.upload_session_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let file = parse_env_file("PORT=1111\nBIND_HOST=0.0.0.0\n").unwrap();
+        let env = [("PORT".to_owned(), "2222".to_owned())].into_iter().collect();
+        let s = Settings::from_sources(file, env).unwrap();
+        assert_eq!(s.port, 2222);
+        assert_eq!(s.bind_host, "0.0.0.0");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = settings(&[("PORT", "abc")]).unwrap_err();
+        assert_eq!(e.var, "PORT");
+        let e = settings(&[("PER_USER_QUOTA_GB", "lots")]).unwrap_err();
+        assert_eq!(e.var, "PER_USER_QUOTA_GB");
+        let e = settings(&[("AUTH_JWT_ALG", "HS256")]).unwrap_err();
+        assert_eq!(e.var, "AUTH_JWT_ALG");
+        let e = settings(&[("JWT_PUBLIC_KEY_PATH", "/nonexistent/key.pem")]).unwrap_err();
+        assert_eq!(e.var, "JWT_PUBLIC_KEY_PATH");
+    }
+
+    #[test]
+    fn quota_takes_decimals() {
+        let s = settings(&[("PER_USER_QUOTA_GB", "0.5")]).unwrap();
+        assert_eq!(s.quota_bytes, 1 << 29);
+    }
+
+    #[test]
+    fn env_file_values_are_taken_literally() {
+        let m = parse_env_file("# comment\nA=ab$HOME\nB=\"quoted value\"\nC='x y'\n  D = 1 \n").unwrap();
+        assert_eq!(m["A"], "ab$HOME");
+        assert_eq!(m["B"], "quoted value");
+        assert_eq!(m["C"], "x y");
+        assert_eq!(m["D"], "1");
+        assert!(parse_env_file("NOEQUALS\n").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let s = settings(&[("AUTH_SERVICE_TOKEN", "supersecret"), ("UPLOAD_SIGNING_KEY", "signkey")]).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("supersecret"));
+        assert!(!dbg.contains("signkey"));
+    }
+
+    #[test]
+    fn cors_list_is_parsed() {
+        let s = settings(&[("CORS_ALLOW_ORIGINS", "https://a.example, https://b.example")]).unwrap();
+        assert_eq!(
+            s.cors_origins,
+            CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+        assert!(settings(&[("CORS_ALLOW_ORIGINS", "not an origin")]).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! One error type for every handler, one body shape (`{"detail": ...}`, API.md §6), and
+//! extractors whose rejections use that shape too.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+/// The result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Everything a request can fail with, mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 with a message for the client.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: nothing presented.
+    #[error("Authentication required")]
+    Unauthenticated,
+    /// 401 with a message (`Invalid token`, `Invalid service token`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 with a message.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 with a message.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413 with a message.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 416, with `Content-Range: bytes */size`.
+    #[error("Range not satisfiable")]
+    Range {
+        /// The size of the representation.
+        size: u64,
+    },
+    /// 422 with FastAPI's list of problems.
+    #[error("Validation error")]
+    Validation(Value),
+    /// 503 with a message.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 507: the disk is full.
+    #[error("Insufficient storage")]
+    InsufficientStorage,
+    /// 500: the cause is logged, never sent.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Range { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// 403 `Access denied`.
+    pub fn access_denied() -> Self {
+        Self::Forbidden("Access denied".to_owned())
+    }
+
+    /// A 422 for one problem, in FastAPI's shape.
+    pub fn validation(loc: &[&str], msg: impl Into<String>, kind: &str) -> Self {
+        Self::Validation(json!([{ "type": kind, "loc": loc, "msg": msg.into() }]))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Validation(list) => list.clone(),
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                Value::from("Internal Server Error")
+            }
+            other => Value::from(other.to_string()),
+        };
+        let mut res = (status, axum::Json(json!({ "detail": detail }))).into_response();
+        match &self {
+            Self::Range { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    res.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            Self::Unauthenticated | Self::Unauthorized(_) => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// `Json` whose rejections are 422 (or 413 for an oversized body) in our shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge("Request body too large".to_owned());
+    }
+    let text = rejection.body_text();
+    let kind = match &rejection {
+        JsonRejection::MissingJsonContentType(_) => "content_type",
+        JsonRejection::JsonSyntaxError(_) => "json_invalid",
+        JsonRejection::JsonDataError(_) if text.contains("missing field") => "missing",
+        JsonRejection::JsonDataError(_) => "value_error",
+        _ => "body_error",
+    };
+    let mut loc = vec!["body".to_owned()];
+    if let Some(field) = field_in_message(&text) {
+        loc.push(field);
+    }
+    ApiError::Validation(json!([{ "type": kind, "loc": loc, "msg": text }]))
+}
+
+/// serde names the offending field between backticks ("missing field `mode`"), or as the
+/// path before a colon ("...: expires_hours: invalid float literal").
+fn field_in_message(text: &str) -> Option<String> {
+    if let Some(start) = text.find('`').map(|i| i + 1) {
+        let len = text[start..].find('`')?;
+        return Some(text[start..start + len].to_owned());
+    }
+    let mut parts = text.split(": ");
+    parts.next()?;
+    let field = parts.next()?;
+    parts.next()?;
+    (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .then(|| field.to_owned())
+}
+
+/// `Query` whose rejections are 422 in FastAPI's shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let mut loc = vec!["query".to_owned()];
+    if let Some(field) = field_in_message(&text) {
+        loc.push(field);
+    }
+    let kind = if text.contains("missing field") { "missing" } else { "value_error" };
+    ApiError::Validation(json!([{ "type": kind, "loc": loc, "msg": text }]))
+}
+
+/// `Path` whose rejections are 400 in our shape.
+#[derive(Debug, Clone)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(rejection) => Err(path_rejection(&rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: &PathRejection) -> ApiError {
+    if rejection.status().is_server_error() {
+        return ApiError::Internal(anyhow::anyhow!("path extraction: {}", rejection.body_text()));
+    }
+    ApiError::BadRequest(format!("Invalid path: {}", rejection.body_text()))
+}
+
+/// Gives any error answer that is not already JSON (those made by axum itself or by a
+/// tower layer: 404, 405, 408, 413, ...) the `{"detail": ...}` body, keeping status and headers.
+pub async fn json_error_bodies(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let detail = match status {
+        StatusCode::NOT_FOUND => "Not Found",
+        StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large",
+        StatusCode::REQUEST_TIMEOUT => "Request timeout",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+        StatusCode::RANGE_NOT_SATISFIABLE => "Range not satisfiable",
+        StatusCode::PRECONDITION_FAILED => "Precondition failed",
+        s if s.is_server_error() => "Internal Server Error",
+        s => s.canonical_reason().unwrap_or("Error"),
+    };
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let body = json!({ "detail": detail }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

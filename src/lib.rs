@@ -1,0 +1,12 @@
+//! Stream-Line upload server: uploads, per-user folders and quotas, public links, signed URLs
+//! and streamed ZIPs over a local `UPLOAD_ROOT`. The binary is `src/main.rs`; this library
+//! exists so the integration tests build the very same application.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,12 @@
+//! The router: merges the route modules and adds the service endpoints (API.md §5).
+
+pub mod service;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// Every route of the service.
+pub fn router() -> Router<AppState> {
+    Router::new().merge(service::router())
+}

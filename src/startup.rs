@@ -1,0 +1,157 @@
+//! Builds the application from settings: state, routes and layers. `main.rs` and the tests
+//! both call [`app`], so the tests exercise exactly what runs in production.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::Router;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::auth::{jwks_document, Authenticator, TokenMinter};
+use crate::config::{CorsOrigins, Secret, Settings};
+use crate::error::ApiError;
+use crate::state::{App, AppState};
+
+/// The whole service as a `Router`, ready to serve.
+pub async fn app(settings: Settings) -> anyhow::Result<Router> {
+    let state = build_state(settings).await?;
+    Ok(router(state))
+}
+
+/// Creates the root's folders, loads or makes the signing key, and builds the checks.
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let root = settings.upload_root.clone();
+    for dir in [root.join("storage"), root.join(".parts")] {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("UPLOAD_ROOT: cannot create {}", dir.display()))?;
+    }
+    let signing_key = match &settings.signing_key {
+        Some(k) => k.clone(),
+        None => {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || load_or_create_signing_key(&root)).await??
+        }
+    };
+    let auth = Authenticator::new(settings.service_token.as_ref(), &settings.jwt)?;
+    let minter = TokenMinter::new(&settings.jwt)?;
+    let jwks = match &settings.jwt.public_key_pem {
+        Some(pem) => match jwks_document(pem, &settings.jwt.kid, settings.jwt.alg) {
+            Ok(doc) => Some(doc),
+            Err(e) => {
+                tracing::warn!(error = %e, "the public key cannot be published as a JWKS");
+                None
+            }
+        },
+        None => None,
+    };
+    if settings.service_token.is_none() {
+        tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
+    }
+    Ok(AppState::new(App {
+        settings,
+        auth,
+        minter,
+        jwks,
+        signing_key,
+    }))
+}
+
+/// The signing key kept in `UPLOAD_ROOT/.signing_key`, made once (mode 0600) when absent.
+/// Instances sharing the root agree on it: the file appears whole, by a hard link that
+/// fails if another instance made it first.
+fn load_or_create_signing_key(root: &Path) -> anyhow::Result<Secret<Vec<u8>>> {
+    let path = root.join(".signing_key");
+    let read = |p: &Path| -> anyhow::Result<Secret<Vec<u8>>> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let key = text.trim();
+        anyhow::ensure!(!key.is_empty(), "{} is empty", p.display());
+        Ok(Secret::new(key.as_bytes().to_vec()))
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let tmp = root.join(format!(".signing_key.{}.tmp", uuid::Uuid::new_v4().simple()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(hex::encode(raw).as_bytes())?;
+        f.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::warn!(
+                path = %path.display(),
+                "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+    read(&path)
+}
+
+/// Mounts the routes and the layers on a built state.
+pub fn router(state: AppState) -> Router {
+    let limit = usize::try_from(state.settings.max_body_bytes).unwrap_or(usize::MAX);
+    let cors = cors_layer(&state.settings.cors_origins);
+    crate::routes::router()
+        .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({ "detail": "Method Not Allowed" })),
+            )
+        })
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(axum::middleware::map_response(crate::error::json_error_bodies))
+        .layer(cors)
+        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+        .with_state(state)
+}
+
+/// Largest JSON body buffered whole (small control messages; parts stream instead).
+const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    let expose: Vec<HeaderName> = vec![
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_DISPOSITION,
+        header::ACCEPT_RANGES,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ];
+    let base = CorsLayer::new().allow_methods(methods).expose_headers(expose);
+    match origins {
+        CorsOrigins::Any => base.allow_origin(AllowOrigin::any()).allow_headers(tower_http::cors::Any),
+        CorsOrigins::List(list) => {
+            let values: Vec<HeaderValue> = list.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            base.allow_origin(AllowOrigin::list(values))
+                .allow_headers(AllowHeaders::mirror_request())
+                .allow_credentials(true)
+        }
+    }
+}
