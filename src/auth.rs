@@ -97,7 +97,9 @@ impl Authenticator {
     /// Decides who is calling from the request headers.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if let Some(presented) = headers.get("x-service-token") {
-            return self.check_service(presented.as_bytes()).map(|()| Caller::Service);
+            return self
+                .check_service(presented.as_bytes())
+                .map(|()| Caller::Service);
         }
         let token = bearer_or_cookie(headers).ok_or(ApiError::Unauthenticated)?;
         self.jwt.verify(&token).await.map(Caller::User)
@@ -107,7 +109,9 @@ impl Authenticator {
         let invalid = || ApiError::Unauthorized("Invalid service token".to_owned());
         let expected = self.service_token_digest.as_ref().ok_or_else(invalid)?;
         // Comparing digests keeps the comparison constant-time whatever the lengths.
-        let ok: bool = digest(presented.trim_ascii()).ct_eq(expected.expose()).into();
+        let ok: bool = digest(presented.trim_ascii())
+            .ct_eq(expected.expose())
+            .into();
         if ok {
             Ok(())
         } else {
@@ -122,7 +126,10 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// The JWT from `Authorization: Bearer ...`, else from the `auth_token` cookie.
 fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             let token = v[7..].trim();
@@ -143,7 +150,10 @@ fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A verification key for `alg` from a PEM text.
-pub fn decoding_key_from_pem(alg: Algorithm, pem: &str) -> jsonwebtoken::errors::Result<DecodingKey> {
+pub fn decoding_key_from_pem(
+    alg: Algorithm,
+    pem: &str,
+) -> jsonwebtoken::errors::Result<DecodingKey> {
     use Algorithm::*;
     match alg {
         ES256 | ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
@@ -153,7 +163,10 @@ pub fn decoding_key_from_pem(alg: Algorithm, pem: &str) -> jsonwebtoken::errors:
 }
 
 /// A signing key for `alg` from a PEM text.
-pub fn encoding_key_from_pem(alg: Algorithm, pem: &str) -> jsonwebtoken::errors::Result<EncodingKey> {
+pub fn encoding_key_from_pem(
+    alg: Algorithm,
+    pem: &str,
+) -> jsonwebtoken::errors::Result<EncodingKey> {
     use Algorithm::*;
     match alg {
         ES256 | ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
@@ -214,7 +227,10 @@ impl JwtVerifier {
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(invalid());
         }
-        let key = self.key_for(header.kid.as_deref()).await.ok_or_else(invalid)?;
+        let key = self
+            .key_for(header.kid.as_deref())
+            .await
+            .ok_or_else(invalid)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation)
             .map_err(|e| {
                 tracing::debug!(error = %e, "JWT rejected");
@@ -225,7 +241,9 @@ impl JwtVerifier {
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        let id = claim("user_id").or_else(|| claim("sub")).ok_or_else(invalid)?;
+        let id = claim("user_id")
+            .or_else(|| claim("sub"))
+            .ok_or_else(invalid)?;
         UserId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
@@ -296,7 +314,10 @@ impl Jwks {
     }
 
     async fn stale(&self) -> bool {
-        self.last_fetch.lock().await.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
+        self.last_fetch
+            .lock()
+            .await
+            .is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
     }
 
     async fn refresh(&self) {
@@ -353,7 +374,9 @@ pub struct TokenMinter {
 
 impl std::fmt::Debug for TokenMinter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenMinter").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("TokenMinter")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -433,9 +456,15 @@ mod tests {
     fn token_from_header_or_cookie() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer_or_cookie(&h), None);
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; auth_token=tok1; c=d"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; auth_token=tok1; c=d"),
+        );
         assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer tok2"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer tok2"),
+        );
         assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok2"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
@@ -445,7 +474,10 @@ mod tests {
     fn service_users_must_be_named() {
         assert!(Caller::Service.acting_for(None).is_err());
         assert!(Caller::Service.acting_for(Some("../x")).is_err());
-        assert_eq!(Caller::Service.acting_for(Some("u1")).unwrap().as_str(), "u1");
+        assert_eq!(
+            Caller::Service.acting_for(Some("u1")).unwrap().as_str(),
+            "u1"
+        );
         let me = Caller::User(UserId::parse("me").unwrap());
         assert_eq!(me.acting_for(Some("other")).unwrap().as_str(), "me");
         assert!(me.may_access("me") && !me.may_access("other"));

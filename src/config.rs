@@ -266,15 +266,18 @@ impl Settings {
         }
         let max_body_mb: u64 = parse_num("MAX_BODY_MB", raw.max_body_mb.as_deref(), 5120u64)?;
         if max_body_mb == 0 || max_body_mb > 1 << 30 {
-            return Err(ConfigError::new("MAX_BODY_MB", "must be between 1 and 2^30"));
+            return Err(ConfigError::new(
+                "MAX_BODY_MB",
+                "must be between 1 and 2^30",
+            ));
         }
         let quota_gb = parse_decimal("PER_USER_QUOTA_GB", raw.per_user_quota_gb.as_deref(), 500.0)?;
         let quota_bytes = (quota_gb * (1u64 << 30) as f64).floor() as u64;
 
         let alg_name = raw.auth_jwt_alg.as_deref().unwrap_or("RS256").trim();
-        let alg: Algorithm = alg_name
-            .parse()
-            .map_err(|_| ConfigError::new("AUTH_JWT_ALG", format!("unknown algorithm '{alg_name}'")))?;
+        let alg: Algorithm = alg_name.parse().map_err(|_| {
+            ConfigError::new("AUTH_JWT_ALG", format!("unknown algorithm '{alg_name}'"))
+        })?;
         if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
             return Err(ConfigError::new(
                 "AUTH_JWT_ALG",
@@ -325,7 +328,9 @@ impl Settings {
             jwks_min_refetch,
             issuer: raw.auth_jwt_issuer,
             audience: raw.auth_jwt_audience,
-            kid: raw.jwks_kid.unwrap_or_else(|| "streamline-rsa-1".to_owned()),
+            kid: raw
+                .jwks_kid
+                .unwrap_or_else(|| "streamline-rsa-1".to_owned()),
             private_key_pem,
         };
 
@@ -335,9 +340,13 @@ impl Settings {
             24.0,
         )?;
         if ttl_hours <= 0.0 {
-            return Err(ConfigError::new("UPLOAD_SESSION_TTL_HOURS", "must be above 0"));
+            return Err(ConfigError::new(
+                "UPLOAD_SESSION_TTL_HOURS",
+                "must be above 0",
+            ));
         }
-        let batch_token_ttl: u64 = parse_num("BATCH_TOKEN_TTL", raw.batch_token_ttl.as_deref(), 3600u64)?;
+        let batch_token_ttl: u64 =
+            parse_num("BATCH_TOKEN_TTL", raw.batch_token_ttl.as_deref(), 3600u64)?;
         if batch_token_ttl == 0 {
             return Err(ConfigError::new("BATCH_TOKEN_TTL", "must be above 0"));
         }
@@ -346,7 +355,10 @@ impl Settings {
             Some(p) if !p.trim().is_empty() => {
                 let p = p.trim();
                 if !p.starts_with('/') {
-                    return Err(ConfigError::new("ACCEL_REDIRECT_PREFIX", "must start with /"));
+                    return Err(ConfigError::new(
+                        "ACCEL_REDIRECT_PREFIX",
+                        "must start with /",
+                    ));
                 }
                 Some(format!("{}/", p.trim_end_matches('/')))
             }
@@ -393,7 +405,11 @@ impl Settings {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(var: &str, value: Option<&str>, default: T) -> Result<T, ConfigError> {
+fn parse_num<T: std::str::FromStr>(
+    var: &str,
+    value: Option<&str>,
+    default: T,
+) -> Result<T, ConfigError> {
     match value.map(str::trim) {
         None | Some("") => Ok(default),
         Some(v) => v
@@ -407,13 +423,20 @@ fn parse_decimal(var: &str, value: Option<&str>, default: f64) -> Result<f64, Co
         None | Some("") => Ok(default),
         Some(v) => match v.parse::<f64>() {
             Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-            _ => Err(ConfigError::new(var, format!("'{v}' is not a non-negative number"))),
+            _ => Err(ConfigError::new(
+                var,
+                format!("'{v}' is not a non-negative number"),
+            )),
         },
     }
 }
 
 fn parse_cors(value: &str) -> Result<CorsOrigins, ConfigError> {
-    let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let items: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if items.is_empty() || items.contains(&"*") {
         return Ok(CorsOrigins::Any);
     }
@@ -425,7 +448,9 @@ fn parse_cors(value: &str) -> Result<CorsOrigins, ConfigError> {
             ));
         }
     }
-    Ok(CorsOrigins::List(items.into_iter().map(str::to_owned).collect()))
+    Ok(CorsOrigins::List(
+        items.into_iter().map(str::to_owned).collect(),
+    ))
 }
 
 fn read_key_file(var: &str, path: &str) -> Result<String, ConfigError> {
@@ -448,10 +473,16 @@ fn decode_pem_base64(b64: &str) -> Result<String, ConfigError> {
 /// comments, optional quotes around the value, no `$VAR` expansion.
 pub fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new("UPLOAD_ENV_FILE", format!("cannot read '{}': {e}", path.display()))
+        ConfigError::new(
+            "UPLOAD_ENV_FILE",
+            format!("cannot read '{}': {e}", path.display()),
+        )
     })?;
     parse_env_file(&text).map_err(|(line, msg)| {
-        ConfigError::new("UPLOAD_ENV_FILE", format!("{}:{line}: {msg}", path.display()))
+        ConfigError::new(
+            "UPLOAD_ENV_FILE",
+            format!("{}:{line}: {msg}", path.display()),
+        )
     })
 }
 
@@ -506,7 +537,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_sources(HashMap::new(), env)
     }
 
@@ -529,7 +563,9 @@ mod tests {
     #[test]
     fn environment_wins_over_the_file() {
         let file = parse_env_file("PORT=1111\nBIND_HOST=0.0.0.0\n").unwrap();
-        let env = [("PORT".to_owned(), "2222".to_owned())].into_iter().collect();
+        let env = [("PORT".to_owned(), "2222".to_owned())]
+            .into_iter()
+            .collect();
         let s = Settings::from_sources(file, env).unwrap();
         assert_eq!(s.port, 2222);
         assert_eq!(s.bind_host, "0.0.0.0");
@@ -555,7 +591,8 @@ mod tests {
 
     #[test]
     fn env_file_values_are_taken_literally() {
-        let m = parse_env_file("# comment\nA=ab$HOME\nB=\"quoted value\"\nC='x y'\n  D = 1 \n").unwrap();
+        let m = parse_env_file("# comment\nA=ab$HOME\nB=\"quoted value\"\nC='x y'\n  D = 1 \n")
+            .unwrap();
         assert_eq!(m["A"], "ab$HOME");
         assert_eq!(m["B"], "quoted value");
         assert_eq!(m["C"], "x y");
@@ -565,7 +602,11 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let s = settings(&[("AUTH_SERVICE_TOKEN", "supersecret"), ("UPLOAD_SIGNING_KEY", "signkey")]).unwrap();
+        let s = settings(&[
+            ("AUTH_SERVICE_TOKEN", "supersecret"),
+            ("UPLOAD_SIGNING_KEY", "signkey"),
+        ])
+        .unwrap();
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("supersecret"));
         assert!(!dbg.contains("signkey"));
@@ -573,7 +614,8 @@ mod tests {
 
     #[test]
     fn cors_list_is_parsed() {
-        let s = settings(&[("CORS_ALLOW_ORIGINS", "https://a.example, https://b.example")]).unwrap();
+        let s =
+            settings(&[("CORS_ALLOW_ORIGINS", "https://a.example, https://b.example")]).unwrap();
         assert_eq!(
             s.cors_origins,
             CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])

@@ -163,8 +163,11 @@ fn field_in_message(text: &str) -> Option<String> {
     parts.next()?;
     let field = parts.next()?;
     parts.next()?;
-    (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-        .then(|| field.to_owned())
+    (!field.is_empty()
+        && field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+    .then(|| field.to_owned())
 }
 
 /// `Query` whose rejections are 422 in FastAPI's shape.
@@ -192,7 +195,11 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
     if let Some(field) = field_in_message(&text) {
         loc.push(field);
     }
-    let kind = if text.contains("missing field") { "missing" } else { "value_error" };
+    let kind = if text.contains("missing field") {
+        "missing"
+    } else {
+        "value_error"
+    };
     ApiError::Validation(json!([{ "type": kind, "loc": loc, "msg": text }]))
 }
 
@@ -217,7 +224,10 @@ where
 
 fn path_rejection(rejection: &PathRejection) -> ApiError {
     if rejection.status().is_server_error() {
-        return ApiError::Internal(anyhow::anyhow!("path extraction: {}", rejection.body_text()));
+        return ApiError::Internal(anyhow::anyhow!(
+            "path extraction: {}",
+            rejection.body_text()
+        ));
     }
     ApiError::BadRequest(format!("Invalid path: {}", rejection.body_text()))
 }
@@ -250,7 +260,10 @@ pub async fn json_error_bodies(res: Response) -> Response {
     };
     let (mut parts, _) = res.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     let body = json!({ "detail": detail }).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
 }

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         }
     };
     upload_server::telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("upload-server: cannot start the runtime: {e}");
@@ -56,7 +59,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
                     return Err(ExitCode::from(2));
                 }
             },
-            a if a.starts_with("--env-file=") => env_file = Some(PathBuf::from(&a["--env-file=".len()..])),
+            a if a.starts_with("--env-file=") => {
+                env_file = Some(PathBuf::from(&a["--env-file=".len()..]))
+            }
             "--version" | "-V" => {
                 println!("upload-server {}", env!("CARGO_PKG_VERSION"));
                 return Err(ExitCode::SUCCESS);
@@ -87,12 +92,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("stop signal: draining requests in flight");
-            let _ = stop_tx.send(());
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop_signal().await;
+        tracing::info!("stop signal: draining requests in flight");
+        let _ = stop_tx.send(());
+    });
     let drained = async move {
         // Wait for the signal, then give requests in flight DRAIN to finish.
         if stop_rx.await.is_ok() {

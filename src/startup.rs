@@ -16,6 +16,7 @@ use crate::auth::{jwks_document, Authenticator, TokenMinter};
 use crate::config::{CorsOrigins, Secret, Settings};
 use crate::error::ApiError;
 use crate::state::{App, AppState};
+use crate::store::FileStore;
 
 /// The whole service as a `Router`, ready to serve.
 pub async fn app(settings: Settings) -> anyhow::Result<Router> {
@@ -50,6 +51,19 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         },
         None => None,
     };
+    let store = FileStore::open(
+        &root,
+        settings.quota_bytes,
+        settings.upload_session_ttl,
+        settings.max_body_bytes,
+    )
+    .with_context(|| format!("UPLOAD_ROOT: cannot prepare {}", root.display()))?;
+    // Recover what a crash left (claimed sessions, half uploads) and recount the quotas
+    // before serving, so the first requests see the truth.
+    if let Err(e) = store.sweep(true).await {
+        tracing::warn!(error = %e, "start-up sweep failed");
+    }
+    spawn_sweeper(store.clone(), settings.upload_session_ttl);
     if settings.service_token.is_none() {
         tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
     }
@@ -59,7 +73,30 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         minter,
         jwks,
         signing_key,
+        store,
     }))
+}
+
+/// Sweeps expired sessions in the background, as often as the TTL calls for (between
+/// every second and every five minutes). Every hour it also recounts the quota ledgers.
+fn spawn_sweeper(store: FileStore, ttl: std::time::Duration) {
+    let every = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(300),
+    );
+    tokio::spawn(async move {
+        let mut last_reconcile = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let reconcile = last_reconcile.elapsed() > std::time::Duration::from_secs(3600);
+            if reconcile {
+                last_reconcile = std::time::Instant::now();
+            }
+            if let Err(e) = store.sweep(reconcile).await {
+                tracing::warn!(error = %e, "sweep failed");
+            }
+        }
+    });
 }
 
 /// The signing key kept in `UPLOAD_ROOT/.signing_key`, made once (mode 0600) when absent.
@@ -68,7 +105,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
 fn load_or_create_signing_key(root: &Path) -> anyhow::Result<Secret<Vec<u8>>> {
     let path = root.join(".signing_key");
     let read = |p: &Path| -> anyhow::Result<Secret<Vec<u8>>> {
-        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
         let key = text.trim();
         anyhow::ensure!(!key.is_empty(), "{} is empty", p.display());
         Ok(Secret::new(key.as_bytes().to_vec()))
@@ -78,7 +116,10 @@ fn load_or_create_signing_key(root: &Path) -> anyhow::Result<Secret<Vec<u8>>> {
     }
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let tmp = root.join(format!(".signing_key.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let tmp = root.join(format!(
+        ".signing_key.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -118,7 +159,9 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(limit))
-        .layer(axum::middleware::map_response(crate::error::json_error_bodies))
+        .layer(axum::middleware::map_response(
+            crate::error::json_error_bodies,
+        ))
         .layer(cors)
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .with_state(state)
@@ -144,11 +187,18 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         header::ETAG,
         header::LAST_MODIFIED,
     ];
-    let base = CorsLayer::new().allow_methods(methods).expose_headers(expose);
+    let base = CorsLayer::new()
+        .allow_methods(methods)
+        .expose_headers(expose);
     match origins {
-        CorsOrigins::Any => base.allow_origin(AllowOrigin::any()).allow_headers(tower_http::cors::Any),
+        CorsOrigins::Any => base
+            .allow_origin(AllowOrigin::any())
+            .allow_headers(tower_http::cors::Any),
         CorsOrigins::List(list) => {
-            let values: Vec<HeaderValue> = list.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            let values: Vec<HeaderValue> = list
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
             base.allow_origin(AllowOrigin::list(values))
                 .allow_headers(AllowHeaders::mirror_request())
                 .allow_credentials(true)

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::auth::{Authenticator, TokenMinter};
 use crate::config::{Secret, Settings};
+use crate::store::FileStore;
 
 /// The application state, shared by all handlers.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct App {
     pub jwks: Option<Value>,
     /// The HMAC key for signed URLs.
     pub signing_key: Secret<Vec<u8>>,
+    /// Files, sessions and quotas on disk.
+    pub store: FileStore,
 }
 
 impl AppState {

@@ -20,7 +20,9 @@ use crate::config::LogFormat;
 /// Installs the global subscriber: `RUST_LOG` filtering (default `info`), text or JSON lines.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -47,7 +49,10 @@ pub fn client_addr(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
 /// Middleware: logs `method path status bytes duration client` once the body is done.
 pub async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let line = AccessLine {
         method: req.method().clone(),
         path: req.uri().path().to_owned(),

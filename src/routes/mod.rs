@@ -1,5 +1,6 @@
 //! The router: merges the route modules and adds the service endpoints (API.md §5).
 
+pub mod files;
 pub mod service;
 
 use axum::Router;
@@ -8,5 +9,7 @@ use crate::state::AppState;
 
 /// Every route of the service.
 pub fn router() -> Router<AppState> {
-    Router::new().merge(service::router())
+    Router::new()
+        .merge(service::router())
+        .merge(files::router())
 }

@@ -36,16 +36,21 @@ async fn service_info() -> Json<serde_json::Value> {
 
 async fn health(State(state): State<AppState>) -> Response {
     let root = state.settings.upload_root.clone();
-    let (writable, free) = tokio::task::spawn_blocking(move || (probe_writable(&root), free_bytes(&root)))
-        .await
-        .unwrap_or((false, None));
+    let (writable, free) =
+        tokio::task::spawn_blocking(move || (probe_writable(&root), free_bytes(&root)))
+            .await
+            .unwrap_or((false, None));
     let free_gb = free.map(|b| (b as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0);
     let (status, word) = if writable {
         (StatusCode::OK, "healthy")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
     };
-    (status, Json(json!({ "status": word, "disk_free_gb": free_gb, "writable": writable }))).into_response()
+    (
+        status,
+        Json(json!({ "status": word, "disk_free_gb": free_gb, "writable": writable })),
+    )
+        .into_response()
 }
 
 /// Creates, writes and removes a small file in the root: the only honest writability test

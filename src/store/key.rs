@@ -43,6 +43,243 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Is this character replaced by `_` in folder and file names (API.md §7)?
+fn is_forbidden(c: char) -> bool {
+    matches!(c, '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*') || c.is_control()
+}
+
+/// The §7 character and stripping rules shared by folder parts and file names.
+fn clean_part(raw: &str) -> String {
+    let replaced: String = raw
+        .chars()
+        .map(|c| if is_forbidden(c) { '_' } else { c })
+        .collect();
+    replaced.trim_matches(|c| c == '.' || c == ' ').to_owned()
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+fn cut_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A sanitised folder: one or more safe segments under a user's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FolderPath(Vec<String>);
+
+impl FolderPath {
+    /// Sanitises a client folder as §7 says; `None` when nothing is left (no folder).
+    pub fn sanitize(raw: &str) -> Option<Self> {
+        let parts: Vec<String> = raw
+            .split('/')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                let cleaned = clean_part(p);
+                if cleaned.is_empty() || p == "." || p == ".." {
+                    "invalid".to_owned()
+                } else {
+                    cleaned
+                        .chars()
+                        .take(100)
+                        .collect::<String>()
+                        .trim_end_matches([' ', '.'])
+                        .to_owned()
+                }
+            })
+            .map(|p| {
+                if p.is_empty() {
+                    "invalid".to_owned()
+                } else {
+                    p
+                }
+            })
+            .collect();
+        (!parts.is_empty()).then_some(Self(parts))
+    }
+
+    /// The segments, outermost first.
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `a/b/c`.
+    pub fn as_string(&self) -> String {
+        self.0.join("/")
+    }
+}
+
+/// Device names Windows reserves; refused so keys stay portable to any client's disk.
+const RESERVED: &[&str] = &[
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Longest stored file name (without the `{8 hex}_` prefix), so that
+/// `{8 hex}_{name}.meta` fits in 255 bytes.
+pub const MAX_NAME_BYTES: usize = 240;
+
+/// Checks a client file name as init does (API.md §3.1): empty, `..`, `/`, `\` or a reserved
+/// device name → refused. The name is sanitised later by [`FileName::sanitize`].
+pub fn validate_client_filename(raw: &str) -> Result<(), InvalidName> {
+    let bad = |why: &str| Err(InvalidName(format!("Invalid filename: {why}")));
+    if raw.trim().is_empty() {
+        return bad("empty");
+    }
+    if raw.contains("..") {
+        return bad("contains '..'");
+    }
+    if raw.contains('/') || raw.contains('\\') {
+        return bad("contains '/' or '\\'");
+    }
+    if raw.contains('\0') {
+        return bad("contains NUL");
+    }
+    let stem = raw.split('.').next().unwrap_or(raw).trim();
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+        return bad("reserved device name");
+    }
+    Ok(())
+}
+
+/// A sanitised file name (without prefix): safe as one path segment, never ending in `.meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileName(String);
+
+impl FileName {
+    /// Applies §7: forbidden characters to `_`, dots and spaces stripped at both ends,
+    /// `unnamed_file` when empty, `_` after a trailing `.meta`, at most 240 bytes keeping the
+    /// extension.
+    pub fn sanitize(raw: &str) -> Self {
+        let mut name = clean_part(raw);
+        if name.is_empty() {
+            name = "unnamed_file".to_owned();
+        }
+        if name.len() > MAX_NAME_BYTES {
+            name = match name.rfind('.') {
+                // Keep a plausible extension (short, after a non-empty stem).
+                Some(dot) if dot > 0 && name.len() - dot <= 16 => {
+                    let ext = &name[dot..];
+                    let stem = cut_bytes(&name[..dot], MAX_NAME_BYTES - ext.len());
+                    format!("{stem}{ext}")
+                }
+                _ => cut_bytes(&name, MAX_NAME_BYTES).to_owned(),
+            };
+        }
+        if name.to_ascii_lowercase().ends_with(".meta") {
+            if name.len() + 1 > MAX_NAME_BYTES {
+                name = cut_bytes(&name, MAX_NAME_BYTES - 1).to_owned();
+            }
+            name.push('_');
+        }
+        Self(name)
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A file's key: `storage/{user_id}/[{folder}/]{prefix}_{name}`, relative to `UPLOAD_ROOT`.
+/// A parsed key has only safe segments, so joining it onto the root stays inside `storage/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    owner: UserId,
+    /// Segments after the user id; the last is the file.
+    rest: Vec<String>,
+}
+
+impl Key {
+    /// A new key for a file being stored.
+    pub fn new(owner: &UserId, folder: Option<&FolderPath>, stored_name: &str) -> Self {
+        let mut rest: Vec<String> = folder.map(|f| f.segments().to_vec()).unwrap_or_default();
+        rest.push(stored_name.to_owned());
+        Self {
+            owner: owner.clone(),
+            rest,
+        }
+    }
+
+    /// Parses a key from a client. Refuses anything that is not a plain file under
+    /// `storage/{user}/`: empty, `.` or `..` segments, dot-files, backslashes, control
+    /// characters, sidecars (`.meta`).
+    pub fn parse(raw: &str) -> Result<Self, InvalidName> {
+        let bad = || InvalidName("Invalid key".to_owned());
+        let raw = raw.strip_prefix('/').unwrap_or(raw);
+        let mut segs = raw.split('/');
+        if segs.next() != Some("storage") {
+            return Err(bad());
+        }
+        let owner = UserId::parse(segs.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let rest: Vec<String> = segs.map(str::to_owned).collect();
+        Self::from_parts(owner, rest).ok_or_else(bad)
+    }
+
+    /// A key from an owner and the path below the owner's directory.
+    pub fn from_user_path(owner: &str, path: &str) -> Result<Self, InvalidName> {
+        let bad = || InvalidName("Invalid path".to_owned());
+        let owner = UserId::parse(owner).map_err(|_| bad())?;
+        let rest = path.split('/').map(str::to_owned).collect();
+        Self::from_parts(owner, rest).ok_or_else(bad)
+    }
+
+    fn from_parts(owner: UserId, rest: Vec<String>) -> Option<Self> {
+        if owner.as_str().starts_with('.') || rest.is_empty() {
+            return None;
+        }
+        for seg in &rest {
+            if seg.is_empty()
+                || seg.starts_with('.')
+                || seg.len() > 255
+                || seg.chars().any(|c| c == '\\' || c.is_control())
+            {
+                return None;
+            }
+        }
+        if rest.last()?.ends_with(".meta") {
+            return None;
+        }
+        Some(Self { owner, rest })
+    }
+
+    /// The user the file belongs to.
+    pub fn owner(&self) -> &UserId {
+        &self.owner
+    }
+
+    /// The stored file name (with its prefix).
+    pub fn file_name(&self) -> &str {
+        self.rest.last().map_or("", String::as_str)
+    }
+
+    /// The folder below the user's directory, if any.
+    pub fn folder(&self) -> Option<String> {
+        (self.rest.len() > 1).then(|| self.rest[..self.rest.len() - 1].join("/"))
+    }
+
+    /// The path relative to `UPLOAD_ROOT`.
+    pub fn relative_path(&self) -> std::path::PathBuf {
+        let mut p = std::path::PathBuf::from("storage");
+        p.push(self.owner.as_str());
+        for seg in &self.rest {
+            p.push(seg);
+        }
+        p
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage/{}/{}", self.owner, self.rest.join("/"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,9 +290,90 @@ mod tests {
             assert!(UserId::parse(ok).is_ok(), "{ok}");
         }
         let long = "x".repeat(256);
-        for bad in ["", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", "\u{7f}", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            "\u{7f}",
+            long.as_str(),
+        ] {
             assert!(UserId::parse(bad).is_err(), "{bad:?}");
         }
         assert!(UserId::parse(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn folders_follow_section_7() {
+        let f = |s: &str| FolderPath::sanitize(s).map(|f| f.as_string());
+        assert_eq!(f("main/pictures"), Some("main/pictures".into()));
+        assert_eq!(f(""), None);
+        assert_eq!(f(" / /"), None);
+        assert_eq!(f("../../etc"), Some("invalid/invalid/etc".into()));
+        assert_eq!(f("/abs/path/"), Some("abs/path".into()));
+        assert_eq!(f("a\\b"), Some("a_b".into()));
+        assert_eq!(f("a<b>c:d"), Some("a_b_c_d".into()));
+        assert_eq!(f(" .hidden. "), Some("hidden".into()));
+        assert_eq!(f("..."), Some("invalid".into()));
+        assert_eq!(f(&"x".repeat(150)).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn file_names_follow_section_7() {
+        let n = |s: &str| FileName::sanitize(s).as_str().to_owned();
+        assert_eq!(n("photo.jpg"), "photo.jpg");
+        assert_eq!(n(""), "unnamed_file");
+        assert_eq!(n("..."), "unnamed_file");
+        assert_eq!(n("a\0b"), "a_b");
+        assert_eq!(n("x.meta"), "x.meta_");
+        assert_eq!(n("x.META"), "x.META_");
+        assert_eq!(n("Résumé été.pdf"), "Résumé été.pdf");
+        let long = format!("{}.mp4", "é".repeat(200));
+        let cut = n(&long);
+        assert!(
+            cut.len() <= MAX_NAME_BYTES && cut.ends_with(".mp4"),
+            "{cut}"
+        );
+        let long = "y".repeat(300);
+        assert_eq!(n(&long).len(), MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn init_names_are_checked() {
+        for bad in [
+            "", "  ", "..", "a..b", "a/b", "a\\b", "CON", "con.txt", "LPT1", "nul",
+        ] {
+            assert!(validate_client_filename(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["a.txt", "CONSOLE.txt", "Résumé été.pdf", ".env"] {
+            assert!(validate_client_filename(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn keys_parse_only_plain_files() {
+        let k = Key::parse("storage/u1/a/b/1234abcd_x.txt").unwrap();
+        assert_eq!(k.owner().as_str(), "u1");
+        assert_eq!(k.folder().as_deref(), Some("a/b"));
+        assert_eq!(k.to_string(), "storage/u1/a/b/1234abcd_x.txt");
+        for bad in [
+            "storage/u1",
+            "storage/u1/",
+            "storage/../x",
+            "storage/u1/../u2/x",
+            "storage/u1/./x",
+            "storage/u1/a//x",
+            "storage/u1/x.meta",
+            "storage/u1/.signing_key",
+            "storage/u1/a\\b",
+            "storage/u1/a\0b",
+            ".parts/x/y",
+            "other/u1/x",
+        ] {
+            assert!(Key::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

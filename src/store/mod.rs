@@ -1,4 +1,977 @@
 //! The filesystem store: files, sidecars, upload sessions and quotas under `UPLOAD_ROOT`.
-//! Knows nothing of HTTP.
+//! Knows nothing of HTTP: in go keys, names and byte streams; out come `Meta`, sizes and
+//! [`StoreError`]s.
+//!
+//! Publishing is atomic: data and sidecar are written under temporary names inside the
+//! claimed session folder, fsynced, then renamed into place, sidecar first, and the folder
+//! fsynced, so no reader sees a partial file or data without metadata.
 
 pub mod key;
+pub mod quota;
+pub mod sessions;
+pub mod sidecar;
+pub mod sink;
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use self::key::{FileName, FolderPath, Key, UserId};
+use self::quota::Quotas;
+use self::sessions::{FileSpec, SessionDirs, SessionId, SessionInfo};
+use self::sidecar::Meta;
+use self::sink::{Hashes, Sink, TempGuard, Written};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such file or session.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name or request the store refuses.
+    #[error("{0}")]
+    Invalid(String),
+    /// The joined parts do not add up to the declared size.
+    #[error("Size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Declared at init.
+        expected: u64,
+        /// Received.
+        actual: u64,
+    },
+    /// The bytes do not hash to the SHA-256 the client gave.
+    #[error("SHA256 mismatch")]
+    ShaMismatch,
+    /// The user's quota would be passed.
+    #[error("Quota exceeded: {used} of {quota} bytes used, {requested} more requested")]
+    Quota {
+        /// Bytes in use (stored and reserved).
+        used: u64,
+        /// The quota.
+        quota: u64,
+        /// Bytes asked for.
+        requested: u64,
+    },
+    /// More bytes than allowed (declared size or `MAX_BODY_MB`).
+    #[error("Upload exceeds the allowed size")]
+    TooLarge,
+    /// The disk (or the filesystem quota) is full.
+    #[error("Insufficient storage")]
+    DiskFull,
+    /// Any other I/O failure.
+    #[error("I/O error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match e.raw_os_error() {
+            Some(ENOSPC | EDQUOT) => Self::DiskFull,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+/// The result of publishing a file.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its key.
+    pub key: Key,
+    /// Its metadata, as written to the sidecar.
+    pub meta: Meta,
+}
+
+/// What `complete` takes besides the session id.
+#[derive(Debug, Clone, Default)]
+pub struct CompleteRequest {
+    /// `meta.filename`, overriding the init name.
+    pub filename: Option<String>,
+    /// `meta.folder`, overriding the init folder.
+    pub folder: Option<String>,
+    /// Expected hex SHA-256, when given.
+    pub sha256: Option<String>,
+    /// The client's other `meta` fields.
+    pub extra: Map<String, Value>,
+}
+
+/// The filesystem store.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+    storage: PathBuf,
+    dirs: SessionDirs,
+    quotas: Quotas,
+    session_ttl: Duration,
+    max_file: u64,
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// An 8-hex-digit prefix, as the old service made.
+fn random_prefix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+impl FileStore {
+    /// A store over `root`, creating its folders.
+    pub fn open(
+        root: &Path,
+        quota_bytes: u64,
+        session_ttl: Duration,
+        max_file: u64,
+    ) -> std::io::Result<Self> {
+        let storage = root.join("storage");
+        let parts = root.join(".parts");
+        for d in [
+            &storage,
+            &parts,
+            &parts.join(".staging"),
+            &root.join(".quota"),
+        ] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            quotas: Quotas::new(root.join(".quota"), storage.clone(), quota_bytes),
+            storage,
+            dirs: SessionDirs { parts },
+            session_ttl,
+            max_file,
+        })
+    }
+
+    /// `UPLOAD_ROOT`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The quota in bytes.
+    pub fn quota_limit(&self) -> u64 {
+        self.quotas.limit
+    }
+
+    /// The absolute path of a key's data file.
+    pub fn data_path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.relative_path())
+    }
+
+    /// Bytes the user stores plus bytes reserved by its uploads in flight.
+    pub async fn usage(&self, user: &UserId) -> Result<(u64, u64), StoreError> {
+        let quotas = self.quotas.clone();
+        let user = user.as_str().to_owned();
+        blocking(move || quotas.with_ledger(&user, |l| Ok((l.used, l.reserved.values().sum()))))
+            .await
+    }
+
+    // ---- sessions ----
+
+    /// Opens one session per file, reserving their declared sizes against the quota
+    /// together (all or none).
+    pub async fn create_sessions(
+        &self,
+        user: &UserId,
+        mode: &str,
+        files: Vec<FileSpec>,
+        folder: Option<String>,
+        meta: Map<String, Value>,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        for f in &files {
+            key::validate_client_filename(&f.name).map_err(|e| StoreError::Invalid(e.0))?;
+            if f.size > self.max_file {
+                return Err(StoreError::TooLarge);
+            }
+        }
+        let created_at = Utc::now();
+        let expires_at = created_at
+            + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(24));
+        let infos: Vec<SessionInfo> = files
+            .into_iter()
+            .map(|file| SessionInfo {
+                upload_id: SessionId::new().to_string(),
+                user_id: user.as_str().to_owned(),
+                mode: mode.to_owned(),
+                file,
+                folder: folder.clone(),
+                meta: meta.clone(),
+                created_at,
+                expires_at,
+            })
+            .collect();
+        let this = self.clone();
+        let user = user.as_str().to_owned();
+        let out = infos.clone();
+        blocking(move || {
+            this.quotas.with_ledger(&user, |ledger| {
+                let requested: u64 = infos.iter().map(|i| i.file.size).sum();
+                let used = ledger.used + ledger.reserved.values().sum::<u64>();
+                if used.saturating_add(requested) > this.quotas.limit {
+                    return Err(StoreError::Quota {
+                        used,
+                        quota: this.quotas.limit,
+                        requested,
+                    });
+                }
+                for info in &infos {
+                    let id = SessionId::parse(&info.upload_id)?;
+                    let dir = this.dirs.live(&id);
+                    std::fs::create_dir(&dir)?;
+                    let written = (|| -> std::io::Result<()> {
+                        let mut f = std::fs::File::create(dir.join("session.json"))?;
+                        f.write_all(&serde_json::to_vec_pretty(info).unwrap_or_default())?;
+                        f.sync_all()?;
+                        fsync_dir(&dir)
+                    })();
+                    if let Err(e) = written {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e.into());
+                    }
+                    ledger
+                        .reserved
+                        .insert(info.upload_id.clone(), info.file.size);
+                }
+                Ok(())
+            })
+        })
+        .await
+        .inspect_err(|_| {
+            // A failure part-way leaves no session behind.
+            for info in &out {
+                if let Ok(id) = SessionId::parse(&info.upload_id) {
+                    let _ = std::fs::remove_dir_all(self.dirs.live(&id));
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// A live session (not expired), for its owner.
+    pub async fn session(&self, id: &SessionId) -> Result<SessionInfo, StoreError> {
+        let dir = self.dirs.live(id);
+        let info = blocking(move || sessions::read_info(&dir)).await?;
+        if info.expired() {
+            return Err(StoreError::NotFound("Upload session not found".to_owned()));
+        }
+        Ok(info)
+    }
+
+    /// A session's parts and their sizes.
+    pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
+        let dir = self.dirs.live(id);
+        blocking(move || sessions::list_parts(&dir)).await
+    }
+
+    /// Removes a session and frees its reservation.
+    pub async fn abort(&self, info: &SessionInfo) -> Result<(), StoreError> {
+        let id = SessionId::parse(&info.upload_id)?;
+        let this = self.clone();
+        let user = info.user_id.clone();
+        blocking(move || {
+            let dir = this.dirs.live(&id);
+            let doomed = this
+                .dirs
+                .parts
+                .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+            match std::fs::rename(&dir, &doomed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound("Upload session not found".to_owned()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let _ = std::fs::remove_dir_all(&doomed);
+            this.quotas.with_ledger(&user, |l| {
+                l.reserved.remove(&id.to_string());
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Starts receiving a part of `session`: bytes go to a temporary file in the session's
+    /// folder, at most the declared size minus the other parts' bytes.
+    pub async fn begin_part(
+        &self,
+        info: &SessionInfo,
+        number: u32,
+    ) -> Result<PartUpload, StoreError> {
+        if number > sessions::MAX_PART_NUMBER {
+            return Err(StoreError::Invalid(format!(
+                "partNumber must be between 0 and {}",
+                sessions::MAX_PART_NUMBER
+            )));
+        }
+        let id = SessionId::parse(&info.upload_id)?;
+        let others: u64 = self
+            .session_parts(&id)
+            .await?
+            .iter()
+            .filter(|(n, _)| *n != number)
+            .map(|(_, s)| s)
+            .sum();
+        let room = info.file.size.saturating_sub(others);
+        let tmp = self
+            .dirs
+            .live(&id)
+            .join(format!(".tmp-{number}-{}", uuid::Uuid::new_v4().simple()));
+        let sink = Sink::create(tmp, false, room).await.map_err(|e| match e {
+            StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                StoreError::NotFound("Upload session not found".to_owned())
+            }
+            other => other,
+        })?;
+        Ok(PartUpload { sink })
+    }
+
+    /// Starts receiving a JSON part whose session is not known yet (its `uploadId` comes
+    /// after the data): bytes go to `.parts/.staging/`, at most `MAX_BODY_MB`.
+    pub async fn begin_staged_part(&self) -> Result<PartUpload, StoreError> {
+        let tmp = self
+            .dirs
+            .staging()
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        Ok(PartUpload {
+            sink: Sink::create(tmp, false, self.max_file).await?,
+        })
+    }
+
+    /// Makes a received part count: renames it to `part_{n}`, replacing an earlier one,
+    /// unless the parts would then pass the declared size.
+    pub async fn commit_part(
+        &self,
+        info: &SessionInfo,
+        number: u32,
+        part: PartUpload,
+    ) -> Result<u64, StoreError> {
+        if number > sessions::MAX_PART_NUMBER {
+            return Err(StoreError::Invalid(format!(
+                "partNumber must be between 0 and {}",
+                sessions::MAX_PART_NUMBER
+            )));
+        }
+        let (written, guard) = part.sink.finish().await?;
+        let id = SessionId::parse(&info.upload_id)?;
+        let dir = self.dirs.live(&id);
+        let declared = info.file.size;
+        blocking(move || {
+            // Parts of one session may arrive in parallel: the check and the rename happen
+            // under the session's lock so committed parts never pass the declared size.
+            let lock = match std::fs::File::open(&dir) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound("Upload session not found".to_owned()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| StoreError::Io(e.into()))?;
+            let others: u64 = sessions::list_parts(&dir)?
+                .iter()
+                .filter(|(n, _)| *n != number)
+                .map(|(_, s)| s)
+                .sum();
+            if others + written.size > declared {
+                return Err(StoreError::TooLarge);
+            }
+            let dest = dir.join(sessions::part_file_name(number));
+            std::fs::rename(guard.path(), &dest).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StoreError::NotFound("Upload session not found".to_owned())
+                } else {
+                    e.into()
+                }
+            })?;
+            guard.keep();
+            fsync_dir(&dir)?;
+            Ok(written.size)
+        })
+        .await
+    }
+
+    /// Joins a session's parts into its file and publishes it (API.md §3.1 complete).
+    pub async fn complete(
+        &self,
+        id: &SessionId,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let this = self.clone();
+        let id = *id;
+        blocking(move || this.complete_blocking(&id, req)).await
+    }
+
+    fn complete_blocking(
+        &self,
+        id: &SessionId,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let live = self.dirs.live(id);
+        let claimed = self.dirs.claimed(id);
+        let info = sessions::read_info(&live)?;
+        if info.expired() {
+            return Err(StoreError::NotFound("Upload session not found".to_owned()));
+        }
+        // Claim: of two completes, only one renames the folder.
+        match std::fs::rename(&live, &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound("Upload session not found".to_owned()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::fs::write(claimed.join("claim.json"), claim_record())?;
+        let result = self.publish_claimed(&claimed, &info, req);
+        match &result {
+            Ok(_) => {
+                let _ = std::fs::remove_dir_all(&claimed);
+            }
+            Err(_) => {
+                // Keep the parts so the client can fix them and complete again.
+                let _ = std::fs::remove_file(claimed.join("claim.json"));
+                let _ = std::fs::remove_file(claimed.join("publish.json"));
+                if let Err(e) = std::fs::rename(&claimed, &live) {
+                    tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
+                }
+            }
+        }
+        result
+    }
+
+    fn publish_claimed(
+        &self,
+        claimed: &Path,
+        info: &SessionInfo,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let parts = sessions::list_parts(claimed)?;
+        let total: u64 = parts.iter().map(|(_, s)| s).sum();
+        if total != info.file.size {
+            return Err(StoreError::SizeMismatch {
+                expected: info.file.size,
+                actual: total,
+            });
+        }
+        let user = UserId::parse(&info.user_id).map_err(|e| StoreError::Invalid(e.0))?;
+        let original_name = req
+            .filename
+            .clone()
+            .unwrap_or_else(|| info.file.name.clone());
+        key::validate_client_filename(&original_name).map_err(|e| StoreError::Invalid(e.0))?;
+        let folder = req
+            .folder
+            .as_deref()
+            .or(info.folder.as_deref())
+            .and_then(FolderPath::sanitize);
+
+        // Join in part order, hashing in the same pass.
+        let tmp = TempGuard::new(claimed.join(".joined"));
+        let mut hashes = Hashes::default();
+        {
+            let out = std::fs::File::create(tmp.path())?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            let mut buf = vec![0u8; 1 << 20];
+            for (n, _) in &parts {
+                let mut f = std::fs::File::open(claimed.join(sessions::part_file_name(*n)))?;
+                loop {
+                    let k = f.read(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    hashes.update(&buf[..k]);
+                    out.write_all(&buf[..k])?;
+                }
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        let (sha256, crc32) = hashes.finish();
+        check_sha(req.sha256.as_deref(), &sha256)?;
+        let mut extra = info.meta.clone();
+        extra.extend(req.extra);
+        let written = Written {
+            size: total,
+            sha256: Some(sha256),
+            crc32: Some(crc32),
+        };
+        self.publish(
+            &user,
+            folder.as_ref(),
+            &original_name,
+            info.file.mime.as_deref(),
+            extra,
+            written,
+            tmp,
+            claimed,
+            &info.upload_id,
+        )
+    }
+
+    /// Moves a finished temporary file into place with its sidecar, charging the quota
+    /// (the reservation `reservation` is released in the same step).
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        user: &UserId,
+        folder: Option<&FolderPath>,
+        original_name: &str,
+        declared_mime: Option<&str>,
+        extra: Map<String, Value>,
+        written: Written,
+        data: TempGuard,
+        work_dir: &Path,
+        reservation: &str,
+    ) -> Result<Stored, StoreError> {
+        let name = FileName::sanitize(original_name);
+        let mime = sidecar::guess_mime(original_name, declared_mime);
+        let mut meta = Meta {
+            original_name: original_name.to_owned(),
+            mime,
+            sha256: written.sha256,
+            crc32: written.crc32,
+            user_id: user.as_str().to_owned(),
+            size: Some(written.size),
+            created_at: Some(now_rfc3339()),
+            extra,
+        };
+        meta.extra
+            .insert("filename".into(), Value::from(original_name));
+        if let Some(f) = folder {
+            meta.extra
+                .insert("folder".into(), Value::from(f.as_string()));
+        }
+        let sidecar_tmp = TempGuard::new(work_dir.join(".sidecar"));
+        {
+            let mut f = std::fs::File::create(sidecar_tmp.path())?;
+            f.write_all(&meta.to_json())?;
+            f.sync_all()?;
+        }
+        let user_dir = self.storage.join(user.as_str());
+        let dest_dir = match folder {
+            Some(f) => f.segments().iter().fold(user_dir.clone(), |p, s| p.join(s)),
+            None => user_dir.clone(),
+        };
+        std::fs::create_dir_all(&dest_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                StoreError::Invalid("Folder conflicts with an existing file".to_owned())
+            }
+            _ => e.into(),
+        })?;
+        self.quotas.with_ledger(user.as_str(), |ledger| {
+            let others = ledger.used + ledger.reserved_except(reservation);
+            if others.saturating_add(written.size) > self.quotas.limit {
+                return Err(StoreError::Quota {
+                    used: others,
+                    quota: self.quotas.limit,
+                    requested: written.size,
+                });
+            }
+            // A fresh prefix; `create_new` on the sidecar name settles a collision.
+            let key = loop {
+                let key = Key::new(
+                    user,
+                    folder,
+                    &format!("{}_{}", random_prefix(), name.as_str()),
+                );
+                let path = self.data_path(&key);
+                if !path.exists() && !Meta::path_for(&path).exists() {
+                    break key;
+                }
+            };
+            let data_path = self.data_path(&key);
+            let sidecar_path = Meta::path_for(&data_path);
+            std::fs::write(
+                work_dir.join("publish.json"),
+                serde_json::json!({ "data": data_path, "sidecar": sidecar_path }).to_string(),
+            )?;
+            std::fs::rename(sidecar_tmp.path(), &sidecar_path)?;
+            sidecar_tmp.keep();
+            if let Err(e) = std::fs::rename(data.path(), &data_path) {
+                let _ = std::fs::remove_file(&sidecar_path);
+                return Err(e.into());
+            }
+            data.keep();
+            fsync_dir(&dest_dir)?;
+            ledger.used += written.size;
+            ledger.reserved.remove(reservation);
+            Ok(Stored { key, meta })
+        })
+    }
+
+    // ---- one-request upload ----
+
+    /// Starts a one-request upload for `user`: a work folder, and a reservation that grows
+    /// with the bytes received ([`DirectUpload::write`]).
+    pub async fn begin_upload(&self, user: &UserId) -> Result<DirectUpload, StoreError> {
+        let id = SessionId::new();
+        let dir = self.dirs.upload(&id);
+        tokio::fs::create_dir(&dir).await?;
+        tokio::fs::write(dir.join("claim.json"), claim_record()).await?;
+        Ok(DirectUpload {
+            store: self.clone(),
+            user: user.clone(),
+            reservation: format!("upload-{id}"),
+            dir: DirGuard(Some(dir)),
+            reserved: 0,
+            released: false,
+        })
+    }
+
+    // ---- housekeeping ----
+
+    /// Removes expired sessions, recovers completes and uploads cut short by a crash, and
+    /// (when `reconcile`) recomputes every ledger from the disk.
+    pub async fn sweep(&self, reconcile: bool) -> Result<(), StoreError> {
+        let this = self.clone();
+        blocking(move || this.sweep_blocking(reconcile)).await
+    }
+
+    fn sweep_blocking(&self, reconcile: bool) -> Result<(), StoreError> {
+        let parts = &self.dirs.parts;
+        for entry in std::fs::read_dir(parts)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_prefix(".claimed-")
+                .and_then(|s| SessionId::parse(s).ok())
+            {
+                if claim_is_dead(&path) {
+                    self.recover_claim(&id, &path);
+                }
+            } else if name.starts_with(".upload-") || name.starts_with(".aborted-") {
+                if name.starts_with(".aborted-") || claim_is_dead(&path) {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            } else if name == ".staging" {
+                remove_older_than(&path, Duration::from_secs(3600));
+            } else if let Ok(id) = SessionId::parse(&name) {
+                match sessions::read_info(&path) {
+                    Ok(info) if info.expired() => {
+                        tracing::info!(session = %id, user = %info.user_id, "upload session expired");
+                        let doomed =
+                            parts.join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+                        if std::fs::rename(&path, &doomed).is_ok() {
+                            let _ = std::fs::remove_dir_all(&doomed);
+                            let _ = self.quotas.with_ledger(&info.user_id, |l| {
+                                l.reserved.remove(&info.upload_id);
+                                Ok(())
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // No readable session.json: a session whose init died half-way.
+                        if older_than(&path, self.session_ttl) {
+                            let _ = std::fs::remove_dir_all(&path);
+                        }
+                    }
+                }
+            }
+        }
+        if reconcile {
+            let dirs = self.dirs.clone();
+            self.quotas.reconcile(|res| {
+                if let Some(id) = res
+                    .strip_prefix("upload-")
+                    .and_then(|s| SessionId::parse(s).ok())
+                {
+                    return dirs.upload(&id).exists();
+                }
+                SessionId::parse(res)
+                    .is_ok_and(|id| dirs.live(&id).exists() || dirs.claimed(&id).exists())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A complete interrupted by a crash: finished if its file is in place, else undone and
+    /// the session given back.
+    fn recover_claim(&self, id: &SessionId, claimed: &Path) {
+        #[derive(serde::Deserialize)]
+        struct Publish {
+            data: PathBuf,
+            sidecar: PathBuf,
+        }
+        let publish: Option<Publish> = std::fs::read(claimed.join("publish.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(p) = &publish {
+            if p.data.exists() && p.sidecar.exists() {
+                tracing::info!(session = %id, "recovered a complete that had finished");
+                let _ = std::fs::remove_dir_all(claimed);
+                return;
+            }
+            // The data never arrived: the sidecar alone must not stay.
+            if !p.data.exists() && p.sidecar.starts_with(&self.storage) {
+                let _ = std::fs::remove_file(&p.sidecar);
+            }
+        }
+        for f in ["claim.json", "publish.json", ".joined", ".sidecar"] {
+            let _ = std::fs::remove_file(claimed.join(f));
+        }
+        match std::fs::rename(claimed, self.dirs.live(id)) {
+            Ok(()) => {
+                tracing::info!(session = %id, "gave back a session whose complete was cut short")
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "cannot recover a claimed session")
+            }
+        }
+    }
+}
+
+fn check_sha(expected: Option<&str>, actual: &str) -> Result<(), StoreError> {
+    match expected.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(e) if !e.eq_ignore_ascii_case(actual) => Err(StoreError::ShaMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// Who holds a claim: this process on this host.
+fn claim_record() -> String {
+    serde_json::json!({ "pid": std::process::id(), "host": host_name() }).to_string()
+}
+
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Is the process that made this claim gone? Claims from other hosts count as dead only
+/// once an hour old.
+fn claim_is_dead(dir: &Path) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        pid: i32,
+        host: String,
+    }
+    let claim: Option<Claim> = std::fs::read(dir.join("claim.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    match claim {
+        Some(c) if c.host == host_name() => {
+            let me = std::process::id() as i32;
+            c.pid != me
+                && rustix::process::Pid::from_raw(c.pid).is_none_or(|pid| {
+                    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+                })
+        }
+        _ => older_than(dir, Duration::from_secs(3600)),
+    }
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|e| e > age)
+}
+
+fn remove_older_than(dir: &Path, age: Duration) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if older_than(&e.path(), age) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// A part being received.
+pub struct PartUpload {
+    sink: Sink,
+}
+
+impl PartUpload {
+    /// Writes decoded bytes.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.sink.write(chunk).await
+    }
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.sink.written()
+    }
+}
+
+/// Removes a work folder on drop unless disarmed.
+#[derive(Debug)]
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A one-request upload in progress: each file streams into the work folder while the
+/// quota reservation grows ahead of it; dropped, it leaves nothing behind.
+pub struct DirectUpload {
+    store: FileStore,
+    user: UserId,
+    reservation: String,
+    dir: DirGuard,
+    reserved: u64,
+    released: bool,
+}
+
+impl Drop for DirectUpload {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Cut short (an error, or the client went away): give the reservation back.
+        let quotas = self.store.quotas.clone();
+        let user = self.user.as_str().to_owned();
+        let id = self.reservation.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || {
+                let _ = quotas.with_ledger(&user, |l| {
+                    l.reserved.remove(&id);
+                    Ok(())
+                });
+            });
+        }
+    }
+}
+
+/// Reserve quota in steps of this much, so the ledger is not touched for every chunk.
+const RESERVE_STEP: u64 = 8 << 20;
+
+impl DirectUpload {
+    /// Starts a file of this upload.
+    pub async fn begin_file(&self) -> Result<Sink, StoreError> {
+        let dir = self.dir.0.clone().unwrap_or_default();
+        Sink::create(
+            dir.join(uuid::Uuid::new_v4().simple().to_string()),
+            true,
+            self.store.max_file,
+        )
+        .await
+    }
+
+    /// Writes a chunk of the current file, reserving quota ahead of it; 413 as soon as the
+    /// quota would be passed.
+    pub async fn write(
+        &mut self,
+        sink: &mut Sink,
+        chunk: Bytes,
+        total_before: u64,
+    ) -> Result<(), StoreError> {
+        let need = total_before + sink.written() + chunk.len() as u64;
+        if need > self.reserved {
+            let want = need.max(self.reserved + RESERVE_STEP);
+            self.reserve(need, want).await?;
+        }
+        sink.write(chunk).await
+    }
+
+    /// Reserves `want` bytes in all (at least `need`), or fails with the quota.
+    async fn reserve(&mut self, need: u64, want: u64) -> Result<(), StoreError> {
+        let quotas = self.store.quotas.clone();
+        let user = self.user.as_str().to_owned();
+        let id = self.reservation.clone();
+        let got = blocking(move || {
+            quotas.with_ledger(&user, |l| {
+                let others = l.used + l.reserved_except(&id);
+                let room = quotas.limit.saturating_sub(others);
+                if room < need {
+                    return Err(StoreError::Quota {
+                        used: others,
+                        quota: quotas.limit,
+                        requested: need,
+                    });
+                }
+                let got = want.min(room);
+                l.reserved.insert(id.clone(), got);
+                Ok(got)
+            })
+        })
+        .await?;
+        self.reserved = got;
+        Ok(())
+    }
+
+    /// Finishes a file: checks its SHA-256 and publishes it.
+    pub async fn publish_file(
+        &mut self,
+        sink: Sink,
+        original_name: String,
+        folder: Option<FolderPath>,
+        declared_mime: Option<String>,
+        expected_sha: Option<String>,
+        extra: Map<String, Value>,
+    ) -> Result<Stored, StoreError> {
+        key::validate_client_filename(&original_name).map_err(|e| StoreError::Invalid(e.0))?;
+        let (written, guard) = sink.finish().await?;
+        check_sha(
+            expected_sha.as_deref(),
+            written.sha256.as_deref().unwrap_or(""),
+        )?;
+        let store = self.store.clone();
+        let user = self.user.clone();
+        let dir = self.dir.0.clone().unwrap_or_default();
+        let reservation = self.reservation.clone();
+        let size = written.size;
+        let stored = blocking(move || {
+            // Publishing releases the reservation; what other files of this request still
+            // need is reserved again below.
+            store.publish(
+                &user,
+                folder.as_ref(),
+                &original_name,
+                declared_mime.as_deref(),
+                extra,
+                written,
+                guard,
+                &dir,
+                &reservation,
+            )
+        })
+        .await?;
+        self.reserved = self.reserved.saturating_sub(size);
+        if self.reserved > 0 {
+            let keep = self.reserved;
+            self.reserved = 0;
+            self.reserve(0, keep).await.ok();
+        }
+        Ok(stored)
+    }
+
+    /// Releases what is still reserved (on success or failure).
+    pub async fn finish(mut self) {
+        let quotas = self.store.quotas.clone();
+        let user = self.user.as_str().to_owned();
+        let id = self.reservation.clone();
+        let _ = blocking(move || {
+            quotas.with_ledger(&user, |l| {
+                l.reserved.remove(&id);
+                Ok(())
+            })
+        })
+        .await;
+        self.reserved = 0;
+        self.released = true;
+    }
+}

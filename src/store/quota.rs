@@ -1,0 +1,180 @@
+//! Per-user quota: a small ledger file per user under `UPLOAD_ROOT/.quota/`, changed only
+//! under an exclusive `flock`, so every instance sharing the root sees the same numbers and
+//! concurrent uploads can never together pass the quota. The ledger holds the bytes of stored
+//! files and the bytes reserved by uploads in flight; it is computed by walking the user's
+//! directory when absent (files of the old service included) and again at start.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+
+/// The ledger of one user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ledger {
+    /// The user the ledger is for.
+    pub user_id: String,
+    /// Bytes of the user's stored files.
+    pub used: u64,
+    /// Bytes held by uploads in flight, by reservation id (a session id or an upload id).
+    pub reserved: BTreeMap<String, u64>,
+}
+
+impl Ledger {
+    /// Bytes reserved, leaving out one reservation.
+    pub fn reserved_except(&self, id: &str) -> u64 {
+        self.reserved
+            .iter()
+            .filter(|(k, _)| k.as_str() != id)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+/// The quota ledgers of all users.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    dir: PathBuf,
+    storage: PathBuf,
+    /// The quota in bytes.
+    pub limit: u64,
+}
+
+impl Quotas {
+    /// Ledgers in `dir`, counting files under `storage`.
+    pub fn new(dir: PathBuf, storage: PathBuf, limit: u64) -> Self {
+        Self {
+            dir,
+            storage,
+            limit,
+        }
+    }
+
+    fn file_stem(user: &str) -> String {
+        // Hashed: a 255-byte user id plus a suffix would not fit a file name.
+        hex::encode(&Sha256::digest(user.as_bytes())[..16])
+    }
+
+    /// Runs `f` on the user's ledger under the user's exclusive lock, then saves it.
+    /// Blocking: call from `spawn_blocking`.
+    pub fn with_ledger<R>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&mut Ledger) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        std::fs::create_dir_all(&self.dir)?;
+        let stem = Self::file_stem(user);
+        let lock = lock_file(&self.dir.join(format!("{stem}.lock")))?;
+        let path = self.dir.join(format!("{stem}.json"));
+        let mut ledger = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Ledger>(&bytes) {
+                Ok(l) if l.user_id == user => l,
+                _ => self.fresh(user)?,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.fresh(user)?,
+            Err(e) => return Err(e.into()),
+        };
+        let before = ledger.clone();
+        let out = f(&mut ledger)?;
+        if ledger != before || !path.exists() {
+            let tmp = self
+                .dir
+                .join(format!(".{stem}.{}.tmp", uuid::Uuid::new_v4().simple()));
+            let written = (|| -> std::io::Result<()> {
+                let mut file = File::create(&tmp)?;
+                file.write_all(&serde_json::to_vec(&ledger).unwrap_or_default())?;
+                file.sync_data()?;
+                std::fs::rename(&tmp, &path)
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        }
+        drop(lock);
+        Ok(out)
+    }
+
+    fn fresh(&self, user: &str) -> Result<Ledger, StoreError> {
+        Ok(Ledger {
+            user_id: user.to_owned(),
+            used: dir_usage(&self.storage.join(user))?,
+            reserved: BTreeMap::new(),
+        })
+    }
+
+    /// Recomputes `used` from the disk and drops reservations `alive` says are gone, for
+    /// every user with a ledger. Run at start and by the sweep.
+    pub fn reconcile(&self, alive: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(ledger) = serde_json::from_slice::<Ledger>(&bytes) else {
+                continue;
+            };
+            let storage = self.storage.join(&ledger.user_id);
+            self.with_ledger(&ledger.user_id, |l| {
+                l.used = dir_usage(&storage)?;
+                l.reserved.retain(|id, _| alive(id));
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| StoreError::Io(e.into()))?;
+    Ok(file)
+}
+
+/// Bytes of the stored files under `dir`: regular files, not sidecars, not dot-files
+/// (temporary names), symlinks not followed.
+pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() && !name.ends_with(".meta") {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
