@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod part_json;
 pub mod routes;
+pub mod signer;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -84,12 +84,9 @@ impl FolderPath {
                 if cleaned.is_empty() || p == "." || p == ".." {
                     "invalid".to_owned()
                 } else {
-                    cleaned
-                        .chars()
-                        .take(100)
-                        .collect::<String>()
-                        .trim_end_matches([' ', '.'])
-                        .to_owned()
+                    // 100 characters, and never more than a file name's 255 bytes.
+                    let cut: String = cleaned.chars().take(100).collect();
+                    cut_bytes(&cut, 255).trim_end_matches([' ', '.']).to_owned()
                 }
             })
             .map(|p| {
@@ -319,6 +316,7 @@ mod tests {
         assert_eq!(f(" .hidden. "), Some("hidden".into()));
         assert_eq!(f("..."), Some("invalid".into()));
         assert_eq!(f(&"x".repeat(150)).unwrap().len(), 100);
+        assert!(f(&"𝄞".repeat(150)).unwrap().len() <= 255);
     }
 
     #[test]
@@ -374,6 +372,71 @@ mod tests {
             "other/u1/x",
         ] {
             assert!(Key::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::path::{Component, Path};
+
+        /// Any string, biased towards the characters that matter for paths.
+        fn hostile() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    Just("..".to_owned()),
+                    Just("/".to_owned()),
+                    Just("\\".to_owned()),
+                    Just(".".to_owned()),
+                    Just("\0".to_owned()),
+                    Just(" ".to_owned()),
+                    Just(".meta".to_owned()),
+                    Just("%2e".to_owned()),
+                    any::<char>().prop_map(String::from),
+                    "[a-zé]{1,5}",
+                ],
+                0..40,
+            )
+            .prop_map(|v| v.concat())
+        }
+
+        fn stays_inside(key: &Key) {
+            let rel = key.relative_path();
+            assert!(rel.starts_with(Path::new("storage").join(key.owner().as_str())));
+            for c in rel.components() {
+                assert!(matches!(c, Component::Normal(_)), "{rel:?}");
+            }
+            for seg in rel.iter() {
+                let seg = seg.to_str().unwrap_or("");
+                assert!(!seg.is_empty() && seg != "." && seg != "..");
+                assert!(seg.len() <= 255, "{seg}");
+                assert!(!seg.chars().any(|c| c == '\\' || c.is_control()));
+            }
+            // What we build, we can parse back: the same checks guard reads.
+            assert_eq!(Key::parse(&key.to_string()).as_ref(), Ok(key));
+        }
+
+        proptest! {
+            #[test]
+            fn sanitised_names_stay_in_the_users_directory(folder in hostile(), name in hostile()) {
+                let user = UserId::parse("u1").unwrap();
+                let folder = FolderPath::sanitize(&folder);
+                let name = FileName::sanitize(&name);
+                prop_assert!(name.as_str().len() <= MAX_NAME_BYTES);
+                prop_assert!(!name.as_str().to_ascii_lowercase().ends_with(".meta"));
+                let stored = format!("1a2b3c4d_{}", name.as_str());
+                let sidecar_len = stored.len() + ".meta".len();
+                prop_assert!(sidecar_len <= 255);
+                let key = Key::new(&user, folder.as_ref(), &stored);
+                stays_inside(&key);
+            }
+
+            #[test]
+            fn parsed_keys_stay_inside(raw in hostile()) {
+                if let Ok(key) = Key::parse(&format!("storage/u1/{raw}")) {
+                    stays_inside(&key);
+                }
+            }
         }
     }
 }
