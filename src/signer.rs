@@ -83,7 +83,13 @@ pub fn decode_key(encoded: &str) -> Option<String> {
 }
 
 /// The whole signed URL.
-pub fn signed_url(base: &str, secret: &[u8], key: &str, exp: i64, disposition: Disposition) -> String {
+pub fn signed_url(
+    base: &str,
+    secret: &[u8],
+    key: &str,
+    exp: i64,
+    disposition: Disposition,
+) -> String {
     let sig = sign(secret, key, exp, disposition);
     let mut url = format!("{base}/get/{}?exp={exp}&sig={sig}", encode_key(key));
     if disposition == Disposition::Attachment {
@@ -116,18 +122,39 @@ mod tests {
             assert!(!verify(secret, key, exp + 1, Disposition::Inline, sig));
             assert!(!verify(secret, key, exp, Disposition::Attachment, sig));
             assert!(!verify(b"other", key, exp, Disposition::Inline, sig));
-            let encoded = url.split("/get/").nth(1).unwrap().split('?').next().unwrap();
+            let encoded = url
+                .split("/get/")
+                .nth(1)
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap();
             assert_eq!(decode_key(encoded).as_deref(), Some(key));
-            assert_eq!(decode_key(encoded.trim_end_matches('=')).as_deref(), Some(key));
+            assert_eq!(
+                decode_key(encoded.trim_end_matches('=')).as_deref(),
+                Some(key)
+            );
         }
     }
 
     #[test]
     fn attachment_is_signed_apart() {
-        let url = signed_url("https://x", b"k", "storage/u/a", 10, Disposition::Attachment);
+        let url = signed_url(
+            "https://x",
+            b"k",
+            "storage/u/a",
+            10,
+            Disposition::Attachment,
+        );
         assert!(url.ends_with("&disposition=attachment"));
         let sig = sign(b"k", "storage/u/a", 10, Disposition::Attachment);
-        assert!(verify(b"k", "storage/u/a", 10, Disposition::Attachment, &sig));
+        assert!(verify(
+            b"k",
+            "storage/u/a",
+            10,
+            Disposition::Attachment,
+            &sig
+        ));
         assert!(!verify(b"k", "storage/u/a", 10, Disposition::Inline, &sig));
         assert!(!verify(b"k", "storage/u/a", 10, Disposition::Inline, "zz"));
         assert_eq!(decode_key("!!!"), None);

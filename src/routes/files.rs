@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery};
 use crate::part_json::{PartJsonError, PartJsonParser};
+use crate::signer::{self, Disposition};
 use crate::state::AppState;
 use crate::store::key::{validate_client_filename, FolderPath, Key, UserId};
 use crate::store::sessions::{FileSpec, SessionId, SessionInfo, MAX_PART_NUMBER};
@@ -39,6 +40,176 @@ pub fn router() -> Router<AppState> {
             "/v1/files/upload",
             post(upload_files).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/files/all", get(list_files))
+        .route("/v1/files/metadata/{*key}", get(file_metadata))
+        .route(
+            "/v1/files/signed-url",
+            get(signed_url_get).post(signed_url_post),
+        )
+        .route("/v1/files/{*key}", axum::routing::delete(delete_file))
+}
+
+/// A key from a client: 400 when it is not a file key, 403 when it is not the caller's.
+fn owned_key(caller: &Caller, raw: &str) -> ApiResult<Key> {
+    let key = Key::parse(raw).map_err(|e| ApiError::BadRequest(e.0))?;
+    if !caller.may_access(key.owner().as_str()) {
+        return Err(ApiError::access_denied());
+    }
+    Ok(key)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    user_id: Option<String>,
+    user_email: Option<String>,
+    folder: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn list_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
+    let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
+    let entries = state
+        .store
+        .list(&user, folder.as_ref().map(FolderPath::segments))
+        .await?;
+    let total_size: u64 = entries.iter().map(|e| e.size).sum();
+    let total_count = entries.len();
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let files: Vec<Value> = entries
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|e| {
+            json!({
+                "key": e.key.to_string(),
+                "filename": e.meta.original_name,
+                "size": e.size,
+                "mime": e.meta.mime,
+                "created_at": e.created_at,
+                "folder": e.key.folder(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "files": files, "total_count": total_count, "total_size": total_size }),
+    ))
+}
+
+async fn file_metadata(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppPath(key): AppPath<String>,
+) -> ApiResult<Json<Value>> {
+    let key = owned_key(&caller, &key)?;
+    let e = state.store.entry(&key).await?;
+    let mut body = Map::new();
+    for (k, v) in &e.meta.extra {
+        body.insert(k.clone(), v.clone());
+    }
+    body.insert("key".into(), json!(key.to_string()));
+    body.insert("original_name".into(), json!(e.meta.original_name));
+    body.insert("size".into(), json!(e.size));
+    body.insert("mime".into(), json!(e.meta.mime));
+    body.insert("sha256".into(), json!(e.meta.sha256));
+    body.insert("crc32".into(), json!(e.meta.crc32));
+    body.insert("user_id".into(), json!(e.meta.user_id));
+    body.insert("createdAt".into(), json!(e.created_at));
+    Ok(Json(Value::Object(body)))
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppPath(key): AppPath<String>,
+) -> ApiResult<Json<Value>> {
+    let key = owned_key(&caller, &key)?;
+    state.store.delete(&key).await?;
+    tracing::info!(target: "activity", event = "delete", key = %key);
+    Ok(Json(json!({ "status": "deleted", "key": key.to_string() })))
+}
+
+#[derive(Debug, Deserialize)]
+struct SignQuery {
+    key: Option<String>,
+    file_key: Option<String>,
+    ttl: Option<Value>,
+    expires_in: Option<Value>,
+    disposition: Option<String>,
+}
+
+/// Largest signed-URL lifetime: 7 days.
+const MAX_TTL: i64 = 7 * 24 * 3600;
+
+async fn sign_url(state: &AppState, caller: &Caller, q: SignQuery) -> ApiResult<Json<Value>> {
+    let raw = q
+        .key
+        .or(q.file_key)
+        .ok_or_else(|| ApiError::validation(&["query", "key"], "Field required", "missing"))?;
+    let key = owned_key(caller, &raw)?;
+    let ttl = match q.ttl.or(q.expires_in) {
+        None | Some(Value::Null) => state.settings.signed_url_ttl_default as i64,
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(-1),
+        Some(_) => -1,
+    };
+    if !(1..=MAX_TTL).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl must be between 1 and {MAX_TTL} seconds"
+        )));
+    }
+    let disposition = match q.disposition.as_deref() {
+        None | Some("") => Disposition::Inline,
+        Some(d) => Disposition::parse(d).ok_or_else(|| {
+            ApiError::BadRequest("disposition must be 'inline' or 'attachment'".to_owned())
+        })?,
+    };
+    state.store.entry(&key).await?;
+    let exp = chrono::Utc::now().timestamp() + ttl;
+    let url = signer::signed_url(
+        &state.settings.public_base_url,
+        state.signing_key.expose(),
+        &key.to_string(),
+        exp,
+        disposition,
+    );
+    Ok(Json(json!({
+        "url": url,
+        "signed_url": url,
+        "expires_in": ttl,
+        "expires_at": exp,
+        "disposition": disposition.as_str(),
+    })))
+}
+
+async fn signed_url_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let get = |k: &str| q.get(k).cloned();
+    let q = SignQuery {
+        key: get("key"),
+        file_key: get("file_key"),
+        ttl: get("ttl").map(Value::from),
+        expires_in: get("expires_in").map(Value::from),
+        disposition: get("disposition"),
+    };
+    sign_url(&state, &caller, q).await
+}
+
+async fn signed_url_post(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(q): AppJson<SignQuery>,
+) -> ApiResult<Json<Value>> {
+    sign_url(&state, &caller, q).await
 }
 
 /// Bytes a chunked part holds, for the `parts` count of init.

@@ -1,7 +1,10 @@
 //! The router: merges the route modules and adds the service endpoints (API.md §5).
 
 pub mod files;
+pub mod serve;
 pub mod service;
+pub mod signed;
+pub mod storage;
 
 use axum::Router;
 
@@ -12,4 +15,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(service::router())
         .merge(files::router())
+        .merge(storage::router())
+        .merge(signed::router())
 }

@@ -8,6 +8,7 @@
 
 pub mod key;
 pub mod quota;
+pub mod read;
 pub mod sessions;
 pub mod sidecar;
 pub mod sink;
@@ -109,6 +110,7 @@ pub struct FileStore {
     quotas: Quotas,
     session_ttl: Duration,
     max_file: u64,
+    list_cache: std::sync::Arc<read::ListCache>,
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -158,6 +160,7 @@ impl FileStore {
             dirs: SessionDirs { parts },
             session_ttl,
             max_file,
+            list_cache: std::sync::Arc::default(),
         })
     }
 
