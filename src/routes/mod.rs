@@ -1,5 +1,6 @@
 //! The router: merges the route modules and adds the service endpoints (API.md §5).
 
+pub mod batch;
 pub mod files;
 pub mod serve;
 pub mod service;
@@ -17,4 +18,5 @@ pub fn router() -> Router<AppState> {
         .merge(files::router())
         .merge(storage::router())
         .merge(signed::router())
+        .merge(batch::router())
 }

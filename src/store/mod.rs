@@ -6,6 +6,7 @@
 //! claimed session folder, fsynced, then renamed into place, sidecar first, and the folder
 //! fsynced, so no reader sees a partial file or data without metadata.
 
+pub mod batch;
 pub mod key;
 pub mod quota;
 pub mod read;
@@ -688,6 +689,7 @@ impl FileStore {
                 }
             }
         }
+        self.sweep_batches();
         if reconcile {
             let dirs = self.dirs.clone();
             self.quotas.reconcile(|res| {

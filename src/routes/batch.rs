@@ -1,0 +1,285 @@
+//! Batch ZIP downloads (API.md §4.5): `POST /v1/files/batch-download` makes a token;
+//! `GET`/`HEAD /v1/files/batch-download/{token}` streams the archive, with an exact length
+//! and byte ranges by default.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, AppJson, AppPath};
+use crate::state::AppState;
+use crate::store::batch::BatchToken;
+use crate::store::key::Key;
+use crate::store::read::FileEntry;
+use crate::store::FileStore;
+use crate::zip_stream::{self, Layout, ZipFile};
+
+/// The batch routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/files/batch-download", post(create_batch))
+        .route(
+            "/v1/files/batch-download/{token}",
+            axum::routing::get(download_batch),
+        )
+}
+
+/// Most keys in one batch.
+const MAX_KEYS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+struct BatchRequest {
+    keys: Vec<String>,
+    #[serde(default)]
+    compress: bool,
+}
+
+async fn create_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(req): AppJson<BatchRequest>,
+) -> ApiResult<Json<Value>> {
+    if req.keys.is_empty() || req.keys.len() > MAX_KEYS {
+        return Err(ApiError::BadRequest(format!(
+            "keys must hold 1 to {MAX_KEYS} keys"
+        )));
+    }
+    for raw in &req.keys {
+        let key =
+            Key::parse(raw).map_err(|_| ApiError::NotFound(format!("File not found: {raw}")))?;
+        if !caller.may_access(key.owner().as_str()) {
+            return Err(ApiError::access_denied());
+        }
+        let entry = state
+            .store
+            .entry(&key)
+            .await
+            .map_err(|_| ApiError::NotFound(format!("File not found: {raw}")))?;
+        // Record a missing CRC now, so the download can lay out its archive at once.
+        ensure_crc(&state.store, &entry).await?;
+    }
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(state.settings.batch_token_ttl)
+        .unwrap_or(chrono::Duration::hours(1));
+    let requested_by = match &caller {
+        Caller::Service => "service".to_owned(),
+        Caller::User(u) => u.as_str().to_owned(),
+    };
+    let token = state
+        .store
+        .create_batch(BatchToken {
+            keys: req.keys.clone(),
+            compress: req.compress,
+            requested_by,
+            created_at: now,
+            expires_at: now + ttl,
+        })
+        .await?;
+    tracing::info!(target: "activity", event = "batch_create", files = req.keys.len(), compress = req.compress);
+    Ok(Json(
+        json!({ "token": token, "expires_in": state.settings.batch_token_ttl.as_secs(), "files": req.keys.len() }),
+    ))
+}
+
+/// The CRC-32 of an entry: from its sidecar, else computed and recorded there.
+async fn ensure_crc(store: &FileStore, entry: &FileEntry) -> ApiResult<u32> {
+    if let (Some(crc), true) = (
+        entry.meta.crc32,
+        entry.meta.size.is_none_or(|s| s == entry.size),
+    ) {
+        return Ok(crc);
+    }
+    let path = store.data_path(&entry.key);
+    let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
+        use std::io::Read as _;
+        let mut f = std::fs::File::open(path)?;
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(h.finalize());
+            }
+            h.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut meta = entry.meta.clone();
+    meta.crc32 = Some(crc);
+    meta.size = Some(entry.size);
+    if let Err(e) = store.update_meta(&entry.key, meta).await {
+        tracing::warn!(key = %entry.key, error = %e, "cannot record a CRC-32 in the sidecar");
+    }
+    Ok(crc)
+}
+
+fn archive_name(entries: &[FileEntry]) -> String {
+    let stamp = Utc::now().format("%Y%m%d_%H%M%S");
+    match entries {
+        [one] => {
+            let name = &one.meta.original_name;
+            let stem = match name.rfind('.') {
+                Some(i) if i > 0 => &name[..i],
+                _ => name.as_str(),
+            };
+            let safe: String = stem
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_. ".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{}_{stamp}.zip", safe.trim())
+        }
+        _ => format!("batch_download_{stamp}.zip"),
+    }
+}
+
+/// A single satisfiable range of `len` bytes, `Err` for 416, `Ok(None)` for the whole.
+fn wanted_range(headers: &HeaderMap, len: u64, etag: &str) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        if if_range.trim() != etag {
+            return Ok(None);
+        }
+    }
+    let Ok(parsed) = http_range_header::parse_range_header(range) else {
+        return Ok(None); // malformed: ignored, as RFC 9110 says
+    };
+    match parsed.validate(len) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let r = &ranges[0];
+            Ok(Some((*r.start(), *r.end() + 1)))
+        }
+        Ok(_) => Ok(None), // several ranges: the whole archive
+        Err(_) => Err(ApiError::Range { size: len }),
+    }
+}
+
+async fn download_batch(
+    State(state): State<AppState>,
+    AppPath(token): AppPath<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let batch = state.store.batch(&token).await?;
+    // Files deleted since the token was made are left out, before anything is sent.
+    let mut entries = Vec::with_capacity(batch.keys.len());
+    for raw in &batch.keys {
+        let Ok(key) = Key::parse(raw) else { continue };
+        match state.store.entry(&key).await {
+            Ok(e) => entries.push(e),
+            Err(_) => tracing::info!(key = %raw, "batch file gone: left out"),
+        }
+    }
+    if entries.is_empty() {
+        return Err(ApiError::NotFound(
+            "None of the files exist any more".to_owned(),
+        ));
+    }
+    let names = zip_stream::entry_names(
+        &entries
+            .iter()
+            .map(|e| e.meta.original_name.clone())
+            .collect::<Vec<_>>(),
+    );
+    let mut files = Vec::with_capacity(entries.len());
+    let mut tag = Sha256::new();
+    for (e, name) in entries.iter().zip(names) {
+        let crc32 = ensure_crc(&state.store, e).await?;
+        let modified = e.modified;
+        tag.update(format!("{name}\0{}\0{crc32}\0{:?}\0", e.size, modified).as_bytes());
+        files.push(ZipFile {
+            name,
+            path: state.store.data_path(&e.key),
+            size: e.size,
+            crc32,
+            modified,
+            deflate: batch.compress && zip_stream::compressible(&e.meta.mime),
+        });
+    }
+    let etag = format!("\"{}\"", &hex::encode(tag.finalize())[..32]);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("attachment; filename={}", archive_name(&entries)))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    let is_head = req.method() == Method::HEAD;
+    let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    tracing::info!(target: "activity", event = "batch_download", files = files.len(), compress = batch.compress);
+
+    if batch.compress {
+        if is_head {
+            return Ok((StatusCode::OK, headers).into_response());
+        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = zip_stream::write_compressed(&files, &tx) {
+                report(&tx, e);
+            }
+        });
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        return Ok((StatusCode::OK, headers, body).into_response());
+    }
+
+    let layout = Layout::stored(files);
+    let len = layout.len();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    let (status, start, end) = match wanted_range(req.headers(), len, &etag)? {
+        Some((s, e)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{len}", e - 1)) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, s, e)
+        }
+        None => (StatusCode::OK, 0, len),
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if is_head {
+        return Ok((status, headers).into_response());
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = layout.write_range(start, end, &tx) {
+            report(&tx, e);
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((status, headers, body).into_response())
+}
+
+/// A failure mid-archive can only cut the stream: log it, and end the body with an error
+/// so the client sees a broken transfer rather than a short archive.
+fn report(tx: &mpsc::Sender<std::io::Result<bytes::Bytes>>, e: std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        tracing::info!("batch download: client went away");
+        return;
+    }
+    tracing::warn!(error = %e, "batch download cut short");
+    let _ = tx.blocking_send(Err(e));
+}

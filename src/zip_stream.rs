@@ -1,0 +1,548 @@
+//! Streaming ZIP archives (API.md §4.5): a list of files in, a stream of bytes out.
+//!
+//! By default every entry is Stored with its CRC-32 and sizes in the local header (no data
+//! descriptor, which streaming readers such as Java's `ZipInputStream` refuse for Stored
+//! entries), so the whole layout is known before the first byte: the exact length, and any
+//! byte range of the archive can be produced on its own (resumable downloads). With
+//! compression, compressible entries are Deflated behind a data descriptor, and the length
+//! is not known in advance. ZIP64 records appear only where a size or offset needs them.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+use tokio::sync::mpsc;
+
+/// One file of the archive.
+#[derive(Debug, Clone)]
+pub struct ZipFile {
+    /// The entry name (already made safe and unique).
+    pub name: String,
+    /// Where the bytes are.
+    pub path: PathBuf,
+    /// The size the bytes must have (a file that changed is not sent).
+    pub size: u64,
+    /// Its CRC-32.
+    pub crc32: u32,
+    /// Modification time, for the entry's date.
+    pub modified: SystemTime,
+    /// Deflate this entry (only when the archive is compressed).
+    pub deflate: bool,
+}
+
+const LOCAL_SIG: u32 = 0x0403_4b50;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+const EOCD_SIG: u32 = 0x0605_4b50;
+const EOCD64_SIG: u32 = 0x0606_4b50;
+const LOCATOR64_SIG: u32 = 0x0706_4b50;
+const DESCRIPTOR_SIG: u32 = 0x0807_4b50;
+const FLAG_UTF8: u16 = 1 << 11;
+const FLAG_DESCRIPTOR: u16 = 1 << 3;
+const U32_MAX: u64 = 0xFFFF_FFFF;
+/// Deflated entries this large get ZIP64 sizes (the compressed size is not known ahead).
+const DEFLATE_ZIP64_FROM: u64 = 0xF000_0000;
+
+fn dos_time(t: SystemTime) -> (u16, u16) {
+    let dt: DateTime<Utc> = t.into();
+    if dt.year() < 1980 {
+        return (0, (1 << 5) | 1);
+    }
+    let year = dt.year().min(2107);
+    let time = ((dt.hour() as u16) << 11) | ((dt.minute() as u16) << 5) | (dt.second() as u16 / 2);
+    let date = (((year - 1980) as u16) << 9) | ((dt.month() as u16) << 5) | dt.day() as u16;
+    (time, date)
+}
+
+fn unix_secs(t: SystemTime) -> u32 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+        .unwrap_or(0)
+}
+
+/// A piece of the archive: bytes we made, or a run of a file.
+#[derive(Debug, Clone)]
+enum Segment {
+    Bytes(Bytes),
+    File { index: usize, len: u64 },
+}
+
+/// A fully laid-out Stored archive: every byte's origin is known.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    files: Vec<ZipFile>,
+    segments: Vec<(u64, Segment)>,
+    total: u64,
+}
+
+struct Entry<'a> {
+    file: &'a ZipFile,
+    offset: u64,
+}
+
+fn local_header(f: &ZipFile, deflated: bool) -> Bytes {
+    let (time, date) = dos_time(f.modified);
+    let name = f.name.as_bytes();
+    let zip64 = if deflated {
+        f.size >= DEFLATE_ZIP64_FROM
+    } else {
+        f.size >= U32_MAX
+    };
+    let mut extra = BytesMut::new();
+    if zip64 {
+        extra.put_u16_le(0x0001);
+        extra.put_u16_le(16);
+        // Stored: the sizes; deflated: zeros, the descriptor has them.
+        let s = if deflated { 0 } else { f.size };
+        extra.put_u64_le(s);
+        extra.put_u64_le(s);
+    }
+    extra.put_u16_le(0x5455);
+    extra.put_u16_le(5);
+    extra.put_u8(1);
+    extra.put_u32_le(unix_secs(f.modified));
+    let mut b = BytesMut::with_capacity(30 + name.len() + extra.len());
+    b.put_u32_le(LOCAL_SIG);
+    b.put_u16_le(if zip64 { 45 } else { 20 });
+    b.put_u16_le(FLAG_UTF8 | if deflated { FLAG_DESCRIPTOR } else { 0 });
+    b.put_u16_le(if deflated { 8 } else { 0 });
+    b.put_u16_le(time);
+    b.put_u16_le(date);
+    if deflated {
+        b.put_u32_le(0);
+        b.put_u32_le(if zip64 { u32::MAX } else { 0 });
+        b.put_u32_le(if zip64 { u32::MAX } else { 0 });
+    } else {
+        b.put_u32_le(f.crc32);
+        let s = if zip64 { u32::MAX } else { f.size as u32 };
+        b.put_u32_le(s);
+        b.put_u32_le(s);
+    }
+    b.put_u16_le(name.len() as u16);
+    b.put_u16_le(extra.len() as u16);
+    b.put_slice(name);
+    b.put_slice(&extra);
+    b.freeze()
+}
+
+/// What the central directory records of an entry.
+struct Written<'a> {
+    file: &'a ZipFile,
+    offset: u64,
+    compressed: u64,
+    crc32: u32,
+    deflated: bool,
+}
+
+fn central_directory(entries: &[Written<'_>], cd_offset: u64) -> Bytes {
+    let mut b = BytesMut::new();
+    for e in entries {
+        let f = e.file;
+        let (time, date) = dos_time(f.modified);
+        let name = f.name.as_bytes();
+        let big_u = f.size >= U32_MAX;
+        let big_c = e.compressed >= U32_MAX;
+        let big_o = e.offset >= U32_MAX;
+        let mut extra = BytesMut::new();
+        if big_u || big_c || big_o {
+            let n = 8 * (u16::from(big_u) + u16::from(big_c) + u16::from(big_o));
+            extra.put_u16_le(0x0001);
+            extra.put_u16_le(n);
+            if big_u {
+                extra.put_u64_le(f.size);
+            }
+            if big_c {
+                extra.put_u64_le(e.compressed);
+            }
+            if big_o {
+                extra.put_u64_le(e.offset);
+            }
+        }
+        extra.put_u16_le(0x5455);
+        extra.put_u16_le(5);
+        extra.put_u8(1);
+        extra.put_u32_le(unix_secs(f.modified));
+        let zip64 = big_u || big_c || big_o;
+        b.put_u32_le(CENTRAL_SIG);
+        b.put_u16_le(0x0300 | 45); // made by: Unix, 4.5
+        b.put_u16_le(if zip64 { 45 } else { 20 });
+        b.put_u16_le(FLAG_UTF8 | if e.deflated { FLAG_DESCRIPTOR } else { 0 });
+        b.put_u16_le(if e.deflated { 8 } else { 0 });
+        b.put_u16_le(time);
+        b.put_u16_le(date);
+        b.put_u32_le(e.crc32);
+        b.put_u32_le(if big_c { u32::MAX } else { e.compressed as u32 });
+        b.put_u32_le(if big_u { u32::MAX } else { f.size as u32 });
+        b.put_u16_le(name.len() as u16);
+        b.put_u16_le(extra.len() as u16);
+        b.put_u16_le(0); // comment
+        b.put_u16_le(0); // disk
+        b.put_u16_le(0); // internal attributes
+        b.put_u32_le(0o100_644 << 16); // regular file, rw-r--r--
+        b.put_u32_le(if big_o { u32::MAX } else { e.offset as u32 });
+        b.put_slice(name);
+        b.put_slice(&extra);
+    }
+    let cd_size = b.len() as u64;
+    let count = entries.len() as u64;
+    let need64 = count >= 0xFFFF || cd_size >= U32_MAX || cd_offset >= U32_MAX;
+    if need64 {
+        let eocd64_offset = cd_offset + cd_size;
+        b.put_u32_le(EOCD64_SIG);
+        b.put_u64_le(44);
+        b.put_u16_le(0x0300 | 45);
+        b.put_u16_le(45);
+        b.put_u32_le(0);
+        b.put_u32_le(0);
+        b.put_u64_le(count);
+        b.put_u64_le(count);
+        b.put_u64_le(cd_size);
+        b.put_u64_le(cd_offset);
+        b.put_u32_le(LOCATOR64_SIG);
+        b.put_u32_le(0);
+        b.put_u64_le(eocd64_offset);
+        b.put_u32_le(1);
+    }
+    b.put_u32_le(EOCD_SIG);
+    b.put_u16_le(0);
+    b.put_u16_le(0);
+    let c16 = if count >= 0xFFFF {
+        0xFFFF
+    } else {
+        count as u16
+    };
+    b.put_u16_le(c16);
+    b.put_u16_le(c16);
+    b.put_u32_le(if cd_size >= U32_MAX {
+        u32::MAX
+    } else {
+        cd_size as u32
+    });
+    b.put_u32_le(if cd_offset >= U32_MAX {
+        u32::MAX
+    } else {
+        cd_offset as u32
+    });
+    b.put_u16_le(0);
+    b.freeze()
+}
+
+impl Layout {
+    /// Lays out a Stored archive of `files`.
+    pub fn stored(files: Vec<ZipFile>) -> Self {
+        let mut segments = Vec::new();
+        let mut pos = 0u64;
+        let mut entries = Vec::with_capacity(files.len());
+        for (index, f) in files.iter().enumerate() {
+            let header = local_header(f, false);
+            entries.push(Entry {
+                file: f,
+                offset: pos,
+            });
+            segments.push((pos, Segment::Bytes(header.clone())));
+            pos += header.len() as u64;
+            if f.size > 0 {
+                segments.push((pos, Segment::File { index, len: f.size }));
+                pos += f.size;
+            }
+        }
+        let written: Vec<Written<'_>> = entries
+            .iter()
+            .map(|e| Written {
+                file: e.file,
+                offset: e.offset,
+                compressed: e.file.size,
+                crc32: e.file.crc32,
+                deflated: false,
+            })
+            .collect();
+        let cd = central_directory(&written, pos);
+        segments.push((pos, Segment::Bytes(cd.clone())));
+        pos += cd.len() as u64;
+        drop(written);
+        Self {
+            files,
+            segments,
+            total: pos,
+        }
+    }
+
+    /// The archive's exact length.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether the archive is empty (it never is: the end record is always there).
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Streams bytes `start..end` of the archive into `tx`. Blocking: run it on a blocking
+    /// thread. Stops when the receiver goes away (the client disconnected); fails if a
+    /// file's size is no longer what was laid out.
+    pub fn write_range(
+        &self,
+        start: u64,
+        end: u64,
+        tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        for (seg_start, seg) in &self.segments {
+            let seg_len = match seg {
+                Segment::Bytes(b) => b.len() as u64,
+                Segment::File { len, .. } => *len,
+            };
+            let seg_end = seg_start + seg_len;
+            if seg_end <= start || *seg_start >= end {
+                continue;
+            }
+            let from = start.max(*seg_start) - seg_start;
+            let to = end.min(seg_end) - seg_start;
+            match seg {
+                Segment::Bytes(b) => send(tx, b.slice(from as usize..to as usize))?,
+                Segment::File { index, len } => {
+                    let f = &self.files[*index];
+                    let mut file = std::fs::File::open(&f.path)?;
+                    if file.metadata()?.len() != *len {
+                        return Err(std::io::Error::other(format!("{} changed size", f.name)));
+                    }
+                    file.seek(SeekFrom::Start(from))?;
+                    let mut left = to - from;
+                    while left > 0 {
+                        let want = buf.len().min(left as usize);
+                        let n = file.read(&mut buf[..want])?;
+                        if n == 0 {
+                            return Err(std::io::Error::other(format!(
+                                "{} shrank while being sent",
+                                f.name
+                            )));
+                        }
+                        send(tx, Bytes::copy_from_slice(&buf[..n]))?;
+                        left -= n as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn send(tx: &mpsc::Sender<std::io::Result<Bytes>>, b: Bytes) -> std::io::Result<()> {
+    tx.blocking_send(Ok(b))
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+}
+
+/// Streams a compressed archive of `files` into `tx` (entries marked `deflate` are
+/// Deflated; the others Stored). Blocking, like [`Layout::write_range`].
+pub fn write_compressed(
+    files: &[ZipFile],
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<()> {
+    use flate2::write::DeflateEncoder;
+    use std::io::Write as _;
+    let mut pos = 0u64;
+    let mut written = Vec::with_capacity(files.len());
+    let mut buf = vec![0u8; 256 * 1024];
+    for f in files {
+        let header = local_header(f, f.deflate);
+        let offset = pos;
+        pos += header.len() as u64;
+        send(tx, header)?;
+        let mut file = std::fs::File::open(&f.path)?;
+        if file.metadata()?.len() != f.size {
+            return Err(std::io::Error::other(format!("{} changed size", f.name)));
+        }
+        if !f.deflate {
+            let mut left = f.size;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = file.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(std::io::Error::other(format!(
+                        "{} shrank while being sent",
+                        f.name
+                    )));
+                }
+                send(tx, Bytes::copy_from_slice(&buf[..n]))?;
+                left -= n as u64;
+            }
+            pos += f.size;
+            written.push((f, offset, f.size, f.crc32, false));
+            continue;
+        }
+        let mut crc = crc32fast::Hasher::new();
+        let mut enc =
+            DeflateEncoder::new(Vec::with_capacity(64 * 1024), flate2::Compression::new(6));
+        let mut compressed = 0u64;
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            crc.update(&buf[..n]);
+            enc.write_all(&buf[..n])?;
+            let out = enc.get_mut();
+            if out.len() >= 64 * 1024 {
+                compressed += out.len() as u64;
+                send(tx, Bytes::from(std::mem::take(out)))?;
+            }
+        }
+        let rest = enc.finish()?;
+        compressed += rest.len() as u64;
+        if !rest.is_empty() {
+            send(tx, Bytes::from(rest))?;
+        }
+        if total != f.size {
+            return Err(std::io::Error::other(format!("{} changed size", f.name)));
+        }
+        let crc = crc.finalize();
+        let mut d = BytesMut::with_capacity(24);
+        d.put_u32_le(DESCRIPTOR_SIG);
+        d.put_u32_le(crc);
+        if f.size >= DEFLATE_ZIP64_FROM {
+            d.put_u64_le(compressed);
+            d.put_u64_le(f.size);
+        } else {
+            d.put_u32_le(compressed as u32);
+            d.put_u32_le(f.size as u32);
+        }
+        pos += compressed + d.len() as u64;
+        send(tx, d.freeze())?;
+        written.push((f, offset, compressed, crc, true));
+    }
+    let entries: Vec<Written<'_>> = written
+        .into_iter()
+        .map(|(file, offset, compressed, crc32, deflated)| Written {
+            file,
+            offset,
+            compressed,
+            crc32,
+            deflated,
+        })
+        .collect();
+    send(tx, central_directory(&entries, pos))
+}
+
+/// Makes entry names safe and unique: one path segment (no `/`, `\`, `..`, NUL or control
+/// characters, no leading dot), and `name_1.ext`, `name_2.ext` for repeats.
+pub fn entry_names(originals: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(originals.len());
+    for o in originals {
+        let base = crate::store::key::FileName::sanitize(o).as_str().to_owned();
+        let (stem, ext) = match base.rfind('.') {
+            Some(i) if i > 0 => (base[..i].to_owned(), base[i..].to_owned()),
+            _ => (base.clone(), String::new()),
+        };
+        let mut name = base.clone();
+        let mut n = 1;
+        while !seen.insert(name.clone()) {
+            name = format!("{stem}_{n}{ext}");
+            n += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+/// Is this type worth deflating? Media, archives and PDFs are already compressed.
+pub fn compressible(mime: &str) -> bool {
+    let m = mime.to_ascii_lowercase();
+    let already = m.starts_with("image/")
+        || m.starts_with("audio/")
+        || m.starts_with("video/")
+        || m == "application/pdf"
+        || m.contains("zip")
+        || m.contains("compressed")
+        || m.contains("x-7z")
+        || m.contains("x-rar")
+        || m.contains("x-bzip")
+        || m.contains("x-xz")
+        || m.contains("zstd")
+        || m.contains("x-tar");
+    !already
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_are_safe_and_unique() {
+        let names = entry_names(&[
+            "a.txt".into(),
+            "a.txt".into(),
+            "../../etc/passwd".into(),
+            "C:\\x\\y".into(),
+            "a.txt".into(),
+            "noext".into(),
+            "noext".into(),
+        ]);
+        assert_eq!(names[0], "a.txt");
+        assert_eq!(names[1], "a_1.txt");
+        assert!(
+            !names[2].contains('/') && !names[2].starts_with('.'),
+            "{}",
+            names[2]
+        );
+        assert!(
+            !names[3].contains('\\') && !names[3].contains(':'),
+            "{}",
+            names[3]
+        );
+        assert_eq!(names[4], "a_2.txt");
+        assert_eq!(names[6], "noext_1");
+    }
+
+    #[test]
+    fn stored_layout_length_is_exact() {
+        let dir = std::env::temp_dir().join(format!("zl-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = Vec::new();
+        for (i, data) in [&b"hello"[..], b"", b"world!!"].iter().enumerate() {
+            let p = dir.join(format!("f{i}"));
+            std::fs::write(&p, data).unwrap();
+            files.push(ZipFile {
+                name: format!("f{i}.txt"),
+                path: p,
+                size: data.len() as u64,
+                crc32: crc32fast::hash(data),
+                modified: SystemTime::now(),
+                deflate: false,
+            });
+        }
+        let layout = Layout::stored(files);
+        let (tx, mut rx) = mpsc::channel(1024);
+        layout.write_range(0, layout.len(), &tx).unwrap();
+        drop(tx);
+        let mut all = Vec::new();
+        while let Ok(Ok(b)) = rx.try_recv() {
+            all.extend_from_slice(&b);
+        }
+        assert_eq!(all.len() as u64, layout.len());
+        assert_eq!(&all[..4], &LOCAL_SIG.to_le_bytes());
+        // Any range is the same slice of the whole.
+        let (tx, mut rx) = mpsc::channel(1024);
+        layout.write_range(40, 90, &tx).unwrap();
+        drop(tx);
+        let mut part = Vec::new();
+        while let Ok(Ok(b)) = rx.try_recv() {
+            part.extend_from_slice(&b);
+        }
+        assert_eq!(part, all[40..90]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn dos_dates() {
+        assert_eq!(dos_time(SystemTime::UNIX_EPOCH), (0, 33));
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let (time, date) = dos_time(t);
+        assert_eq!(date >> 9, 2023 - 1980);
+        assert_eq!(time >> 11, 22);
+    }
+}
