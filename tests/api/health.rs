@@ -1,0 +1,110 @@
+//! Service endpoints without auth (API.md §5): `/` and the health checks, healthy and not.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{send, spawn_app, TestApp};
+
+const HEALTH_PATHS: [&str; 2] = ["/healthz", "/v1/files/healthz"];
+
+/// The body with `disk_free_gb` checked (a number, at least 0) and taken out.
+fn without_free_space(mut body: Value) -> Value {
+    let free = body
+        .as_object_mut()
+        .and_then(|o| o.remove("disk_free_gb"))
+        .unwrap_or_else(|| panic!("no disk_free_gb in {body}"));
+    assert!(
+        free.as_f64().is_some_and(|gb| gb >= 0.0),
+        "disk_free_gb is {free}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn root_describes_the_service() {
+    let app = spawn_app().await;
+    let (status, body) = send(app.get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "service": "Stream-Line Upload Server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "status": "running",
+        })
+    );
+}
+
+#[tokio::test]
+async fn health_is_healthy_on_a_writable_root() {
+    let app = spawn_app().await;
+    for path in HEALTH_PATHS {
+        let (status, body) = send(app.get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(
+            without_free_space(body),
+            json!({ "status": "healthy", "writable": true }),
+            "{path}"
+        );
+    }
+    // The probe leaves nothing behind in the root.
+    let left: Vec<String> = std::fs::read_dir(app.root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("health"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+async fn assert_unhealthy(app: &TestApp, why: &str) {
+    for path in HEALTH_PATHS {
+        let (status, body) = send(app.get(path)).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{why}, {path}: {body}"
+        );
+        assert_eq!(
+            without_free_space(body),
+            json!({ "status": "unhealthy", "writable": false }),
+            "{why}, {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_is_unhealthy_when_the_root_is_gone() {
+    let app = spawn_app().await;
+    let root = app.root.path().to_owned();
+    // Root ignores permission bits, so replace the directory by a plain file instead.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+
+    assert_unhealthy(&app, "root replaced by a file").await;
+
+    // Restored, the service is healthy again without a restart.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let (status, body) = send(app.get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn health_is_unhealthy_on_a_read_only_root() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = spawn_app().await;
+    let root = app.root.path().to_owned();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Permission bits do not stop root (CAP_DAC_OVERRIDE): then there is nothing to test.
+    let canary = root.join("canary");
+    if std::fs::write(&canary, b"x").is_ok() {
+        std::fs::remove_file(&canary).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        eprintln!("skipped: running with permission to write anywhere");
+        return;
+    }
+
+    assert_unhealthy(&app, "root mode 0500").await;
+
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

@@ -1,0 +1,10 @@
+//! The integration tests: one binary (STYLE.md §2.5). Each module covers a part of the
+//! contract (API.md) against the real app on 127.0.0.1, or against the real binary.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod config;
+mod errors;
+mod health;
+mod helpers;
+mod shutdown;

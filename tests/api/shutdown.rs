@@ -1,0 +1,159 @@
+//! Graceful stop (API.md §8): on SIGTERM the binary stops accepting, lets the requests in
+//! flight finish with a complete response, and exits 0.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::helpers::{free_port, keys, start_server, Server, SERVICE_TOKEN};
+
+async fn start() -> (Server, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_text = port.to_string();
+    let server = start_server(
+        &[
+            ("PORT", port_text.as_str()),
+            ("UPLOAD_ROOT", root.path().to_str().unwrap()),
+            ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
+            (
+                "JWT_PRIVATE_KEY_PATH",
+                keys().main.private_path.to_str().unwrap(),
+            ),
+        ],
+        &[],
+        port,
+    )
+    .await;
+    (server, root)
+}
+
+fn request_head() -> String {
+    format!(
+        "POST /v1/files/generate-token?user_id=u1 HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\n\
+         X-Service-Token: {SERVICE_TOKEN}\r\n\
+         Content-Type: application/octet-stream\r\n\
+         Content-Length: 10\r\n\
+         \r\n"
+    )
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body: status line and body. A reset
+/// or an early EOF before the whole response arrived fails the test.
+async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+            if buf.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+                let status = head.lines().next().unwrap_or_default().to_owned();
+                return (status, body);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no complete response; got {:?}",
+                    String::from_utf8_lossy(&buf)
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e} after {:?}", String::from_utf8_lossy(&buf)));
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn assert_minted(status: &str, body: &str) {
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}: {body}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["user_id"], "u1", "{body}");
+    assert_eq!(json["token_type"], "Bearer", "{body}");
+}
+
+async fn assert_refused(port: &str) {
+    let err = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .map(|_| ())
+        .expect_err("a new connection was accepted after SIGTERM");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_with_a_slow_body_finish() {
+    let (mut server, _root) = start().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(request_head().as_bytes()).await.unwrap();
+    stream.write_all(b"01234").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    server.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_refused(&port).await;
+    // The rest of the body may meet a connection the server already finished with.
+    let _ = stream.write_all(b"56789").await;
+    let (status, body) = read_response(&mut stream).await;
+    assert_minted(&status, &body);
+    let exit = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.success(), "exit status {exit}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_with_slow_headers_finish() {
+    let (mut server, _root) = start().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let head = request_head();
+    let (first, rest) = head.split_at(head.find("X-Service-Token").unwrap());
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The request has begun but the server cannot have answered it yet.
+    server.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_refused(&port).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited with a request in flight"
+    );
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    stream.write_all(b"0123456789").await.unwrap();
+    let (status, body) = read_response(&mut stream).await;
+    assert_minted(&status, &body);
+    let exit = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.success(), "exit status {exit}");
+}
+
+#[tokio::test]
+async fn sigterm_on_an_idle_server_exits_0_quickly() {
+    let (mut server, _root) = start().await;
+    let started = Instant::now();
+    server.terminate();
+    let exit = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.success(), "exit status {exit}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
