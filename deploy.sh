@@ -75,7 +75,7 @@ if [ -z "$DOMAIN" ]; then
     DOMAIN=${base#*://}
     DOMAIN=${DOMAIN%%/*}
     DOMAIN=${DOMAIN%%:*}
-    [ -n "$DOMAIN" ] || DOMAIN=file-server.example.com
+    [ -n "$DOMAIN" ] || DOMAIN="file-server.example.com"
 fi
 
 step "binary"
@@ -146,8 +146,8 @@ if [ -e "$cert" ]; then
     echo "    certificate for $DOMAIN present"
 elif command -v certbot >/dev/null 2>&1 && command -v getent >/dev/null 2>&1; then
     resolved=$(getent ahosts "$DOMAIN" | awk '{print $1; exit}' || true)
-    mine=$(hostname -I 2>/dev/null || true)
-    if [ -n "$resolved" ] && printf '%s\n' $mine | grep -qx "$resolved"; then
+    mine=$(hostname -I 2>/dev/null | tr ' ' '\n' || true)
+    if [ -n "$resolved" ] && printf '%s\n' "$mine" | grep -qx "$resolved"; then
         if [ -n "$EMAIL" ]; then contact=(--email "$EMAIL"); else contact=(--register-unsafely-without-email); fi
         run certbot certonly --webroot -w /var/www/letsencrypt -d "$DOMAIN" --agree-tos --non-interactive "${contact[@]}"
         echo "    certificate obtained: run deploy.sh again to enable HTTPS"

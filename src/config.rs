@@ -284,17 +284,18 @@ impl Settings {
                 "HMAC algorithms are not accepted: user tokens are verified with a public key",
             ));
         }
-        let public_key_pem = match (raw.jwt_public_key_path, raw.auth_jwt_public_key_base64) {
-            (Some(path), _) => Some(read_key_file("JWT_PUBLIC_KEY_PATH", &path)?),
-            (None, Some(b64)) => Some(decode_pem_base64(&b64)?),
-            (None, None) => None,
-        };
+        let (public_key_pem, key_var) =
+            match (raw.jwt_public_key_path, raw.auth_jwt_public_key_base64) {
+                (Some(path), _) => (
+                    Some(read_key_file("JWT_PUBLIC_KEY_PATH", &path)?),
+                    "JWT_PUBLIC_KEY_PATH",
+                ),
+                (None, Some(b64)) => (Some(decode_pem_base64(&b64)?), "AUTH_JWT_PUBLIC_KEY_BASE64"),
+                (None, None) => (None, ""),
+            };
         if let Some(pem) = &public_key_pem {
             crate::auth::decoding_key_from_pem(alg, pem).map_err(|e| {
-                ConfigError::new(
-                    "AUTH_JWT_PUBLIC_KEY_BASE64/JWT_PUBLIC_KEY_PATH",
-                    format!("not a usable {alg:?} public key: {e}"),
-                )
+                ConfigError::new(key_var, format!("not a usable {alg:?} public key: {e}"))
             })?;
         }
         let jwks_url = raw.auth_jwks_url.map(|u| u.trim().to_owned());

@@ -426,13 +426,20 @@ pub fn write_compressed(
     send(tx, central_directory(&entries, pos))
 }
 
-/// Makes entry names safe and unique: one path segment (no `/`, `\`, `..`, NUL or control
-/// characters, no leading dot), and `name_1.ext`, `name_2.ext` for repeats.
+/// Makes entry names safe and unique: the last segment of the name (as a browser saving
+/// `../../etc/passwd` or `C:\x\y` keeps `passwd` or `y`), cleaned by the §7 rules (no NUL or
+/// control characters, no leading dot), and `name_1.ext`, `name_2.ext` for repeats.
 pub fn entry_names(originals: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(originals.len());
     for o in originals {
-        let base = crate::store::key::FileName::sanitize(o).as_str().to_owned();
+        let last = o
+            .rsplit(['/', '\\'])
+            .find(|s| !s.trim().is_empty())
+            .unwrap_or("");
+        let base = crate::store::key::FileName::sanitize(last)
+            .as_str()
+            .to_owned();
         let (stem, ext) = match base.rfind('.') {
             Some(i) if i > 0 => (base[..i].to_owned(), base[i..].to_owned()),
             _ => (base.clone(), String::new()),
@@ -484,16 +491,8 @@ mod tests {
         ]);
         assert_eq!(names[0], "a.txt");
         assert_eq!(names[1], "a_1.txt");
-        assert!(
-            !names[2].contains('/') && !names[2].starts_with('.'),
-            "{}",
-            names[2]
-        );
-        assert!(
-            !names[3].contains('\\') && !names[3].contains(':'),
-            "{}",
-            names[3]
-        );
+        assert_eq!(names[2], "passwd");
+        assert_eq!(names[3], "y");
         assert_eq!(names[4], "a_2.txt");
         assert_eq!(names[6], "noext_1");
     }

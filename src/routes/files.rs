@@ -396,9 +396,8 @@ async fn upload_part_json(
             Some(Err(e)) => return Err(body_error(&e)),
             None => None,
         };
-        match &chunk {
-            Some(c) => parser.feed(c, &mut decoded).map_err(parse_err)?,
-            None => {}
+        if let Some(c) = &chunk {
+            parser.feed(c, &mut decoded).map_err(parse_err)?;
         }
         let done = chunk.is_none();
         let fields = if done {

@@ -40,7 +40,8 @@ async fn health(State(state): State<AppState>) -> Response {
         tokio::task::spawn_blocking(move || (probe_writable(&root), free_bytes(&root)))
             .await
             .unwrap_or((false, None));
-    let free_gb = free.map(|b| (b as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0);
+    // An unreadable root reports 0 free (and is unhealthy anyway).
+    let free_gb = (free.unwrap_or(0) as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
     let (status, word) = if writable {
         (StatusCode::OK, "healthy")
     } else {

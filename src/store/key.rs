@@ -279,6 +279,7 @@ impl fmt::Display for Key {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -569,8 +569,8 @@ impl FileStore {
         }
         let user_dir = self.storage.join(user.as_str());
         let dest_dir = match folder {
-            Some(f) => f.segments().iter().fold(user_dir.clone(), |p, s| p.join(s)),
-            None => user_dir.clone(),
+            Some(f) => f.segments().iter().fold(user_dir, |p, s| p.join(s)),
+            None => user_dir,
         };
         std::fs::create_dir_all(&dest_dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {

@@ -3,8 +3,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod batch;
 mod config;
+mod crash;
 mod errors;
 mod health;
 mod helpers;
+mod reading;
 mod shutdown;
+mod upload;
