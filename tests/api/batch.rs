@@ -44,7 +44,7 @@ fn run(cmd: &mut Command) -> Option<String> {
 }
 
 /// Opens the archive with every reader; returns Python's (name, size, sha256) list.
-fn check_all_readers(zip: &Path) -> Vec<(String, usize, String)> {
+pub(crate) fn check_all_readers(zip: &Path) -> Vec<(String, usize, String)> {
     let py = run(Command::new("python3").arg(tool("zipcheck.py")).arg(zip)).unwrap();
     run(Command::new("unzip").arg("-t").arg(zip));
     if let Some(list) = run(Command::new("bsdtar").arg("-tf").arg(zip)) {

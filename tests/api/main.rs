@@ -9,6 +9,7 @@ mod crash;
 mod errors;
 mod health;
 mod helpers;
+mod nginx;
 mod reading;
 mod shutdown;
 mod upload;
