@@ -122,6 +122,8 @@ pub struct Settings {
     pub accel_redirect_prefix: Option<String>,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `REQUEST_BODY_TIMEOUT_SECS`: longest wait for the next bytes of a request body.
+    pub request_body_timeout: Duration,
 }
 
 /// Every variable the service reads.
@@ -149,6 +151,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "CORS_ALLOW_ORIGINS",
     "ACCEL_REDIRECT_PREFIX",
     "LOG_FORMAT",
+    "REQUEST_BODY_TIMEOUT_SECS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -177,6 +180,7 @@ struct Raw {
     cors_allow_origins: Option<String>,
     accel_redirect_prefix: Option<String>,
     log_format: Option<String>,
+    request_body_timeout_secs: Option<String>,
 }
 
 impl Settings {
@@ -375,6 +379,17 @@ impl Settings {
                 ))
             }
         };
+        let body_timeout: u64 = parse_num(
+            "REQUEST_BODY_TIMEOUT_SECS",
+            raw.request_body_timeout_secs.as_deref(),
+            60u64,
+        )?;
+        if body_timeout == 0 {
+            return Err(ConfigError::new(
+                "REQUEST_BODY_TIMEOUT_SECS",
+                "must be above 0",
+            ));
+        }
         Ok(Self {
             bind_host,
             port,
@@ -391,6 +406,7 @@ impl Settings {
             cors_origins,
             accel_redirect_prefix,
             log_format,
+            request_body_timeout: Duration::from_secs(body_timeout),
         })
     }
 

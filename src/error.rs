@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 413 with a message.
     #[error("{0}")]
     TooLarge(String),
+    /// 408: the client stopped sending its body.
+    #[error("Request body timeout")]
+    BodyTimeout,
     /// 416, with `Content-Range: bytes */size`.
     #[error("Range not satisfiable")]
     Range {
@@ -61,6 +64,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Range { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

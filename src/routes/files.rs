@@ -364,16 +364,26 @@ fn part_number(raw: &str) -> ApiResult<u32> {
         })
 }
 
-/// A body error: the request body limit (413), or the client gone.
+/// A body error: the request body limit (413), a client that stopped sending (408), or
+/// the client gone.
 fn body_error(e: &axum::Error) -> ApiError {
+    cause_of_body_error(e)
+        .unwrap_or_else(|| ApiError::BadRequest("Request body could not be read".to_owned()))
+}
+
+/// 413 or 408 when the error chain shows the body limit or the idle timeout.
+fn cause_of_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            return ApiError::TooLarge("Request body too large".to_owned());
+            return Some(ApiError::TooLarge("Request body too large".to_owned()));
+        }
+        if s.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::BodyTimeout);
         }
         source = s.source();
     }
-    ApiError::BadRequest("Request body could not be read".to_owned())
+    None
 }
 
 async fn upload_part_json(
@@ -779,6 +789,9 @@ async fn upload_multipart(
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::TooLarge("Request body too large".to_owned());
+    }
+    if let Some(cause) = cause_of_body_error(e) {
+        return cause;
     }
     ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
 }

@@ -1003,3 +1003,45 @@ async fn full_disk_gives_507_and_leaves_nothing() {
     let leftovers: Vec<String> = files_under(&dir.path().join(".parts"));
     assert_eq!(leftovers, vec![format!("{id}/session.json")]);
 }
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(&[("REQUEST_BODY_TIMEOUT_SECS", "1")]).await;
+    let init = init_as_service(
+        &app,
+        "u",
+        json!([{ "name": "a", "size": 100 }]),
+        "single",
+        None,
+    )
+    .await;
+    let id = init["uploadId"].as_str().unwrap();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/files/part/{id}/0 HTTP/1.1\r\nHost: x\r\nX-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: 100\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // One byte, then a pause longer than the timeout (a client trickling at under 1 byte/s).
+    sock.write_all(b"x").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sock.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server kept waiting for the body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains(r#"{"detail":"Request body timeout"}"#),
+        "{text}"
+    );
+    let (_, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    assert_eq!(status["receivedBytes"], 0);
+    assert_eq!(
+        files_under(&app.root.path().join(".parts")),
+        vec![format!("{id}/session.json")]
+    );
+}
