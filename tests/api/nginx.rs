@@ -245,7 +245,7 @@ async fn through_nginx_over_https() {
     assert_eq!(done["sha256"], sha);
 
     // A ranged download of the public link, served by nginx from disk (offload).
-    let public_path = format!("/{}", key);
+    let public_path = format!("/{key}");
     let res = http
         .get(url(&public_path))
         .header("range", "bytes=1000-1999")
