@@ -55,9 +55,11 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         .map(|c| c.0);
     let line = AccessLine {
         method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        path: loggable_path(req.uri().path()),
         client: client_addr(req.headers(), peer),
-        status: StatusCode::OK,
+        // Until a response exists: a request whose handler was dropped because the client
+        // went away is logged as 499, as nginx does.
+        status: StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         bytes: 0,
         start,
         finished: false,
@@ -68,6 +70,15 @@ pub async fn access_log(req: Request, next: Next) -> Response {
     line.status = parts.status;
     line.finished = body.is_end_stream();
     Response::from_parts(parts, Body::new(LoggedBody { inner: body, line }))
+}
+
+/// The path as logged: a batch-download token is a bearer capability, so it is masked.
+fn loggable_path(path: &str) -> String {
+    const BATCH: &str = "/v1/files/batch-download/";
+    match path.strip_prefix(BATCH) {
+        Some(token) if !token.is_empty() => format!("{BATCH}{}…", &token[..token.len().min(6)]),
+        _ => path.to_owned(),
+    }
 }
 
 struct AccessLine {
