@@ -76,7 +76,9 @@ pub async fn access_log(req: Request, next: Next) -> Response {
 fn loggable_path(path: &str) -> String {
     const BATCH: &str = "/v1/files/batch-download/";
     match path.strip_prefix(BATCH) {
-        Some(token) if !token.is_empty() => format!("{BATCH}{}…", &token[..token.len().min(6)]),
+        Some(token) if !token.is_empty() => {
+            format!("{BATCH}{}…", token.chars().take(6).collect::<String>())
+        }
         _ => path.to_owned(),
     }
 }
@@ -150,5 +152,23 @@ impl http_body::Body for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_tokens_are_masked() {
+        assert_eq!(
+            loggable_path("/v1/files/batch-download/abcdefghijk"),
+            "/v1/files/batch-download/abcdef…"
+        );
+        assert_eq!(
+            loggable_path("/v1/files/batch-download/ééééééééé"),
+            "/v1/files/batch-download/éééééé…"
+        );
+        assert_eq!(loggable_path("/storage/u/x"), "/storage/u/x");
     }
 }
