@@ -6,7 +6,38 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
+
+/// The body of every error answer (API.md §6).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A message, or FastAPI's list of problems for a 422.
+    #[schema(schema_with = detail_schema)]
+    pub detail: Value,
+}
+
+/// `detail`: a string, or `[{"type","loc","msg"}]` as FastAPI writes validation errors.
+fn detail_schema() -> impl Into<RefOr<Schema>> {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let loc_item = OneOfBuilder::new()
+        .item(string())
+        .item(ObjectBuilder::new().schema_type(Type::Integer));
+    let problem = ObjectBuilder::new()
+        .property("type", string())
+        .property("loc", ArrayBuilder::new().items(loc_item))
+        .property("msg", string())
+        .required("type")
+        .required("loc")
+        .required("msg");
+    OneOfBuilder::new()
+        .description(Some("What went wrong"))
+        .item(string())
+        .item(ArrayBuilder::new().items(problem))
+}
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -95,7 +126,7 @@ impl IntoResponse for ApiError {
             }
             other => Value::from(other.to_string()),
         };
-        let mut res = (status, axum::Json(json!({ "detail": detail }))).into_response();
+        let mut res = (status, axum::Json(ErrorBody { detail })).into_response();
         match &self {
             Self::Range { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -6,16 +6,16 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
+use super::Routes;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, AppJson, AppPath};
+use crate::error::{ApiError, ApiResult, AppJson, AppPath, ErrorBody};
 use crate::state::AppState;
 use crate::store::batch::BatchToken;
 use crate::store::key::Key;
@@ -24,30 +24,55 @@ use crate::store::FileStore;
 use crate::zip_stream::{self, Layout, ZipFile};
 
 /// The batch routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/files/batch-download", post(create_batch))
-        .route(
-            "/v1/files/batch-download/{token}",
-            axum::routing::get(download_batch),
-        )
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/v1/files/batch-download", create_batch)
+        .get("/v1/files/batch-download/{token}", download_batch)
 }
 
 /// Most keys in one batch.
 const MAX_KEYS: usize = 1000;
 
-#[derive(Debug, Deserialize)]
-struct BatchRequest {
+/// The files of a ZIP.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// 1 to 1000 keys; a key may repeat (its entry is then renamed).
+    #[schema(min_items = 1, max_items = 1000)]
     keys: Vec<String>,
+    /// Deflate what is not already compressed (no `Content-Length` nor ranges then).
     #[serde(default)]
     compress: bool,
 }
 
+/// A batch-download token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchCreated {
+    /// For `GET /v1/files/batch-download/{token}`.
+    token: String,
+    /// Seconds the token lives.
+    expires_in: u64,
+    /// Files in the batch.
+    files: usize,
+}
+
+/// Makes a token for a ZIP of the given files.
+#[utoipa::path(post, path = "/v1/files/batch-download", tag = "downloads",
+    request_body = BatchRequest,
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The token", body = BatchCreated),
+        (status = 400, description = "No keys, or more than 1000", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Another user's file", body = ErrorBody),
+        (status = 404, description = "A file that does not exist", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Malformed JSON or a missing field", body = ErrorBody),
+    ))]
 async fn create_batch(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(req): AppJson<BatchRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BatchCreated>> {
     if req.keys.is_empty() || req.keys.len() > MAX_KEYS {
         return Err(ApiError::BadRequest(format!(
             "keys must hold 1 to {MAX_KEYS} keys"
@@ -85,9 +110,11 @@ async fn create_batch(
         })
         .await?;
     tracing::info!(target: "activity", event = "batch_create", files = req.keys.len(), compress = req.compress);
-    Ok(Json(
-        json!({ "token": token, "expires_in": state.settings.batch_token_ttl.as_secs(), "files": req.keys.len() }),
-    ))
+    Ok(Json(BatchCreated {
+        token,
+        expires_in: state.settings.batch_token_ttl.as_secs(),
+        files: req.keys.len(),
+    }))
 }
 
 /// The CRC-32 of an entry: from its sidecar, else computed and recorded there.
@@ -172,6 +199,20 @@ fn wanted_range(headers: &HeaderMap, len: u64, etag: &str) -> Result<Option<(u64
     }
 }
 
+/// The ZIP, streamed; no authentication: the token is the capability. `HEAD`
+/// too; `Range` and `If-Range` unless the batch asked for compression.
+#[utoipa::path(get, path = "/v1/files/batch-download/{token}", tag = "downloads",
+    params(
+        ("token" = String, Path, description = "From `POST /v1/files/batch-download`"),
+        ("Range" = Option<String>, Header, description = "e.g. `bytes=0-99`"),
+    ),
+    responses(
+        (status = 200, description = "The archive", content_type = "application/zip", body = Vec<u8>),
+        (status = 206, description = "A range of the archive", content_type = "application/zip", body = Vec<u8>),
+        (status = 400, description = "A malformed token", body = ErrorBody),
+        (status = 404, description = "Unknown or expired token, or none of the files exist any more", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = ErrorBody),
+    ))]
 async fn download_batch(
     State(state): State<AppState>,
     AppPath(token): AppPath<String>,

@@ -5,16 +5,20 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
-use axum::http::{header, HeaderMap};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::http::{header, HeaderMap, Method};
+use axum::routing::post;
+use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, ToSchema};
 
+use super::Routes;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery};
+use crate::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery, ErrorBody};
 use crate::part_json::{PartJsonError, PartJsonParser};
 use crate::signer::{self, Disposition};
 use crate::state::AppState;
@@ -23,30 +27,25 @@ use crate::store::sessions::{FileSpec, SessionId, SessionInfo, MAX_PART_NUMBER};
 use crate::store::{CompleteRequest, PartUpload, StoreError, Stored};
 
 /// The upload routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/files/init", post(init_upload))
-        .route("/v1/files/part", post(upload_part_json))
-        .route(
-            "/v1/files/part/{upload_id}/{part_number}",
-            put(upload_part_raw),
-        )
-        .route("/v1/files/complete", post(complete_upload))
-        .route(
-            "/v1/files/uploads/{upload_id}",
-            get(session_status).delete(abort_session),
-        )
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/v1/files/init", init_upload)
+        .post("/v1/files/part", upload_part_json)
+        .put("/v1/files/part/{upload_id}/{part_number}", upload_part_raw)
+        .post("/v1/files/complete", complete_upload)
+        .get("/v1/files/uploads/{upload_id}", session_status)
+        .delete("/v1/files/uploads/{upload_id}", abort_session)
         .route(
             "/v1/files/upload",
+            &[Method::POST],
             post(upload_files).layer(DefaultBodyLimit::disable()),
         )
-        .route("/v1/files/all", get(list_files))
-        .route("/v1/files/metadata/{*key}", get(file_metadata))
-        .route(
-            "/v1/files/signed-url",
-            get(signed_url_get).post(signed_url_post),
-        )
-        .route("/v1/files/{*key}", axum::routing::delete(delete_file))
+        .get("/v1/files/all", list_files)
+        // Catch-alls: documented as `{key}` (OpenAPI has no catch-all parameters).
+        .get("/v1/files/metadata/{*key}", file_metadata)
+        .get("/v1/files/signed-url", signed_url_get)
+        .post("/v1/files/signed-url", signed_url_post)
+        .delete("/v1/files/{*key}", delete_file)
 }
 
 /// A key from a client: 400 when it is not a file key, 403 when it is not the caller's.
@@ -58,20 +57,63 @@ fn owned_key(caller: &Caller, raw: &str) -> ApiResult<Key> {
     Ok(key)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
+/// Whose files, which folder, which page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The user (service callers must name one; ignored for user callers).
     user_id: Option<String>,
+    /// The user, when named by e-mail.
     user_email: Option<String>,
+    /// Only this folder and its subfolders.
     folder: Option<String>,
+    /// At most this many files.
     limit: Option<usize>,
+    /// Skip this many files first.
     offset: Option<usize>,
 }
 
+/// A user's files, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileList {
+    /// This page of the list.
+    files: Vec<ListedFile>,
+    /// Files in the whole list (all pages).
+    total_count: usize,
+    /// Bytes in the whole list (all pages).
+    total_size: u64,
+}
+
+/// One file of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedFile {
+    /// `storage/{user_id}/[{folder}/]{prefix}_{filename}`.
+    key: String,
+    /// The original file name.
+    filename: String,
+    size: u64,
+    mime: String,
+    /// RFC 3339.
+    created_at: String,
+    /// The folder path, or null at the user's top level.
+    folder: Option<String>,
+}
+
+/// Lists a user's files.
+#[utoipa::path(get, path = "/v1/files/all", tag = "files",
+    params(ListQuery),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The files, newest first", body = FileList),
+        (status = 400, description = "A service caller named no valid user", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 422, description = "A parameter of the wrong type", body = ErrorBody),
+    ))]
 async fn list_files(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileList>> {
     let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
     let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
     let entries = state
@@ -82,72 +124,188 @@ async fn list_files(
     let total_count = entries.len();
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(usize::MAX);
-    let files: Vec<Value> = entries
+    let files = entries
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|e| {
-            json!({
-                "key": e.key.to_string(),
-                "filename": e.meta.original_name,
-                "size": e.size,
-                "mime": e.meta.mime,
-                "created_at": e.created_at,
-                "folder": e.key.folder(),
-            })
+        .map(|e| ListedFile {
+            key: e.key.to_string(),
+            filename: e.meta.original_name.clone(),
+            size: e.size,
+            mime: e.meta.mime.clone(),
+            created_at: e.created_at.clone(),
+            folder: e.key.folder(),
         })
         .collect();
-    Ok(Json(
-        json!({ "files": files, "total_count": total_count, "total_size": total_size }),
-    ))
+    Ok(Json(FileList {
+        files,
+        total_count,
+        total_size,
+    }))
 }
 
+/// A file's metadata: the server's fields, and the client's own `meta` fields beside them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileMetadata {
+    key: String,
+    original_name: String,
+    size: u64,
+    mime: String,
+    /// Hex SHA-256, when known.
+    sha256: Option<String>,
+    /// CRC-32, when known.
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
+    crc32: Option<u32>,
+    user_id: String,
+    /// RFC 3339.
+    #[serde(rename = "createdAt")]
+    created_at: String,
+    /// The client's `meta` fields (never one of the names above).
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    extra: Map<String, Value>,
+}
+
+/// Field names of [`FileMetadata`]: a client field of the same name is left out.
+const METADATA_FIELDS: &[&str] = &[
+    "key",
+    "original_name",
+    "size",
+    "mime",
+    "sha256",
+    "crc32",
+    "user_id",
+    "createdAt",
+];
+
+/// A file's metadata. The key keeps its slashes, raw or as `%2F`.
+#[utoipa::path(get, path = "/v1/files/metadata/{key}", tag = "files",
+    params(("key" = String, Path, description = "The file's key, `storage/{user_id}/...`; slashes raw or as %2F")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The metadata", body = FileMetadata),
+        (status = 400, description = "Not a file key", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Another user's file", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+    ))]
 async fn file_metadata(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(key): AppPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileMetadata>> {
     let key = owned_key(&caller, &key)?;
     let e = state.store.entry(&key).await?;
-    let mut body = Map::new();
-    for (k, v) in &e.meta.extra {
-        body.insert(k.clone(), v.clone());
-    }
-    body.insert("key".into(), json!(key.to_string()));
-    body.insert("original_name".into(), json!(e.meta.original_name));
-    body.insert("size".into(), json!(e.size));
-    body.insert("mime".into(), json!(e.meta.mime));
-    body.insert("sha256".into(), json!(e.meta.sha256));
-    body.insert("crc32".into(), json!(e.meta.crc32));
-    body.insert("user_id".into(), json!(e.meta.user_id));
-    body.insert("createdAt".into(), json!(e.created_at));
-    Ok(Json(Value::Object(body)))
+    let mut extra = e.meta.extra;
+    extra.retain(|k, _| !METADATA_FIELDS.contains(&k.as_str()));
+    Ok(Json(FileMetadata {
+        key: key.to_string(),
+        original_name: e.meta.original_name,
+        size: e.size,
+        mime: e.meta.mime,
+        sha256: e.meta.sha256,
+        crc32: e.meta.crc32,
+        user_id: e.meta.user_id,
+        created_at: e.created_at,
+        extra,
+    }))
 }
 
+/// What a delete answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    /// Always `deleted`.
+    status: &'static str,
+    key: String,
+}
+
+/// Deletes a file and its sidecar. The key keeps its slashes, raw or as `%2F`.
+#[utoipa::path(delete, path = "/v1/files/{key}", tag = "files",
+    params(("key" = String, Path, description = "The file's key, `storage/{user_id}/...`; slashes raw or as %2F")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 400, description = "Not a file key", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Another user's file", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+    ))]
 async fn delete_file(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(key): AppPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     let key = owned_key(&caller, &key)?;
     state.store.delete(&key).await?;
     tracing::info!(target: "activity", event = "delete", key = %key);
-    Ok(Json(json!({ "status": "deleted", "key": key.to_string() })))
+    Ok(Json(Deleted {
+        status: "deleted",
+        key: key.to_string(),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
-struct SignQuery {
+/// What to sign: the key (as `key` or `file_key`), the lifetime (as `ttl` or `expires_in`,
+/// seconds, 1 s to 7 days, `SIGNED_URL_TTL_DEFAULT` when absent) and the disposition.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SignQuery {
     key: Option<String>,
+    /// The same as `key` (the old Python SDK's name).
     file_key: Option<String>,
+    #[schema(schema_with = ttl_schema)]
     ttl: Option<Value>,
+    #[schema(schema_with = ttl_schema)]
     expires_in: Option<Value>,
+    #[schema(schema_with = disposition_schema)]
     disposition: Option<String>,
+}
+
+/// `ttl`, `expires_in`: seconds, as a number or a numeric string.
+fn ttl_schema() -> impl Into<RefOr<Schema>> {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .description(Some(
+            "Seconds, 1 s to 7 days, as a number or a numeric string",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_TTL)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]+$")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+}
+
+/// `disposition`: how the signed URL serves the file.
+fn disposition_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("`inline` (the default) or `attachment`"))
+        .enum_values(Some(["inline", "attachment"]))
+}
+
+/// A signed download URL (API.md §4.4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedUrl {
+    /// `{PUBLIC_BASE_URL}/get/{base64url(key)}?exp=..&sig=..[&disposition=attachment]`.
+    url: String,
+    /// The same as `url` (the old Python SDK's name).
+    signed_url: String,
+    /// Seconds the URL is valid.
+    expires_in: i64,
+    /// When it expires, Unix seconds.
+    expires_at: i64,
+    /// `inline` or `attachment`.
+    disposition: &'static str,
 }
 
 /// Largest signed-URL lifetime: 7 days.
 const MAX_TTL: i64 = 7 * 24 * 3600;
 
-async fn sign_url(state: &AppState, caller: &Caller, q: SignQuery) -> ApiResult<Json<Value>> {
+async fn sign_url(state: &AppState, caller: &Caller, q: SignQuery) -> ApiResult<Json<SignedUrl>> {
     let raw = q
         .key
         .or(q.file_key)
@@ -179,20 +337,38 @@ async fn sign_url(state: &AppState, caller: &Caller, q: SignQuery) -> ApiResult<
         exp,
         disposition,
     );
-    Ok(Json(json!({
-        "url": url,
-        "signed_url": url,
-        "expires_in": ttl,
-        "expires_at": exp,
-        "disposition": disposition.as_str(),
-    })))
+    Ok(Json(SignedUrl {
+        signed_url: url.clone(),
+        url,
+        expires_in: ttl,
+        expires_at: exp,
+        disposition: disposition.as_str(),
+    }))
 }
 
+/// Signs a download URL for a file.
+#[utoipa::path(get, path = "/v1/files/signed-url", tag = "files",
+    params(
+        ("key" = Option<String>, Query, description = "The file's key (or `file_key`); required"),
+        ("file_key" = Option<String>, Query, description = "The same as `key`"),
+        ("ttl" = Option<i64>, Query, minimum = 1, maximum = 604800, description = "Seconds, 1 s to 7 days; `SIGNED_URL_TTL_DEFAULT` when absent"),
+        ("expires_in" = Option<i64>, Query, minimum = 1, maximum = 604800, description = "The same as `ttl`"),
+        ("disposition" = Option<String>, Query, description = "`inline` (the default) or `attachment`"),
+    ),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The URL", body = SignedUrl),
+        (status = 400, description = "Not a file key, or a bad ttl or disposition", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Another user's file", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 422, description = "No key given", body = ErrorBody),
+    ))]
 async fn signed_url_get(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SignedUrl>> {
     let get = |k: &str| q.get(k).cloned();
     let q = SignQuery {
         key: get("key"),
@@ -204,34 +380,93 @@ async fn signed_url_get(
     sign_url(&state, &caller, q).await
 }
 
+/// Signs a download URL for a file, parameters in a JSON body (the old Python SDK's form).
+#[utoipa::path(post, path = "/v1/files/signed-url", tag = "files",
+    request_body = SignQuery,
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The URL", body = SignedUrl),
+        (status = 400, description = "Not a file key, or a bad ttl or disposition", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Another user's file", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Malformed JSON, or no key given", body = ErrorBody),
+    ))]
 async fn signed_url_post(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(q): AppJson<SignQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SignedUrl>> {
     sign_url(&state, &caller, q).await
 }
 
 /// Bytes a chunked part holds, for the `parts` count of init.
 const CHUNK_SIZE: u64 = 1 << 20;
 
-#[derive(Debug, Deserialize)]
-struct InitFile {
+/// A file announced at init.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InitFile {
+    /// Its name: not empty, no `..`, `/` or `\`, not a device name such as `CON`.
+    #[schema(example = "a.jpg")]
     name: String,
+    /// Its size in bytes, at most `MAX_BODY_MB`.
+    #[schema(minimum = 0)]
     size: i64,
+    /// Its type, used when the name's extension says nothing.
     #[serde(default)]
+    #[schema(example = "image/jpeg")]
     mime: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct InitRequest {
+/// Starts one upload session per file (API.md §3.1).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InitRequest {
+    /// `single` (the default), `chunked` or `batch`.
     #[serde(default = "default_mode")]
+    #[schema(schema_with = mode_schema)]
     mode: String,
+    /// At least one file.
+    #[schema(min_items = 1)]
     files: Vec<InitFile>,
+    /// The folder the files go to, e.g. `main/pictures`.
     #[serde(default)]
     folder: Option<String>,
+    /// Client fields kept in the sidecar; a service caller names the user here, as
+    /// `user_id` or `user_email`.
     #[serde(default)]
+    #[schema(additional_properties)]
     meta: Option<Map<String, Value>>,
+}
+
+fn mode_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["single", "chunked", "batch"]))
+        .default(Some(Value::from("single")))
+}
+
+/// The sessions init made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InitResponse {
+    /// The (first) session's id.
+    #[serde(rename = "uploadId")]
+    upload_id: String,
+    /// For `chunked`: parts of 1 MiB the largest file needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<u64>,
+    /// For `batch` or several files: one session per file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uploads: Option<Vec<InitUpload>>,
+}
+
+/// One file's session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InitUpload {
+    #[serde(rename = "uploadId")]
+    upload_id: String,
+    name: String,
+    size: u64,
 }
 
 fn default_mode() -> String {
@@ -255,11 +490,23 @@ fn client_fields(meta: Option<Map<String, Value>>) -> Map<String, Value> {
     meta
 }
 
+/// Starts an upload: one session per file.
+#[utoipa::path(post, path = "/v1/files/init", tag = "uploads",
+    request_body = InitRequest,
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The session(s)", body = InitResponse),
+        (status = 400, description = "An invalid file name, or a service caller named no user", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 413, description = "A file over `MAX_BODY_MB`, or over the quota", body = ErrorBody),
+        (status = 422, description = "Malformed JSON, a missing field, a bad mode or a negative size", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
 async fn init_upload(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(req): AppJson<InitRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<InitResponse>> {
     if !matches!(req.mode.as_str(), "single" | "chunked" | "batch") {
         return Err(ApiError::validation(
             &["body", "mode"],
@@ -308,17 +555,21 @@ async fn init_upload(
         .map(|s| s.upload_id.clone())
         .unwrap_or_default();
     tracing::info!(target: "activity", event = "upload_init", user = %user, sessions = sessions.len(), mode = %req.mode);
-    let mut body = json!({ "uploadId": first });
-    if req.mode == "chunked" {
-        body["parts"] = json!(max_size.div_ceil(CHUNK_SIZE).max(1));
-    }
-    if several {
-        body["uploads"] = sessions
+    let uploads = several.then(|| {
+        sessions
             .iter()
-            .map(|s| json!({ "uploadId": s.upload_id, "name": s.file.name, "size": s.file.size }))
-            .collect();
-    }
-    Ok(Json(body))
+            .map(|s| InitUpload {
+                upload_id: s.upload_id.clone(),
+                name: s.file.name.clone(),
+                size: s.file.size,
+            })
+            .collect()
+    });
+    Ok(Json(InitResponse {
+        upload_id: first,
+        parts: (req.mode == "chunked").then(|| max_size.div_ceil(CHUNK_SIZE).max(1)),
+        uploads,
+    }))
 }
 
 /// Loads a session the caller may use: another user's is as unknown as a missing one.
@@ -386,11 +637,60 @@ fn cause_of_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ApiError
     None
 }
 
+/// One part, base64 in JSON (API.md §3.1).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler parses the body as a stream (part_json.rs)
+pub struct PartRequest {
+    /// The session.
+    #[schema(rename = "uploadId")]
+    upload_id: String,
+    /// 0 to 100000; sending a part again replaces it.
+    #[schema(rename = "partNumber", minimum = 0, maximum = 100000)]
+    part_number: u32,
+    /// The part's bytes, base64.
+    #[schema(rename = "chunkBase64", format = Byte)]
+    chunk_base64: String,
+}
+
+/// A part received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartReceived {
+    /// Always `success`.
+    status: &'static str,
+    #[serde(rename = "partNumber")]
+    part_number: u32,
+    /// The part's size in bytes.
+    size: u64,
+}
+
+impl PartReceived {
+    fn new(part_number: u32, size: u64) -> Self {
+        Self {
+            status: "success",
+            part_number,
+            size,
+        }
+    }
+}
+
+/// Sends one part as base64 in JSON; the body streams to disk whatever its size.
+#[utoipa::path(post, path = "/v1/files/part", tag = "uploads",
+    request_body = PartRequest,
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Stored", body = PartReceived),
+        (status = 400, description = "Bad base64, a part number out of range, or a bad session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+        (status = 413, description = "Parts past the declared size", body = ErrorBody),
+        (status = 422, description = "Malformed JSON or a missing field", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
 async fn upload_part_json(
     State(state): State<AppState>,
     caller: Caller,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PartReceived>> {
     let mut parser = PartJsonParser::new();
     let mut stream = body.into_data_stream();
     let mut decoded = Vec::with_capacity(64 * 1024);
@@ -470,19 +770,34 @@ async fn upload_part_json(
                 }
             };
             let size = state.store.commit_part(&info, n, part).await?;
-            return Ok(Json(
-                json!({ "status": "success", "partNumber": n, "size": size }),
-            ));
+            return Ok(Json(PartReceived::new(n, size)));
         }
     }
 }
 
+/// Sends one part as raw bytes; the body streams to disk.
+#[utoipa::path(put, path = "/v1/files/part/{upload_id}/{part_number}", tag = "uploads",
+    params(
+        ("upload_id" = String, Path, description = "The session"),
+        ("part_number" = u32, Path, minimum = 0, maximum = 100000, description = "0 to 100000"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The part's bytes"),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Stored", body = PartReceived),
+        (status = 400, description = "A part number out of range, or a bad session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+        (status = 413, description = "Parts past the declared size", body = ErrorBody),
+        (status = 422, description = "The part number is not an integer", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
 async fn upload_part_raw(
     State(state): State<AppState>,
     caller: Caller,
     AppPath((upload_id, number)): AppPath<(String, String)>,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PartReceived>> {
     let (_, info) = owned_session(&state, &caller, &upload_id).await?;
     let n = part_number(&number)?;
     let mut part = state.store.begin_part(&info, n).await?;
@@ -492,29 +807,58 @@ async fn upload_part_raw(
         part.write(chunk).await?;
     }
     let size = state.store.commit_part(&info, n, part).await?;
-    Ok(Json(
-        json!({ "status": "success", "partNumber": n, "size": size }),
-    ))
+    Ok(Json(PartReceived::new(n, size)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Finishes an upload (API.md §3.1).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CompleteBody {
+pub struct CompleteBody {
+    /// The session.
     upload_id: String,
+    /// Accepted and ignored (the old clients send their part list).
     #[serde(default)]
     #[allow(dead_code)]
     parts: Option<Value>,
+    /// Hex SHA-256 of the whole file; checked unless absent or empty.
     #[serde(default)]
     sha256: Option<String>,
+    /// `filename` and `folder` override init's; `user_id`/`user_email` must be the
+    /// session's user; other fields go to the sidecar.
     #[serde(default)]
+    #[schema(additional_properties)]
     meta: Option<Map<String, Value>>,
 }
 
+/// A stored file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Completed {
+    /// `storage/{user_id}/[{folder}/]{prefix}_{filename}`.
+    key: String,
+    size: Option<u64>,
+    mime: String,
+    /// Hex SHA-256.
+    sha256: Option<String>,
+}
+
+/// Joins the parts into the file, atomically.
+#[utoipa::path(post, path = "/v1/files/complete", tag = "uploads",
+    request_body = CompleteBody,
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The file is stored", body = Completed),
+        (status = 400, description = "Size or SHA256 mismatch, a bad file name or session id, or meta naming another user", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's, or already completed)", body = ErrorBody),
+        (status = 413, description = "Over the quota", body = ErrorBody),
+        (status = 422, description = "Malformed JSON or a missing field", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
 async fn complete_upload(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(req): AppJson<CompleteBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Completed>> {
     let (id, info) = owned_session(&state, &caller, &req.upload_id).await?;
     if let Some(named) = meta_user(req.meta.as_ref()) {
         if named != info.user_id {
@@ -542,54 +886,166 @@ async fn complete_upload(
     };
     let stored = state.store.complete(&id, complete).await?;
     tracing::info!(target: "activity", event = "upload", user = %info.user_id, key = %stored.key, size = stored.meta.size.unwrap_or(0));
-    Ok(Json(json!({
-        "key": stored.key.to_string(),
-        "size": stored.meta.size,
-        "mime": stored.meta.mime,
-        "sha256": stored.meta.sha256,
-    })))
+    Ok(Json(Completed {
+        key: stored.key.to_string(),
+        size: stored.meta.size,
+        mime: stored.meta.mime,
+        sha256: stored.meta.sha256,
+    }))
 }
 
+/// Where an upload stands, so a client can resume (API.md §3.2).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    upload_id: String,
+    /// `single`, `chunked` or `batch`.
+    mode: String,
+    /// The file this session receives.
+    files: Vec<SessionFile>,
+    /// The folder given at init.
+    folder: Option<String>,
+    /// The parts received, by number.
+    parts: Vec<SessionPart>,
+    received_bytes: u64,
+    expected_bytes: u64,
+    /// RFC 3339, UTC.
+    created_at: String,
+    /// RFC 3339, UTC: unfinished, the session is removed then.
+    expires_at: String,
+}
+
+/// A file as declared at init.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionFile {
+    name: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime: Option<String>,
+}
+
+/// A part received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPart {
+    #[serde(rename = "partNumber")]
+    part_number: u32,
+    size: u64,
+}
+
+/// An upload session's state.
+#[utoipa::path(get, path = "/v1/files/uploads/{upload_id}", tag = "uploads",
+    params(("upload_id" = String, Path, description = "The session")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The session", body = SessionStatus),
+        (status = 400, description = "Not a session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+    ))]
 async fn session_status(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionStatus>> {
     let (id, info) = owned_session(&state, &caller, &upload_id).await?;
     let parts = state.store.session_parts(&id).await?;
     let received: u64 = parts.iter().map(|(_, s)| s).sum();
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Ok(Json(json!({
-        "uploadId": info.upload_id,
-        "mode": info.mode,
-        "files": [info.file],
-        "folder": info.folder,
-        "parts": parts.iter().map(|(n, s)| json!({ "partNumber": n, "size": s })).collect::<Vec<_>>(),
-        "receivedBytes": received,
-        "expectedBytes": info.file.size,
-        "createdAt": rfc(info.created_at),
-        "expiresAt": rfc(info.expires_at),
-    })))
+    Ok(Json(SessionStatus {
+        upload_id: info.upload_id,
+        mode: info.mode,
+        files: vec![SessionFile {
+            name: info.file.name,
+            size: info.file.size,
+            mime: info.file.mime,
+        }],
+        folder: info.folder,
+        parts: parts
+            .iter()
+            .map(|&(part_number, size)| SessionPart { part_number, size })
+            .collect(),
+        received_bytes: received,
+        expected_bytes: info.file.size,
+        created_at: rfc(info.created_at),
+        expires_at: rfc(info.expires_at),
+    }))
 }
 
+/// An answer with only a status word.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusWord {
+    #[schema(example = "aborted")]
+    status: &'static str,
+}
+
+/// Aborts an upload session and frees its space.
+#[utoipa::path(delete, path = "/v1/files/uploads/{upload_id}", tag = "uploads",
+    params(("upload_id" = String, Path, description = "The session")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Aborted", body = StatusWord),
+        (status = 400, description = "Not a session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+    ))]
 async fn abort_session(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StatusWord>> {
     let (_, info) = owned_session(&state, &caller, &upload_id).await?;
     state.store.abort(&info).await?;
     tracing::info!(target: "activity", event = "upload_abort", user = %info.user_id, upload_id = %info.upload_id);
-    Ok(Json(json!({ "status": "aborted" })))
+    Ok(Json(StatusWord { status: "aborted" }))
 }
 
-#[derive(Debug, Deserialize)]
-struct UploadQuery {
+/// Query parameters of the one-request upload.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The file name, for a raw body (required then).
     filename: Option<String>,
+    /// The folder the file(s) go to.
     folder: Option<String>,
+    /// The user (service callers must name one, here or as a form field).
     user_id: Option<String>,
+    /// The user, when named by e-mail.
     user_email: Option<String>,
+}
+
+/// The form of a multipart upload.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler reads the form as a stream
+pub struct UploadForm {
+    /// One or more files.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+    /// The folder the files go to.
+    folder: Option<String>,
+    /// The user (service callers).
+    user_id: Option<String>,
+    /// A JSON object of client fields for the sidecars.
+    meta: Option<String>,
+}
+
+/// The files stored by a one-request upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    files: Vec<UploadedFile>,
+}
+
+/// A stored file and its public link.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedFile {
+    /// `storage/{user_id}/[{folder}/]{prefix}_{filename}`.
+    key: String,
+    size: Option<u64>,
+    mime: String,
+    /// Hex SHA-256.
+    sha256: Option<String>,
+    /// The public `/storage` URL.
+    url: String,
 }
 
 /// Percent-encodes one URL path segment.
@@ -611,23 +1067,43 @@ pub fn public_url(base: &str, key: &Key) -> String {
     format!("{base}/{}", path.join("/"))
 }
 
-fn stored_json(state: &AppState, s: &Stored) -> Value {
-    json!({
-        "key": s.key.to_string(),
-        "size": s.meta.size,
-        "mime": s.meta.mime,
-        "sha256": s.meta.sha256,
-        "url": public_url(&state.settings.public_base_url, &s.key),
-    })
+fn uploaded_file(state: &AppState, s: &Stored) -> UploadedFile {
+    UploadedFile {
+        key: s.key.to_string(),
+        size: s.meta.size,
+        mime: s.meta.mime.clone(),
+        sha256: s.meta.sha256.clone(),
+        url: public_url(&state.settings.public_base_url, &s.key),
+    }
 }
 
+/// Uploads in one request: a multipart form with one or more `file` fields,
+/// or the raw bytes with `filename` in the query. Bodies stream to disk.
+#[utoipa::path(post, path = "/v1/files/upload", tag = "uploads",
+    params(
+        UploadQuery,
+        ("X-Content-SHA256" = Option<String>, Header, description = "Hex SHA-256 of a raw body; checked when given"),
+    ),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "application/octet-stream"),
+    )),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The stored files", body = Uploaded),
+        (status = 400, description = "An invalid file name, a bad form, SHA256 mismatch, or a service caller named no user", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 413, description = "Over `MAX_BODY_MB` or the quota", body = ErrorBody),
+        (status = 422, description = "No file given", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
 async fn upload_files(
     State(state): State<AppState>,
     caller: Caller,
     AppQuery(q): AppQuery<UploadQuery>,
     headers: HeaderMap,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Uploaded>> {
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -643,9 +1119,9 @@ async fn upload_files(
     for s in &stored {
         tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0));
     }
-    Ok(Json(
-        json!({ "files": stored.iter().map(|s| stored_json(&state, s)).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(Uploaded {
+        files: stored.iter().map(|s| uploaded_file(&state, s)).collect(),
+    }))
 }
 
 async fn upload_raw(

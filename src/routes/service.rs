@@ -6,34 +6,67 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::ServiceCaller;
-use crate::error::{ApiError, ApiResult, AppQuery};
+use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
 use crate::state::AppState;
 use crate::store::key::UserId;
 
+use super::Routes;
+
 /// `/`, `/healthz`, `/v1/files/healthz`, `/.well-known/jwks.json`, `/v1/files/generate-token`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(service_info))
-        .route("/healthz", get(health))
-        .route("/v1/files/healthz", get(health))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/v1/files/generate-token", post(generate_token))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/", service_info)
+        .get("/healthz", health)
+        .get("/v1/files/healthz", files_health)
+        .get("/.well-known/jwks.json", jwks)
+        .post("/v1/files/generate-token", generate_token)
 }
 
-async fn service_info() -> Json<serde_json::Value> {
-    Json(json!({
-        "service": "Stream-Line Upload Server",
-        "version": env!("CARGO_PKG_VERSION"),
-        "status": "running",
-    }))
+/// What `/` says.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceInfo {
+    /// Always `Stream-Line Upload Server`.
+    service: &'static str,
+    /// The server's version.
+    version: &'static str,
+    /// Always `running`.
+    status: &'static str,
 }
 
+/// The service's name and version.
+#[utoipa::path(get, path = "/", tag = "service",
+    responses((status = 200, description = "The service is up", body = ServiceInfo)))]
+async fn service_info() -> Json<ServiceInfo> {
+    Json(ServiceInfo {
+        service: "Stream-Line Upload Server",
+        version: env!("CARGO_PKG_VERSION"),
+        status: "running",
+    })
+}
+
+/// What the health checks say.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy`, or `unhealthy` when the root cannot be written.
+    #[schema(example = "healthy")]
+    status: &'static str,
+    /// Free space in `UPLOAD_ROOT`, GiB, two decimals.
+    disk_free_gb: f64,
+    /// Whether a file could be written in `UPLOAD_ROOT` just now.
+    writable: bool,
+}
+
+/// Health: can the data root be written, and how much room is left.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "The data root is not writable", body = Health),
+    ))]
 async fn health(State(state): State<AppState>) -> Response {
     let root = state.settings.upload_root.clone();
     let (writable, free) =
@@ -47,11 +80,22 @@ async fn health(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
     };
-    (
-        status,
-        Json(json!({ "status": word, "disk_free_gb": free_gb, "writable": writable })),
-    )
-        .into_response()
+    let body = Health {
+        status: word,
+        disk_free_gb: free_gb,
+        writable,
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The same health check under `/v1/files` (the old service had both).
+#[utoipa::path(get, path = "/v1/files/healthz", tag = "service",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "The data root is not writable", body = Health),
+    ))]
+async fn files_health(state: State<AppState>) -> Response {
+    health(state).await
 }
 
 /// Creates, writes and removes a small file in the root: the only honest writability test
@@ -69,6 +113,36 @@ fn free_bytes(root: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// A JSON Web Key Set, as published at `/.well-known/jwks.json`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only: `auth::jwks_document` builds the body
+pub struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+/// One RSA public key (RFC 7517).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only, as `Jwks`
+pub struct Jwk {
+    #[schema(example = "RSA")]
+    kty: String,
+    #[schema(rename = "use", example = "sig")]
+    use_: String,
+    kid: String,
+    #[schema(example = "RS256")]
+    alg: String,
+    /// Modulus, base64url.
+    n: String,
+    /// Exponent, base64url.
+    e: String,
+}
+
+/// The public key that verifies user tokens, as a JWKS.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "service",
+    responses(
+        (status = 200, description = "The key set", body = Jwks),
+        (status = 503, description = "No public key configured", body = ErrorBody),
+    ))]
 async fn jwks(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     state
         .jwks
@@ -77,20 +151,49 @@ async fn jwks(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value
         .ok_or_else(|| ApiError::Unavailable("No public key configured".to_owned()))
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenQuery {
+/// Whom to mint a token for, and for how long.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenQuery {
+    /// The user the token names (required).
+    #[param(required = true)]
     user_id: Option<String>,
+    /// Lifetime in hours, above 0 and at most 720; 1 by default.
+    #[param(exclusive_minimum = 0, maximum = 720)]
     expires_hours: Option<f64>,
+}
+
+/// A minted user token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintedToken {
+    /// The JWT.
+    token: String,
+    user_id: String,
+    /// Seconds until it expires.
+    expires_in: u64,
+    /// Always `Bearer`.
+    token_type: &'static str,
 }
 
 /// Longest life of a minted token: 30 days.
 const MAX_TOKEN_HOURS: f64 = 24.0 * 30.0;
 
+/// Mints a user JWT with `JWT_PRIVATE_KEY_PATH` (service callers only).
+#[utoipa::path(post, path = "/v1/files/generate-token", tag = "service",
+    params(TokenQuery),
+    security(("service_token" = [])),
+    responses(
+        (status = 200, description = "The token", body = MintedToken),
+        (status = 400, description = "Missing or invalid user_id or expires_hours", body = ErrorBody),
+        (status = 401, description = "Not a service caller", body = ErrorBody),
+        (status = 422, description = "A parameter of the wrong type", body = ErrorBody),
+        (status = 503, description = "Token generation is not configured", body = ErrorBody),
+    ))]
 async fn generate_token(
     State(state): State<AppState>,
     _service: ServiceCaller,
     AppQuery(q): AppQuery<TokenQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MintedToken>> {
     let minter = state
         .minter
         .as_ref()
@@ -108,10 +211,10 @@ async fn generate_token(
     }
     let ttl = Duration::from_secs_f64(hours * 3600.0);
     let token = minter.mint(&user, ttl)?;
-    Ok(Json(json!({
-        "token": token,
-        "user_id": user.as_str(),
-        "expires_in": ttl.as_secs(),
-        "token_type": "Bearer",
-    })))
+    Ok(Json(MintedToken {
+        token,
+        user_id: user.as_str().to_owned(),
+        expires_in: ttl.as_secs(),
+        token_type: "Bearer",
+    }))
 }

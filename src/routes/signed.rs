@@ -3,26 +3,33 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::error::{ApiError, AppPath, AppQuery};
+use super::Routes;
+use crate::error::{ApiError, AppPath, AppQuery, ErrorBody};
 use crate::signer::{self, Disposition};
 use crate::state::AppState;
 use crate::store::key::Key;
 
 /// The signed download routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/get/{encoded}", get(serve_signed))
-        .route("/v1/files/get/{encoded}", get(serve_signed))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/get/{encoded}", serve_signed)
+        .get("/v1/files/get/{encoded}", serve_signed_v1)
 }
 
-#[derive(Debug, Deserialize)]
-struct SignedQuery {
+/// The signature of a signed URL.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedQuery {
+    /// Expiry, Unix seconds.
+    #[param(required = true)]
     exp: Option<String>,
+    /// Hex HMAC-SHA256 of `{key}|{exp}[|attachment]`.
+    #[param(required = true)]
     sig: Option<String>,
+    /// `attachment` when the URL was signed so (`inline` otherwise).
     disposition: Option<String>,
 }
 
@@ -30,6 +37,25 @@ fn invalid() -> ApiError {
     ApiError::Forbidden("Invalid or expired signature".to_owned())
 }
 
+/// A file by a signed URL: `HEAD` too, ranges and conditionals as for
+/// public links, plus `Content-Disposition`.
+#[utoipa::path(get, path = "/get/{encoded}", tag = "downloads",
+    params(
+        ("encoded" = String, Path, description = "base64url of the key, with `=` padding"),
+        SignedQuery,
+        ("Range" = Option<String>, Header, description = "e.g. `bytes=0-99`"),
+    ),
+    responses(
+        (status = 200, description = "The file", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The range(s) asked for", content_type = "*/*", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "The key cannot be decoded", body = ErrorBody),
+        (status = 403, description = "Invalid or expired signature", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 412, description = "A precondition failed", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = ErrorBody),
+        (status = 422, description = "A malformed query", body = ErrorBody),
+    ))]
 async fn serve_signed(
     State(state): State<AppState>,
     AppPath(encoded): AppPath<String>,
@@ -64,4 +90,31 @@ async fn serve_signed(
         "signed",
     )
     .await
+}
+
+/// The same under `/v1/files/get/` (the old service only served this one).
+#[utoipa::path(get, path = "/v1/files/get/{encoded}", tag = "downloads",
+    params(
+        ("encoded" = String, Path, description = "base64url of the key, with `=` padding"),
+        SignedQuery,
+        ("Range" = Option<String>, Header, description = "e.g. `bytes=0-99`"),
+    ),
+    responses(
+        (status = 200, description = "The file", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The range(s) asked for", content_type = "*/*", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "The key cannot be decoded", body = ErrorBody),
+        (status = 403, description = "Invalid or expired signature", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 412, description = "A precondition failed", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = ErrorBody),
+        (status = 422, description = "A malformed query", body = ErrorBody),
+    ))]
+async fn serve_signed_v1(
+    state: State<AppState>,
+    encoded: AppPath<String>,
+    q: AppQuery<SignedQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    serve_signed(state, encoded, q, req).await
 }

@@ -3,18 +3,35 @@
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 
-use crate::error::{ApiError, AppPath};
+use super::Routes;
+use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::state::AppState;
 use crate::store::key::Key;
 
 /// The public storage routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/storage/{user_id}/{*path}", get(serve_public))
+pub fn routes() -> Routes {
+    // A catch-all: documented as `{path}` (OpenAPI has no catch-all parameters).
+    Routes::new().get("/storage/{user_id}/{*path}", serve_public)
 }
 
+/// A file by its public link, no authentication. `HEAD` too; `Range`
+/// (one or several ranges), `If-None-Match`, `If-Modified-Since` and `If-Range` as RFC 9110.
+#[utoipa::path(get, path = "/storage/{user_id}/{path}", tag = "downloads",
+    params(
+        ("user_id" = String, Path, description = "The owner"),
+        ("path" = String, Path, description = "`[{folder}/]{prefix}_{filename}`; slashes raw or as %2F"),
+        ("Range" = Option<String>, Header, description = "e.g. `bytes=0-99`"),
+    ),
+    responses(
+        (status = 200, description = "The file", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The range(s) asked for", content_type = "*/*", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "A path that cannot be a file", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 412, description = "A precondition failed", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = ErrorBody),
+    ))]
 async fn serve_public(
     axum::extract::State(state): axum::extract::State<AppState>,
     AppPath((user_id, path)): AppPath<(String, String)>,

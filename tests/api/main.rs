@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod config;
 mod crash;
+mod docs;
 mod errors;
 mod health;
 mod helpers;
