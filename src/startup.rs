@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
@@ -16,6 +17,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use crate::auth::{jwks_document, Authenticator, TokenMinter};
 use crate::config::{CorsOrigins, Secret, Settings};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::{App, AppState};
 use crate::store::FileStore;
 
@@ -75,6 +77,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         jwks,
         signing_key,
         store,
+        metrics: Arc::new(Metrics::new()?),
     }))
 }
 
@@ -169,7 +172,10 @@ pub fn router(state: AppState) -> Router {
             crate::error::json_error_bodies,
         ))
         .layer(cors)
-        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::telemetry::access_log,
+        ))
         .with_state(state)
 }
 

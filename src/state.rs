@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::auth::{Authenticator, TokenMinter};
 use crate::config::{Secret, Settings};
+use crate::metrics::Metrics;
 use crate::store::FileStore;
 
 /// The application state, shared by all handlers.
@@ -28,6 +29,8 @@ pub struct App {
     pub signing_key: Secret<Vec<u8>>,
     /// Files, sessions and quotas on disk.
     pub store: FileStore,
+    /// This app's metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

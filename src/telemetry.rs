@@ -1,21 +1,25 @@
-//! Logging: the subscriber, and one access line per request, written when the response
-//! body has been sent (so bytes and duration cover streamed bodies too).
+//! Logging and request metrics: the subscriber, and one access line per request, written
+//! (and counted) when the response body has been sent, so bytes and duration cover streamed
+//! bodies too.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
+use prometheus::IntCounter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::metrics::{Metrics, RouteKind, UNMATCHED};
 
 /// Installs the global subscriber: `RUST_LOG` filtering (default `info`), text or JSON lines.
 pub fn init(format: LogFormat) {
@@ -46,13 +50,20 @@ pub fn client_addr(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// Middleware: logs `method path status bytes duration client` once the body is done.
-pub async fn access_log(req: Request, next: Next) -> Response {
+/// Middleware: logs `method path status bytes duration client` once the body is done, and
+/// counts the request in `metrics` by its route as matched (never the raw path).
+pub async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, MatchedPath::as_str)
+        .to_owned();
+    let kind = RouteKind::of(req.method().as_str(), &route);
     let line = AccessLine {
         method: req.method().clone(),
         path: loggable_path(req.uri().path()),
@@ -63,12 +74,29 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         bytes: 0,
         start,
         finished: false,
+        route,
+        _in_progress: InProgress::start(&metrics, kind),
+        metrics,
+    };
+    let req = match kind {
+        RouteKind::Upload => {
+            let counter = line.metrics.uploaded_bytes.clone();
+            req.map(|body| Body::new(CountedBody::new(body, counter)))
+        }
+        _ => req,
     };
     let res = next.run(req).await;
     let (parts, body) = res.into_parts();
     let mut line = line;
     line.status = parts.status;
     line.finished = body.is_end_stream();
+    let body = match kind {
+        RouteKind::Download | RouteKind::BatchDownload => {
+            let counter = line.metrics.downloaded_bytes.clone();
+            Body::new(CountedBody::new(body, counter))
+        }
+        _ => body,
+    };
     Response::from_parts(parts, Body::new(LoggedBody { inner: body, line }))
 }
 
@@ -91,10 +119,46 @@ struct AccessLine {
     bytes: u64,
     start: Instant,
     finished: bool,
+    /// The route as matched, the metrics' label.
+    route: String,
+    metrics: Arc<Metrics>,
+    /// Counts the request as in progress until the line is written.
+    _in_progress: InProgress,
+}
+
+/// An uploads- or batch-downloads-in-progress count held for a request's lifetime.
+struct InProgress(Option<prometheus::IntGauge>);
+
+impl InProgress {
+    fn start(metrics: &Metrics, kind: RouteKind) -> Self {
+        let gauge = match kind {
+            RouteKind::Upload => Some(metrics.uploads_in_progress.clone()),
+            RouteKind::BatchDownload => Some(metrics.batch_downloads_in_progress.clone()),
+            RouteKind::Download | RouteKind::Other => None,
+        };
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Self(gauge)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
 }
 
 impl Drop for AccessLine {
     fn drop(&mut self) {
+        self.metrics.observe_request(
+            self.method.as_str(),
+            &self.route,
+            self.status.as_u16(),
+            self.start.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             target: "access",
             method = %self.method,
@@ -170,5 +234,48 @@ mod tests {
             "/v1/files/batch-download/éééééé…"
         );
         assert_eq!(loggable_path("/storage/u/x"), "/storage/u/x");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that adds the bytes passing through it to a counter (a request's bytes as
+    /// the handler reads them, or a response's as they are sent).
+    struct CountedBody {
+        #[pin]
+        inner: Body,
+        counter: IntCounter,
+    }
+}
+
+impl CountedBody {
+    fn new(inner: Body, counter: IntCounter) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -42,6 +42,7 @@ pub fn routes() -> Routes {
         service::files_health,
         service::jwks,
         service::generate_token,
+        service::metrics,
         files::init_upload,
         files::upload_part_json,
         files::upload_part_raw,
@@ -72,7 +73,7 @@ pub fn routes() -> Routes {
         (name = "uploads", description = "Three-step and one-request uploads, upload sessions"),
         (name = "files", description = "Listing, metadata, signed URLs, delete"),
         (name = "downloads", description = "Public links, signed URLs and batch ZIPs: no authentication"),
-        (name = "service", description = "Service endpoints: health, keys, tokens"),
+        (name = "service", description = "Service endpoints: health, keys, tokens, metrics"),
         (name = "docs", description = "This document, its viewers and the integration guide"),
     )
 )]

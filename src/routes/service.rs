@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,8 @@ use crate::store::key::UserId;
 
 use super::Routes;
 
-/// `/`, `/healthz`, `/v1/files/healthz`, `/.well-known/jwks.json`, `/v1/files/generate-token`.
+/// `/`, `/healthz`, `/v1/files/healthz`, `/.well-known/jwks.json`, `/v1/files/generate-token`,
+/// `/metrics`.
 pub fn routes() -> Routes {
     Routes::new()
         .get("/", service_info)
@@ -25,6 +26,7 @@ pub fn routes() -> Routes {
         .get("/v1/files/healthz", files_health)
         .get("/.well-known/jwks.json", jwks)
         .post("/v1/files/generate-token", generate_token)
+        .get("/metrics", metrics)
 }
 
 /// What `/` says.
@@ -217,4 +219,32 @@ async fn generate_token(
         expires_in: ttl.as_secs(),
         token_type: "Bearer",
     }))
+}
+
+/// Prometheus metrics, text format 0.0.4 (service callers only): requests by route and
+/// status, request durations, bytes uploaded and downloaded, uploads and batch downloads in
+/// progress, upload sessions on disk and free disk bytes.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    security(("service_token" = [])),
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 401, description = "Not a service caller", body = ErrorBody),
+    ))]
+async fn metrics(State(state): State<AppState>, _service: ServiceCaller) -> ApiResult<Response> {
+    let metrics = state.metrics.clone();
+    let root = state.settings.upload_root.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let free = free_bytes(&root);
+        metrics.render(&root, free)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
 }

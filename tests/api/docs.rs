@@ -1,6 +1,6 @@
 //! The service explains itself (API.md §5): the OpenAPI document matches the router both
-//! ways, `/docs` and `/redoc` load nothing from elsewhere (checked in headless Chromium) and
-//! `/instructions` holds no secret.
+//! ways, `/docs` and `/redoc` load nothing from elsewhere (checked in headless Chromium),
+//! `/metrics` counts what happens, and `/instructions` holds no secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{expect, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{expect, send, spawn_app, spawn_app_with, As as _, TestApp};
 
 // ---------------------------------------------------------------------------------------
 // The document and the router.
@@ -385,6 +385,273 @@ async fn instructions_use_the_public_base_url_and_hold_no_secret() {
     ] {
         assert!(!text.contains(secret), "{secret} is in the instructions");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// /metrics
+
+/// One sample of the text format: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let mut labels = BTreeMap::new();
+                for pair in rest.trim_end_matches('}').split("\",") {
+                    let (k, v) = pair.split_once("=\"").unwrap();
+                    labels.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+                }
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), BTreeMap::new()),
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+/// The value of the series `name` whose labels include `labels` (0 when absent).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .sum()
+}
+
+async fn scrape(app: &TestApp) -> Vec<Sample> {
+    let res = app.get("/metrics").as_service().send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()[reqwest::header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    parse_metrics(&res.text().await.unwrap())
+}
+
+/// Scrapes until `ok` holds (a request is counted when its body has been sent, a moment
+/// after the client has it).
+async fn scrape_until(app: &TestApp, ok: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let samples = scrape(app).await;
+        if ok(&samples) || Instant::now() > deadline {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_for_service_callers_only() {
+    let app = spawn_app().await;
+    expect(
+        app.get("/metrics"),
+        StatusCode::UNAUTHORIZED,
+        json!({ "detail": "Authentication required" }),
+    )
+    .await;
+    expect(
+        app.get("/metrics").service_token("wrong"),
+        StatusCode::UNAUTHORIZED,
+        json!({ "detail": "Invalid service token" }),
+    )
+    .await;
+    let jwt = app.user_token("u1");
+    for req in [
+        app.get("/metrics").bearer(&jwt),
+        app.get("/metrics").cookie(&jwt),
+    ] {
+        expect(
+            req,
+            StatusCode::UNAUTHORIZED,
+            json!({ "detail": "Service token required" }),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_bytes_sessions_and_disk() {
+    let app = spawn_app().await;
+    let fresh = scrape(&app).await;
+    for name in [
+        "upload_server_uploaded_bytes_total",
+        "upload_server_downloaded_bytes_total",
+        "upload_server_uploads_in_progress",
+        "upload_server_batch_downloads_in_progress",
+        "upload_server_upload_sessions",
+        "upload_server_disk_free_bytes",
+    ] {
+        assert!(fresh.iter().any(|(n, _, _)| n == name), "{name} missing");
+    }
+    assert_eq!(value(&fresh, "upload_server_upload_sessions", &[]), 0.0);
+    assert!(value(&fresh, "upload_server_disk_free_bytes", &[]) > 0.0);
+
+    // An unfinished session, an upload, a download, and a path no route knows.
+    let (status, _) = send(app.post("/v1/files/init").as_service().json(&json!({
+        "mode": "chunked",
+        "files": [{ "name": "later.bin", "size": 10 }],
+        "meta": { "user_id": "u1" },
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let bytes = vec![7u8; 300_000];
+    let (status, body) = send(
+        app.post("/v1/files/upload?user_id=u1&filename=m.bin")
+            .as_service()
+            .body(bytes.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = body["files"][0]["url"].as_str().unwrap().to_owned();
+    let got = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), bytes.len());
+    let res = app.get("/no/such/path/123").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let storage = [
+        ("method", "GET"),
+        ("route", "/storage/{user_id}/{*path}"),
+        ("status", "200"),
+    ];
+    let s = scrape_until(&app, |s| value(s, "http_requests_total", &storage) == 1.0).await;
+    let n = bytes.len() as f64;
+    assert_eq!(value(&s, "upload_server_uploaded_bytes_total", &[]), n);
+    assert_eq!(value(&s, "upload_server_downloaded_bytes_total", &[]), n);
+    assert_eq!(value(&s, "upload_server_upload_sessions", &[]), 1.0);
+    assert_eq!(value(&s, "http_requests_total", &storage), 1.0);
+    let upload = [("method", "POST"), ("route", "/v1/files/upload")];
+    assert_eq!(
+        value(
+            &s,
+            "http_requests_total",
+            &[upload[0], upload[1], ("status", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "http_request_duration_seconds_count", &upload),
+        1.0
+    );
+    assert!(value(&s, "http_request_duration_seconds_sum", &upload) > 0.0);
+    assert_eq!(
+        value(
+            &s,
+            "http_request_duration_seconds_bucket",
+            &[upload[0], upload[1], ("le", "+Inf")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "http_requests_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ),
+        1.0
+    );
+    // Routes are labelled as matched, never by the raw path.
+    assert!(
+        s.iter().all(|(_, l, _)| l
+            .get("route")
+            .is_none_or(|r| !r.contains("storage/u1") && !r.contains("/no/such"))),
+        "{s:?}"
+    );
+    assert_eq!(value(&s, "upload_server_uploads_in_progress", &[]), 0.0);
+    assert_eq!(
+        value(&s, "upload_server_batch_downloads_in_progress", &[]),
+        0.0
+    );
+    // Each app has its own registry: a new one starts from zero.
+    let other = spawn_app().await;
+    assert_eq!(
+        value(
+            &scrape(&other).await,
+            "upload_server_uploaded_bytes_total",
+            &[]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_uploads_and_batch_downloads_in_progress() {
+    let app = spawn_app().await;
+    // An upload whose body is still coming.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let upload = tokio::spawn(
+        app.post("/v1/files/upload?user_id=u1&filename=slow.bin")
+            .as_service()
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+    let s = scrape_until(&app, |s| {
+        value(s, "upload_server_uploads_in_progress", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(value(&s, "upload_server_uploads_in_progress", &[]), 1.0);
+    drop(tx);
+    let res = upload.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let s = scrape_until(&app, |s| {
+        value(s, "upload_server_uploads_in_progress", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(value(&s, "upload_server_uploads_in_progress", &[]), 0.0);
+
+    // A batch ZIP larger than the socket buffers, not read by its client.
+    let big = vec![3u8; 48 << 20];
+    let (status, body) = send(
+        app.post("/v1/files/upload?user_id=u1&filename=big.bin")
+            .as_service()
+            .body(big),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key = body["files"][0]["key"].clone();
+    let (status, body) = send(
+        app.post("/v1/files/batch-download")
+            .as_service()
+            .json(&json!({ "keys": [key] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().unwrap();
+    let res = app
+        .get(&format!("/v1/files/batch-download/{token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let gauge = "upload_server_batch_downloads_in_progress";
+    let s = scrape_until(&app, |s| value(s, gauge, &[]) == 1.0).await;
+    assert_eq!(value(&s, gauge, &[]), 1.0);
+    drop(res);
+    let s = scrape_until(&app, |s| value(s, gauge, &[]) == 0.0).await;
+    assert_eq!(value(&s, gauge, &[]), 0.0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+//! Prometheus metrics (API.md §5): one registry per app (no process-wide recorder), fed by
+//! the access-log middleware, plus what lives on disk, read when `/metrics` is scraped.
+
+use std::path::Path;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label for requests no route matched (so unknown paths cannot make new series).
+pub const UNMATCHED: &str = "unmatched";
+
+/// Routes whose request bodies are file bytes.
+const UPLOAD_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/files/part"),
+    ("PUT", "/v1/files/part/{upload_id}/{part_number}"),
+    ("POST", "/v1/files/upload"),
+];
+
+/// Routes whose response bodies are file bytes (`GET` and `HEAD`).
+const DOWNLOAD_ROUTES: &[&str] = &[
+    "/storage/{user_id}/{*path}",
+    "/get/{encoded}",
+    "/v1/files/get/{encoded}",
+    BATCH_ROUTE,
+];
+
+/// The batch ZIP download.
+const BATCH_ROUTE: &str = "/v1/files/batch-download/{token}";
+
+/// Request-duration buckets, seconds: from a health check to a multi-gigabyte transfer.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// What a request is, for the metrics that only count some routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Its body carries file bytes in.
+    Upload,
+    /// Its response carries a stored file out.
+    Download,
+    /// A `GET` of a batch ZIP (a download too).
+    BatchDownload,
+    /// Anything else.
+    Other,
+}
+
+impl RouteKind {
+    /// The kind of `method route`, `route` being the path as the router matched it.
+    pub fn of(method: &str, route: &str) -> Self {
+        if UPLOAD_ROUTES.contains(&(method, route)) {
+            return Self::Upload;
+        }
+        if !matches!(method, "GET" | "HEAD") || !DOWNLOAD_ROUTES.contains(&route) {
+            return Self::Other;
+        }
+        if route == BATCH_ROUTE && method == "GET" {
+            Self::BatchDownload
+        } else {
+            Self::Download
+        }
+    }
+}
+
+/// The app's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    /// Request body bytes received by the upload routes.
+    pub uploaded_bytes: IntCounter,
+    /// Response body bytes sent by the download routes.
+    pub downloaded_bytes: IntCounter,
+    /// Upload requests being received now.
+    pub uploads_in_progress: IntGauge,
+    /// Batch ZIPs being sent now.
+    pub batch_downloads_in_progress: IntGauge,
+    upload_sessions: IntGauge,
+    disk_free: IntGauge,
+}
+
+impl Metrics {
+    /// A fresh registry with every series at zero.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by method, route (as matched) and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from a request's arrival to the end of its response body, by method and route",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["method", "route"],
+        )?;
+        let uploaded_bytes = IntCounter::new(
+            "upload_server_uploaded_bytes_total",
+            "Request body bytes received by the upload routes (JSON and raw parts, one-request uploads)",
+        )?;
+        let downloaded_bytes = IntCounter::new(
+            "upload_server_downloaded_bytes_total",
+            "Response body bytes sent by the download routes (public links, signed URLs, batch ZIPs); \
+             bytes nginx sends for X-Accel-Redirect are not seen here",
+        )?;
+        let uploads_in_progress = IntGauge::new(
+            "upload_server_uploads_in_progress",
+            "Upload requests (parts, raw parts, one-request uploads) being received now",
+        )?;
+        let batch_downloads_in_progress = IntGauge::new(
+            "upload_server_batch_downloads_in_progress",
+            "Batch ZIP downloads being sent now",
+        )?;
+        let upload_sessions = IntGauge::new(
+            "upload_server_upload_sessions",
+            "Unfinished upload sessions on disk (UPLOAD_ROOT/.parts), counted at scrape time",
+        )?;
+        let disk_free = IntGauge::new(
+            "upload_server_disk_free_bytes",
+            "Bytes free for the server in UPLOAD_ROOT's filesystem, at scrape time",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(uploaded_bytes.clone()))?;
+        registry.register(Box::new(downloaded_bytes.clone()))?;
+        registry.register(Box::new(uploads_in_progress.clone()))?;
+        registry.register(Box::new(batch_downloads_in_progress.clone()))?;
+        registry.register(Box::new(upload_sessions.clone()))?;
+        registry.register(Box::new(disk_free.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            uploaded_bytes,
+            downloaded_bytes,
+            uploads_in_progress,
+            batch_downloads_in_progress,
+            upload_sessions,
+            disk_free,
+        })
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.duration
+            .with_label_values(&[method, route])
+            .observe(seconds);
+    }
+
+    /// Everything in the text format, with the disk gauges set from `root` first
+    /// (blocking: call it off the async threads).
+    pub fn render(&self, root: &Path, free_bytes: Option<u64>) -> anyhow::Result<String> {
+        self.upload_sessions
+            .set(i64::try_from(sessions_on_disk(root)).unwrap_or(i64::MAX));
+        self.disk_free
+            .set(free_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8(out)?)
+    }
+}
+
+/// Folders in `root/.parts` named by a session id (a UUID); staging and claimed folders
+/// have other names and are not sessions.
+pub fn sessions_on_disk(root: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(root.join(".parts")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| uuid::Uuid::try_parse(n).is_ok())
+        })
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn classified_routes_are_real_routes() {
+        let table = crate::routes::routes();
+        let served = |m: &str, p: &str| {
+            table
+                .table()
+                .iter()
+                .any(|(method, path)| method.as_str() == m && *path == p)
+        };
+        for (m, p) in UPLOAD_ROUTES {
+            assert!(served(m, p), "{m} {p} is not a route");
+        }
+        for p in DOWNLOAD_ROUTES {
+            assert!(served("GET", p), "GET {p} is not a route");
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(RouteKind::of("POST", "/v1/files/upload"), RouteKind::Upload);
+        assert_eq!(RouteKind::of("GET", "/v1/files/upload"), RouteKind::Other);
+        assert_eq!(RouteKind::of("HEAD", "/get/{encoded}"), RouteKind::Download);
+        assert_eq!(RouteKind::of("GET", BATCH_ROUTE), RouteKind::BatchDownload);
+        assert_eq!(RouteKind::of("HEAD", BATCH_ROUTE), RouteKind::Download);
+        assert_eq!(RouteKind::of("GET", UNMATCHED), RouteKind::Other);
+    }
+
+    #[test]
+    fn sessions_are_uuid_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let parts = root.path().join(".parts");
+        std::fs::create_dir_all(parts.join("0b6d4b39-6a34-4d1c-9f77-1b0c9a3e2f10")).unwrap();
+        std::fs::create_dir_all(parts.join("1c7e5c4a-7b45-4e2d-8a88-2c1d0b4f3a21")).unwrap();
+        std::fs::create_dir_all(parts.join(".staging")).unwrap();
+        std::fs::create_dir_all(parts.join("0b6d4b39-6a34-4d1c-9f77-1b0c9a3e2f10.claimed"))
+            .unwrap();
+        std::fs::write(parts.join("2d8f6d5b-8c56-4f3e-9b99-3d2e1c5a4b32"), b"").unwrap();
+        assert_eq!(sessions_on_disk(root.path()), 2);
+        assert_eq!(sessions_on_disk(&root.path().join("missing")), 0);
+    }
+}
