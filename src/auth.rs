@@ -189,7 +189,9 @@ impl JwtVerifier {
     fn new(s: &JwtSettings) -> anyhow::Result<Self> {
         let mut validation = Validation::new(s.alg);
         validation.algorithms = vec![s.alg];
-        validation.leeway = 30;
+        // A few seconds for clock skew; `nbf` is honoured when present.
+        validation.leeway = 5;
+        validation.validate_nbf = true;
         let mut required = vec!["exp"];
         match &s.issuer {
             Some(iss) => {

@@ -276,6 +276,12 @@ impl Settings {
             ));
         }
         let quota_gb = parse_decimal("PER_USER_QUOTA_GB", raw.per_user_quota_gb.as_deref(), 500.0)?;
+        if quota_gb > 1e9 {
+            return Err(ConfigError::new(
+                "PER_USER_QUOTA_GB",
+                "is larger than any disk",
+            ));
+        }
         let quota_bytes = (quota_gb * (1u64 << 30) as f64).floor() as u64;
 
         let alg_name = raw.auth_jwt_alg.as_deref().unwrap_or("RS256").trim();
@@ -344,10 +350,10 @@ impl Settings {
             raw.upload_session_ttl_hours.as_deref(),
             24.0,
         )?;
-        if ttl_hours <= 0.0 {
+        if ttl_hours <= 0.0 || ttl_hours > 24.0 * 365.0 * 100.0 {
             return Err(ConfigError::new(
                 "UPLOAD_SESSION_TTL_HOURS",
-                "must be above 0",
+                "must be above 0 and at most 876000 (100 years)",
             ));
         }
         let batch_token_ttl: u64 =
@@ -594,6 +600,8 @@ mod tests {
         assert_eq!(e.var, "PORT");
         let e = settings(&[("PER_USER_QUOTA_GB", "lots")]).unwrap_err();
         assert_eq!(e.var, "PER_USER_QUOTA_GB");
+        let e = settings(&[("UPLOAD_SESSION_TTL_HOURS", "1e20")]).unwrap_err();
+        assert_eq!(e.var, "UPLOAD_SESSION_TTL_HOURS");
         let e = settings(&[("AUTH_JWT_ALG", "HS256")]).unwrap_err();
         assert_eq!(e.var, "AUTH_JWT_ALG");
         let e = settings(&[("JWT_PUBLIC_KEY_PATH", "/nonexistent/key.pem")]).unwrap_err();

@@ -82,6 +82,7 @@ pub struct PartJsonParser {
     /// Base64 characters not yet decoded (fewer than 4, or a block waiting).
     pending: Vec<u8>,
     padded: bool,
+    pads: u8,
 }
 
 impl Default for PartJsonParser {
@@ -103,6 +104,7 @@ impl PartJsonParser {
             fields: PartFields::default(),
             pending: Vec::with_capacity(64 * 1024),
             padded: false,
+            pads: 0,
         }
     }
 
@@ -347,6 +349,27 @@ impl PartJsonParser {
     }
 
     fn push_b64(&mut self, chars: &[u8], out: &mut Vec<u8>) -> Result<(), PartJsonError> {
+        // Fast path, the usual run of plain base64 (no padding yet, no whitespace): decode
+        // straight from the input, keeping only the last incomplete quad. The decoder itself
+        // refuses characters outside the alphabet.
+        if !self.padded && !chars.iter().any(|&c| c == b'=' || c.is_ascii_whitespace()) {
+            let mut rest = chars;
+            if !self.pending.is_empty() {
+                let need = (4 - self.pending.len() % 4) % 4;
+                let take = need.min(rest.len());
+                self.pending.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.pending.len() % 4 != 0 {
+                    return Ok(());
+                }
+                self.decode_pending(out, false)?;
+            }
+            let whole = rest.len() / 4 * 4;
+            B64.decode_vec(&rest[..whole], out)
+                .map_err(|e| PartJsonError::Base64(e.to_string()))?;
+            self.pending.extend_from_slice(&rest[whole..]);
+            return Ok(());
+        }
         for &c in chars {
             match c {
                 b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => {
@@ -356,6 +379,11 @@ impl PartJsonParser {
                     self.pending.push(c);
                 }
                 b'=' => {
+                    // At most two: anything more is not base64, and must not pile up.
+                    self.pads += 1;
+                    if self.pads > 2 {
+                        return Err(PartJsonError::Base64("too much '=' padding".to_owned()));
+                    }
                     self.padded = true;
                     self.pending.push(c);
                 }
@@ -534,5 +562,15 @@ mod tests {
             parse_in_pieces(br#"{"a":1} x"#, 4),
             Err(PartJsonError::Syntax(_))
         ));
+        // Padding is refused as soon as it passes two '=', so it cannot pile up in memory.
+        let pads = format!(r#"{{"chunkBase64":"AAAA{}"}}"#, "=".repeat(100_000));
+        let mut p = PartJsonParser::new();
+        let mut out = Vec::new();
+        let fed = pads
+            .as_bytes()
+            .chunks(4096)
+            .try_for_each(|c| p.feed(c, &mut out));
+        assert!(matches!(fed, Err(PartJsonError::Base64(_))));
+        assert!(p.pending.len() < 16, "{}", p.pending.len());
     }
 }

@@ -6,8 +6,10 @@
 //! byte range of the archive can be produced on its own (resumable downloads). With
 //! compression, compressible entries are Deflated behind a data descriptor, and the length
 //! is not known in advance. ZIP64 records appear only where a size or offset needs them.
+//! Nothing here holds a thread while the client is slow: reads are async, deflate runs a
+//! chunk at a time on a short blocking task.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -278,16 +280,16 @@ impl Layout {
         self.total == 0
     }
 
-    /// Streams bytes `start..end` of the archive into `tx`. Blocking: run it on a blocking
-    /// thread. Stops when the receiver goes away (the client disconnected); fails if a
-    /// file's size is no longer what was laid out.
-    pub fn write_range(
+    /// Streams bytes `start..end` of the archive into `tx`. Stops when the receiver goes
+    /// away (the client disconnected); fails if a file's size is no longer what was laid
+    /// out. Reads go through `tokio::fs`, so a slow client holds no thread.
+    pub async fn write_range(
         &self,
         start: u64,
         end: u64,
         tx: &mpsc::Sender<std::io::Result<Bytes>>,
     ) -> std::io::Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
         for (seg_start, seg) in &self.segments {
             let seg_len = match seg {
                 Segment::Bytes(b) => b.len() as u64,
@@ -300,25 +302,26 @@ impl Layout {
             let from = start.max(*seg_start) - seg_start;
             let to = end.min(seg_end) - seg_start;
             match seg {
-                Segment::Bytes(b) => send(tx, b.slice(from as usize..to as usize))?,
+                Segment::Bytes(b) => send(tx, b.slice(from as usize..to as usize)).await?,
                 Segment::File { index, len } => {
                     let f = &self.files[*index];
-                    let mut file = std::fs::File::open(&f.path)?;
-                    if file.metadata()?.len() != *len {
+                    let mut file = tokio::fs::File::open(&f.path).await?;
+                    if file.metadata().await?.len() != *len {
                         return Err(std::io::Error::other(format!("{} changed size", f.name)));
                     }
-                    file.seek(SeekFrom::Start(from))?;
+                    file.seek(SeekFrom::Start(from)).await?;
                     let mut left = to - from;
                     while left > 0 {
-                        let want = buf.len().min(left as usize);
-                        let n = file.read(&mut buf[..want])?;
+                        let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                        let n = file.read(&mut buf).await?;
                         if n == 0 {
                             return Err(std::io::Error::other(format!(
                                 "{} shrank while being sent",
                                 f.name
                             )));
                         }
-                        send(tx, Bytes::copy_from_slice(&buf[..n]))?;
+                        buf.truncate(n);
+                        send(tx, Bytes::from(buf)).await?;
                         left -= n as u64;
                     }
                 }
@@ -328,43 +331,48 @@ impl Layout {
     }
 }
 
-fn send(tx: &mpsc::Sender<std::io::Result<Bytes>>, b: Bytes) -> std::io::Result<()> {
-    tx.blocking_send(Ok(b))
+/// Bytes read from a file at a time.
+const CHUNK: usize = 256 * 1024;
+
+async fn send(tx: &mpsc::Sender<std::io::Result<Bytes>>, b: Bytes) -> std::io::Result<()> {
+    tx.send(Ok(b))
+        .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
 }
 
 /// Streams a compressed archive of `files` into `tx` (entries marked `deflate` are
-/// Deflated; the others Stored). Blocking, like [`Layout::write_range`].
-pub fn write_compressed(
+/// Deflated, a chunk at a time on a short blocking task; the others Stored).
+pub async fn write_compressed(
     files: &[ZipFile],
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
     use flate2::write::DeflateEncoder;
     use std::io::Write as _;
+    use tokio::io::AsyncReadExt as _;
     let mut pos = 0u64;
     let mut written = Vec::with_capacity(files.len());
-    let mut buf = vec![0u8; 256 * 1024];
     for f in files {
         let header = local_header(f, f.deflate);
         let offset = pos;
         pos += header.len() as u64;
-        send(tx, header)?;
-        let mut file = std::fs::File::open(&f.path)?;
-        if file.metadata()?.len() != f.size {
+        send(tx, header).await?;
+        let mut file = tokio::fs::File::open(&f.path).await?;
+        if file.metadata().await?.len() != f.size {
             return Err(std::io::Error::other(format!("{} changed size", f.name)));
         }
         if !f.deflate {
             let mut left = f.size;
             while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = file.read(&mut buf[..want])?;
+                let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                let n = file.read(&mut buf).await?;
                 if n == 0 {
                     return Err(std::io::Error::other(format!(
                         "{} shrank while being sent",
                         f.name
                     )));
                 }
-                send(tx, Bytes::copy_from_slice(&buf[..n]))?;
+                buf.truncate(n);
+                send(tx, Bytes::from(buf)).await?;
                 left -= n as u64;
             }
             pos += f.size;
@@ -372,28 +380,46 @@ pub fn write_compressed(
             continue;
         }
         let mut crc = crc32fast::Hasher::new();
-        let mut enc =
-            DeflateEncoder::new(Vec::with_capacity(64 * 1024), flate2::Compression::new(6));
+        let mut enc = Some(DeflateEncoder::new(
+            Vec::with_capacity(CHUNK),
+            flate2::Compression::new(6),
+        ));
         let mut compressed = 0u64;
         let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            let mut buf = vec![0u8; CHUNK];
+            let n = file.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
+            buf.truncate(n);
             total += n as u64;
-            crc.update(&buf[..n]);
-            enc.write_all(&buf[..n])?;
-            let out = enc.get_mut();
-            if out.len() >= 64 * 1024 {
+            crc.update(&buf);
+            let mut e = enc
+                .take()
+                .ok_or_else(|| std::io::Error::other("encoder lost"))?;
+            let (e, out) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                e.write_all(&buf)?;
+                let out = std::mem::take(e.get_mut());
+                Ok((e, out))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            enc = Some(e);
+            if !out.is_empty() {
                 compressed += out.len() as u64;
-                send(tx, Bytes::from(std::mem::take(out)))?;
+                send(tx, Bytes::from(out)).await?;
             }
         }
-        let rest = enc.finish()?;
+        let e = enc
+            .take()
+            .ok_or_else(|| std::io::Error::other("encoder lost"))?;
+        let rest = tokio::task::spawn_blocking(move || e.finish())
+            .await
+            .map_err(std::io::Error::other)??;
         compressed += rest.len() as u64;
         if !rest.is_empty() {
-            send(tx, Bytes::from(rest))?;
+            send(tx, Bytes::from(rest)).await?;
         }
         if total != f.size {
             return Err(std::io::Error::other(format!("{} changed size", f.name)));
@@ -410,7 +436,7 @@ pub fn write_compressed(
             d.put_u32_le(f.size as u32);
         }
         pos += compressed + d.len() as u64;
-        send(tx, d.freeze())?;
+        send(tx, d.freeze()).await?;
         written.push((f, offset, compressed, crc, true));
     }
     let entries: Vec<Written<'_>> = written
@@ -423,7 +449,7 @@ pub fn write_compressed(
             deflated,
         })
         .collect();
-    send(tx, central_directory(&entries, pos))
+    send(tx, central_directory(&entries, pos)).await
 }
 
 /// Makes entry names safe and unique: the last segment of the name (as a browser saving
@@ -497,8 +523,8 @@ mod tests {
         assert_eq!(names[6], "noext_1");
     }
 
-    #[test]
-    fn stored_layout_length_is_exact() {
+    #[tokio::test]
+    async fn stored_layout_length_is_exact() {
         let dir = std::env::temp_dir().join(format!("zl-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut files = Vec::new();
@@ -516,7 +542,7 @@ mod tests {
         }
         let layout = Layout::stored(files);
         let (tx, mut rx) = mpsc::channel(1024);
-        layout.write_range(0, layout.len(), &tx).unwrap();
+        layout.write_range(0, layout.len(), &tx).await.unwrap();
         drop(tx);
         let mut all = Vec::new();
         while let Ok(Ok(b)) = rx.try_recv() {
@@ -526,7 +552,7 @@ mod tests {
         assert_eq!(&all[..4], &LOCAL_SIG.to_le_bytes());
         // Any range is the same slice of the whole.
         let (tx, mut rx) = mpsc::channel(1024);
-        layout.write_range(40, 90, &tx).unwrap();
+        layout.write_range(40, 90, &tx).await.unwrap();
         drop(tx);
         let mut part = Vec::new();
         while let Ok(Ok(b)) = rx.try_recv() {

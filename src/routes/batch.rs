@@ -277,9 +277,9 @@ async fn download_batch(
         if is_head {
             return Ok((StatusCode::OK, headers).into_response());
         }
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = zip_stream::write_compressed(&files, &tx) {
-                report(&tx, e);
+        tokio::spawn(async move {
+            if let Err(e) = zip_stream::write_compressed(&files, &tx).await {
+                report(&tx, e).await;
             }
         });
         let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -305,9 +305,9 @@ async fn download_batch(
     if is_head {
         return Ok((status, headers).into_response());
     }
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = layout.write_range(start, end, &tx) {
-            report(&tx, e);
+    tokio::spawn(async move {
+        if let Err(e) = layout.write_range(start, end, &tx).await {
+            report(&tx, e).await;
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -316,11 +316,11 @@ async fn download_batch(
 
 /// A failure mid-archive can only cut the stream: log it, and end the body with an error
 /// so the client sees a broken transfer rather than a short archive.
-fn report(tx: &mpsc::Sender<std::io::Result<bytes::Bytes>>, e: std::io::Error) {
+async fn report(tx: &mpsc::Sender<std::io::Result<bytes::Bytes>>, e: std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         tracing::info!("batch download: client went away");
         return;
     }
     tracing::warn!(error = %e, "batch download cut short");
-    let _ = tx.blocking_send(Err(e));
+    let _ = tx.send(Err(e)).await;
 }

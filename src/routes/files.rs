@@ -1153,8 +1153,9 @@ async fn upload_raw(
             upload.write(&mut sink, chunk, 0).await?;
         }
         let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
+        let file = sink.finish().await?;
         let stored = upload
-            .publish_file(sink, name, folder, mime, expected_sha, Map::new())
+            .publish_file(file, name, folder, mime, expected_sha, Map::new())
             .await?;
         Ok::<_, ApiError>(vec![stored])
     }
@@ -1190,15 +1191,26 @@ async fn upload_multipart(
         {
             let name = field.name().unwrap_or("").to_owned();
             if name != "file" && field.file_name().is_none() {
-                let text = field.text().await.map_err(|e| multipart_error(&e))?;
-                if text.len() > 64 * 1024 {
-                    return Err(ApiError::BadRequest(format!("Field '{name}' is too long")));
+                // Read a text field a chunk at a time, so a huge one is refused early.
+                let mut raw = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+                    raw.extend_from_slice(&chunk);
+                    if raw.len() > MAX_TEXT_FIELD {
+                        return Err(ApiError::BadRequest(format!("Field '{name}' is too long")));
+                    }
                 }
+                let text = String::from_utf8(raw)
+                    .map_err(|_| ApiError::BadRequest(format!("Field '{name}' is not UTF-8")))?;
                 if user.is_none() && (name == "user_id" || name == "user_email") {
                     user = Some(caller.acting_for(Some(&text))?);
                 }
                 fields.insert(name, text);
                 continue;
+            }
+            if received.len() >= MAX_FILES_PER_UPLOAD {
+                return Err(ApiError::BadRequest(format!(
+                    "At most {MAX_FILES_PER_UPLOAD} files per request"
+                )));
             }
             let owner = match &user {
                 Some(u) => u.clone(),
@@ -1216,7 +1228,8 @@ async fn upload_multipart(
                 up.write(&mut sink, chunk, total).await?;
             }
             total += sink.written();
-            received.push((sink, file_name, mime));
+            // Finished now: a waiting file holds no buffer, only its temp file.
+            received.push((sink.finish().await?, file_name, mime));
         }
         if received.is_empty() {
             return Err(ApiError::validation(
@@ -1246,12 +1259,21 @@ async fn upload_multipart(
                 "upload without a work folder"
             )));
         };
-        let mut stored = Vec::new();
-        for (sink, name, mime) in received {
-            stored.push(
-                up.publish_file(sink, name, folder.clone(), mime, None, extra.clone())
-                    .await?,
-            );
+        let mut stored: Vec<Stored> = Vec::new();
+        for (file, name, mime) in received {
+            match up
+                .publish_file(file, name, folder.clone(), mime, None, extra.clone())
+                .await
+            {
+                Ok(s) => stored.push(s),
+                Err(e) => {
+                    // All or nothing: the files of this request already published go too.
+                    for s in &stored {
+                        let _ = state.store.delete(&s.key).await;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(stored)
     }
@@ -1261,6 +1283,11 @@ async fn upload_multipart(
     }
     result
 }
+
+/// Longest text field of a multipart upload (`folder`, `user_id`, `meta`).
+const MAX_TEXT_FIELD: usize = 64 * 1024;
+/// Most files in one multipart upload.
+const MAX_FILES_PER_UPLOAD: usize = 1000;
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

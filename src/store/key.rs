@@ -19,8 +19,9 @@ impl UserId {
         if raw.is_empty() {
             return bad("empty");
         }
-        if raw == "." || raw == ".." {
-            return bad("'.' and '..' are not ids");
+        if raw.starts_with('.') {
+            // `.`, `..`, and any dot-folder: those are never served or listed (API.md §4.3).
+            return bad("may not start with '.'");
         }
         if raw.len() > 255 {
             return bad("longer than 255 bytes");
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn user_ids() {
-        for ok in ["u1", "alice@example.com", "user123", "a.b", "..a", "Zoë"] {
+        for ok in ["u1", "alice@example.com", "user123", "a.b", "a..", "Zoë"] {
             assert!(UserId::parse(ok).is_ok(), "{ok}");
         }
         let long = "x".repeat(256);
@@ -292,6 +293,7 @@ mod tests {
             "",
             ".",
             "..",
+            ".dot",
             "a/b",
             "a\\b",
             "a\0b",

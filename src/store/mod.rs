@@ -338,7 +338,7 @@ impl FileStore {
             .dirs
             .live(&id)
             .join(format!(".tmp-{number}-{}", uuid::Uuid::new_v4().simple()));
-        let sink = Sink::create(tmp, false, room).await.map_err(|e| match e {
+        let sink = Sink::create(tmp, true, room).await.map_err(|e| match e {
             StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
                 StoreError::NotFound("Upload session not found".to_owned())
             }
@@ -355,7 +355,7 @@ impl FileStore {
             .staging()
             .join(uuid::Uuid::new_v4().simple().to_string());
         Ok(PartUpload {
-            sink: Sink::create(tmp, false, self.max_file).await?,
+            sink: Sink::create(tmp, true, self.max_file).await?,
         })
     }
 
@@ -389,6 +389,10 @@ impl FileStore {
             };
             rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
                 .map_err(|e| StoreError::Io(e.into()))?;
+            // A complete may have taken the session while we waited for its lock.
+            if !dir.join("session.json").exists() {
+                return Err(StoreError::NotFound("Upload session not found".to_owned()));
+            }
             let others: u64 = sessions::list_parts(&dir)?
                 .iter()
                 .filter(|(n, _)| *n != number)
@@ -406,6 +410,9 @@ impl FileStore {
                 }
             })?;
             guard.keep();
+            // Its hashes, tied to this very file (inode, mtime, size): complete can then
+            // take a single part as it is.
+            sessions::write_sum(&dest, &written);
             fsync_dir(&dir)?;
             Ok(written.size)
         })
@@ -434,15 +441,19 @@ impl FileStore {
         if info.expired() {
             return Err(StoreError::NotFound("Upload session not found".to_owned()));
         }
-        // Claim: of two completes, only one renames the folder.
+        // The folder's lock marks the claim as alive for as long as this complete runs (the
+        // kernel drops it if the process dies, whichever host or PID); it also waits for a
+        // part being committed. Then, of two completes, only one renames the folder.
+        let not_found = || StoreError::NotFound("Upload session not found".to_owned());
+        let _lock = lock_dir(&live).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found(),
+            _ => e.into(),
+        })?;
         match std::fs::rename(&live, &claimed) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound("Upload session not found".to_owned()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
             Err(e) => return Err(e.into()),
         }
-        std::fs::write(claimed.join("claim.json"), claim_record())?;
         let result = self.publish_claimed(&claimed, &info, req);
         match &result {
             Ok(_) => {
@@ -450,7 +461,6 @@ impl FileStore {
             }
             Err(_) => {
                 // Keep the parts so the client can fix them and complete again.
-                let _ = std::fs::remove_file(claimed.join("claim.json"));
                 let _ = std::fs::remove_file(claimed.join("publish.json"));
                 if let Err(e) = std::fs::rename(&claimed, &live) {
                     tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
@@ -486,8 +496,36 @@ impl FileStore {
             .or(info.folder.as_deref())
             .and_then(FolderPath::sanitize);
 
-        // Join in part order, hashing in the same pass.
         let tmp = TempGuard::new(claimed.join(".joined"));
+        // One part whose hashes were taken as it arrived (the usual case: one raw part, or the
+        // old SDK's single base64 part): the part itself becomes the file, by a hard link, so
+        // complete writes nothing again and the part stays should the complete fail.
+        if let [(n, size)] = parts.as_slice() {
+            let part = claimed.join(sessions::part_file_name(*n));
+            if let Some(sum) = sessions::read_sum(&part, *size) {
+                check_sha(req.sha256.as_deref(), &sum.sha256)?;
+                std::fs::hard_link(&part, tmp.path())?;
+                let mut extra = info.meta.clone();
+                extra.extend(req.extra);
+                let written = Written {
+                    size: total,
+                    sha256: Some(sum.sha256),
+                    crc32: Some(sum.crc32),
+                };
+                return self.publish(
+                    &user,
+                    folder.as_ref(),
+                    &original_name,
+                    info.file.mime.as_deref(),
+                    extra,
+                    written,
+                    tmp,
+                    claimed,
+                    &info.upload_id,
+                );
+            }
+        }
+        // Join in part order, hashing in the same pass.
         let mut hashes = Hashes::default();
         {
             let out = std::fs::File::create(tmp.path())?;
@@ -529,7 +567,7 @@ impl FileStore {
     }
 
     /// Moves a finished temporary file into place with its sidecar, charging the quota
-    /// (the reservation `reservation` is released in the same step).
+    /// (the file's bytes leave the reservation `reservation` in the same step).
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -579,7 +617,12 @@ impl FileStore {
             _ => e.into(),
         })?;
         self.quotas.with_ledger(user.as_str(), |ledger| {
-            let others = ledger.used + ledger.reserved_except(reservation);
+            // This file's bytes come out of its own reservation; what the reservation holds
+            // beyond them (other files of the same request) stays counted.
+            let held = ledger.reserved.get(reservation).copied().unwrap_or(0);
+            let others = ledger.used
+                + ledger.reserved_except(reservation)
+                + held.saturating_sub(written.size);
             if others.saturating_add(written.size) > self.quotas.limit {
                 return Err(StoreError::Quota {
                     used: others,
@@ -614,7 +657,13 @@ impl FileStore {
             data.keep();
             fsync_dir(&dest_dir)?;
             ledger.used += written.size;
-            ledger.reserved.remove(reservation);
+            if held > written.size {
+                ledger
+                    .reserved
+                    .insert(reservation.to_owned(), held - written.size);
+            } else {
+                ledger.reserved.remove(reservation);
+            }
             Ok(Stored { key, meta })
         })
     }
@@ -627,8 +676,17 @@ impl FileStore {
         let id = SessionId::new();
         let dir = self.dirs.upload(&id);
         tokio::fs::create_dir(&dir).await?;
-        tokio::fs::write(dir.join("claim.json"), claim_record()).await?;
+        let lock_path = dir.clone();
+        let lock = match tokio::task::spawn_blocking(move || lock_dir(&lock_path)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                let _ = tokio::fs::remove_dir(&dir).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+        };
         Ok(DirectUpload {
+            _lock: lock,
             store: self.clone(),
             user: user.clone(),
             reservation: format!("upload-{id}"),
@@ -660,7 +718,11 @@ impl FileStore {
                     self.recover_claim(&id, &path);
                 }
             } else if name.starts_with(".upload-") || name.starts_with(".aborted-") {
-                if name.starts_with(".aborted-") || claim_is_dead(&path) {
+                // A one-request upload locks its folder just after making it: give it a
+                // moment before an unlocked folder counts as abandoned.
+                if name.starts_with(".aborted-")
+                    || (claim_is_dead(&path) && older_than(&path, Duration::from_secs(60)))
+                {
                     let _ = std::fs::remove_dir_all(&path);
                 }
             } else if name == ".staging" {
@@ -728,7 +790,7 @@ impl FileStore {
                 let _ = std::fs::remove_file(&p.sidecar);
             }
         }
-        for f in ["claim.json", "publish.json", ".joined", ".sidecar"] {
+        for f in ["publish.json", ".joined", ".sidecar"] {
             let _ = std::fs::remove_file(claimed.join(f));
         }
         match std::fs::rename(claimed, self.dirs.live(id)) {
@@ -749,39 +811,21 @@ fn check_sha(expected: Option<&str>, actual: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Who holds a claim: this process on this host.
-fn claim_record() -> String {
-    serde_json::json!({ "pid": std::process::id(), "host": host_name() }).to_string()
+/// Opens a folder and takes its exclusive `flock`, waiting for it. The lock lives as long as
+/// the returned handle, and dies with the process.
+fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::File::open(dir)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(std::io::Error::from)?;
+    Ok(f)
 }
 
-fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Is the process that made this claim gone? Claims from other hosts count as dead only
-/// once an hour old.
+/// Is a claimed or in-progress folder abandoned, its lock free (its holder gone)?
 fn claim_is_dead(dir: &Path) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Claim {
-        pid: i32,
-        host: String,
-    }
-    let claim: Option<Claim> = std::fs::read(dir.join("claim.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    match claim {
-        Some(c) if c.host == host_name() => {
-            let me = std::process::id() as i32;
-            c.pid != me
-                && rustix::process::Pid::from_raw(c.pid).is_none_or(|pid| {
-                    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
-                })
-        }
-        _ => older_than(dir, Duration::from_secs(3600)),
-    }
+    let Ok(f) = std::fs::File::open(dir) else {
+        return false;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 fn older_than(path: &Path, age: Duration) -> bool {
@@ -839,6 +883,8 @@ pub struct DirectUpload {
     dir: DirGuard,
     reserved: u64,
     released: bool,
+    /// Held while the upload lives: the sweep of any instance leaves a locked folder alone.
+    _lock: std::fs::File,
 }
 
 impl Drop for DirectUpload {
@@ -921,7 +967,7 @@ impl DirectUpload {
     /// Finishes a file: checks its SHA-256 and publishes it.
     pub async fn publish_file(
         &mut self,
-        sink: Sink,
+        file: (Written, TempGuard),
         original_name: String,
         folder: Option<FolderPath>,
         declared_mime: Option<String>,
@@ -929,7 +975,7 @@ impl DirectUpload {
         extra: Map<String, Value>,
     ) -> Result<Stored, StoreError> {
         key::validate_client_filename(&original_name).map_err(|e| StoreError::Invalid(e.0))?;
-        let (written, guard) = sink.finish().await?;
+        let (written, guard) = file;
         check_sha(
             expected_sha.as_deref(),
             written.sha256.as_deref().unwrap_or(""),
@@ -940,8 +986,6 @@ impl DirectUpload {
         let reservation = self.reservation.clone();
         let size = written.size;
         let stored = blocking(move || {
-            // Publishing releases the reservation; what other files of this request still
-            // need is reserved again below.
             store.publish(
                 &user,
                 folder.as_ref(),
@@ -956,11 +1000,6 @@ impl DirectUpload {
         })
         .await?;
         self.reserved = self.reserved.saturating_sub(size);
-        if self.reserved > 0 {
-            let keep = self.reserved;
-            self.reserved = 0;
-            self.reserve(0, keep).await.ok();
-        }
         Ok(stored)
     }
 

@@ -42,6 +42,9 @@ struct CachedDir {
     subdirs: Arc<Vec<String>>,
 }
 
+/// How old a folder's mtime must be before its listing is cached.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Most folders kept in the cache; past it the cache starts again.
 const CACHE_DIRS: usize = 100_000;
 
@@ -116,7 +119,16 @@ impl FileStore {
                 }
                 return self.finish_open(key, std::fs::File::open(&path).map_err(|_| not_found())?);
             }
-            Err(_) => return Err(not_found()),
+            // Absent, or a path that a symlink or `..` would lead elsewhere: not there.
+            Err(
+                rustix::io::Errno::NOENT
+                | rustix::io::Errno::NOTDIR
+                | rustix::io::Errno::LOOP
+                | rustix::io::Errno::XDEV
+                | rustix::io::Errno::NAMETOOLONG,
+            ) => return Err(not_found()),
+            // Out of descriptors, permissions, I/O: a server fault, not a missing file.
+            Err(e) => return Err(StoreError::Io(e.into())),
         };
         self.finish_open(key, std::fs::File::from(fd))
     }
@@ -165,6 +177,9 @@ impl FileStore {
         let this = self.clone();
         let key = key.clone();
         blocking(move || {
+            // The same no-symlink walk as reads: a link planted in storage/ must not let a
+            // delete reach outside it.
+            drop(this.open_blocking(&key)?);
             let data = this.data_path(&key);
             let md = std::fs::symlink_metadata(&data)
                 .map_err(|_| StoreError::NotFound("File not found".to_owned()))?;
@@ -238,6 +253,13 @@ impl FileStore {
             Err(e) => return Err(e.into()),
         };
         let mtime = (md.mtime(), md.mtime_nsec());
+        // A folder changed within the last two seconds may change again within the same
+        // timestamp tick (coarse-grained kernels): read it, but do not trust it to the cache.
+        let settled = md
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > RACY);
         if let Ok(cache) = self.list_cache.dirs.lock() {
             if let Some(c) = cache.get(dir) {
                 if c.mtime == mtime {
@@ -272,6 +294,9 @@ impl FileStore {
             files: Arc::new(files),
             subdirs: Arc::new(subdirs),
         };
+        if !settled {
+            return Ok(Some(cached));
+        }
         if let Ok(mut cache) = self.list_cache.dirs.lock() {
             if cache.len() >= CACHE_DIRS {
                 cache.clear();

@@ -145,3 +145,60 @@ pub fn list_parts(dir: &Path) -> Result<Vec<(u32, u64)>, StoreError> {
     parts.sort_unstable();
     Ok(parts)
 }
+
+/// The hashes of a part, taken as it arrived, and the identity of the file they belong to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartSum {
+    /// Inode of the part file.
+    pub ino: u64,
+    /// Its modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Its size.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// CRC-32.
+    pub crc32: u32,
+}
+
+fn sum_path(part: &Path) -> PathBuf {
+    let mut s = part.as_os_str().to_owned();
+    s.push(".sum");
+    PathBuf::from(s)
+}
+
+fn identity(part: &Path) -> Option<(u64, i128, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(part).ok()?;
+    Some((
+        md.ino(),
+        i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+        md.len(),
+    ))
+}
+
+/// Records a committed part's hashes beside it (best effort: without them, complete reads
+/// the part again).
+pub fn write_sum(part: &Path, written: &super::sink::Written) {
+    let (Some(sha256), Some(crc32)) = (written.sha256.clone(), written.crc32) else {
+        return;
+    };
+    let Some((ino, mtime_ns, size)) = identity(part) else {
+        return;
+    };
+    let sum = PartSum {
+        ino,
+        mtime_ns,
+        size,
+        sha256,
+        crc32,
+    };
+    let _ = std::fs::write(sum_path(part), serde_json::to_vec(&sum).unwrap_or_default());
+}
+
+/// The hashes of `part` if they were recorded for this very file.
+pub fn read_sum(part: &Path, size: u64) -> Option<PartSum> {
+    let sum: PartSum = serde_json::from_slice(&std::fs::read(sum_path(part)).ok()?).ok()?;
+    let (ino, mtime_ns, len) = identity(part)?;
+    (sum.ino == ino && sum.mtime_ns == mtime_ns && sum.size == len && len == size).then_some(sum)
+}

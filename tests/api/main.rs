@@ -5,6 +5,7 @@
 mod auth;
 mod batch;
 mod config;
+mod cors;
 mod crash;
 mod docs;
 mod errors;

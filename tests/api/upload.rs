@@ -944,7 +944,14 @@ async fn full_disk_gives_507_and_leaves_nothing() {
         )
         .await;
         let id = init["uploadId"].as_str().unwrap().to_owned();
-        assert_eq!(put_part(&app, &id, 0, &part).await.0, StatusCode::OK);
+        if name == "other" {
+            assert_eq!(put_part(&app, &id, 0, &part).await.0, StatusCode::OK);
+        } else {
+            // Two parts: completing it means joining them into a new file.
+            let (a, b) = part.split_at(part.len() / 2);
+            assert_eq!(put_part(&app, &id, 0, a).await.0, StatusCode::OK);
+            assert_eq!(put_part(&app, &id, 1, b).await.0, StatusCode::OK);
+        }
         ids.push(id);
     }
     let big = pattern(3 << 20, 3);
@@ -989,15 +996,19 @@ async fn full_disk_gives_507_and_leaves_nothing() {
             .0,
         StatusCode::OK
     );
+    // A single part becomes the file without a copy, so its complete needs no space.
+    let (s, other) = complete(&app, &ids[0], json!({ "sha256": sha_hex(&part) })).await;
+    assert_eq!(s, StatusCode::OK, "{other}");
     // Space freed: the parts were kept, so the same complete now succeeds.
-    send(
+    let (s, _) = send(
         app.request(
             reqwest::Method::DELETE,
-            &format!("/v1/files/uploads/{}", ids[0]),
+            &format!("/v1/files/{}", other["key"].as_str().unwrap()),
         )
         .as_service(),
     )
     .await;
+    assert_eq!(s, StatusCode::OK);
     let (s, b) = complete(&app, &ids[1], json!({ "sha256": sha_hex(&part) })).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let leftovers: Vec<String> = files_under(&dir.path().join(".parts"));
@@ -1044,4 +1055,53 @@ async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
         files_under(&app.root.path().join(".parts")),
         vec![format!("{id}/session.json")]
     );
+}
+
+/// Regression (review): each upload used to hold a blocking thread while its client was
+/// slow, so ~512 stalled uploads froze every file operation of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_do_not_starve_other_requests() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app().await;
+    upload_file(&app, "u", "before.txt", None, b"x").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut socks = Vec::new();
+    for i in 0..600 {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/files/upload?user_id=u&filename=s{i}.bin HTTP/1.1\r\nHost: x\r\nX-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: 10000000\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        // More than one write batch, then silence.
+        sock.write_all(&vec![7u8; 1_200_000]).await.unwrap();
+        socks.push(sock);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let (s, _) = send(app.get("/healthz")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, l) = send(app.get("/v1/files/all?user_id=u").as_service()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(l["total_count"], 1);
+    upload_file(&app, "v", "during.txt", None, b"still works").await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(socks);
+    // Every stalled upload goes away without a trace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = files_under(&app.root.path().join(".parts"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} files left",
+            left.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
