@@ -269,7 +269,10 @@ struct Jwks {
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
     /// Keys without a `kid`, tried when a token has none.
     unnamed: RwLock<Arc<Vec<DecodingKey>>>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the set was last fetched (held only for a read or a write of the instant).
+    last_fetch: std::sync::Mutex<Option<Instant>>,
+    /// One fetch at a time; requests with a cached key never wait on it.
+    fetch_gate: Mutex<()>,
 }
 
 impl Jwks {
@@ -284,18 +287,28 @@ impl Jwks {
             min_refetch,
             keys: RwLock::default(),
             unnamed: RwLock::default(),
-            last_fetch: Mutex::new(None),
+            last_fetch: std::sync::Mutex::new(None),
+            fetch_gate: Mutex::new(()),
         })
     }
 
     async fn key_for(&self, kid: Option<&str>, allow_single_unnamed: bool) -> Option<DecodingKey> {
         if let Some(k) = self.lookup(kid, allow_single_unnamed).await {
-            if !self.stale().await {
-                return Some(k);
+            // A known key: refresh an old set on the way if no one else is, never wait.
+            if self.stale() {
+                if let Ok(gate) = self.fetch_gate.try_lock() {
+                    self.refresh_locked(gate).await;
+                }
             }
+            return Some(k);
         }
-        self.refresh().await;
+        let gate = self.fetch_gate.lock().await;
+        self.refresh_locked(gate).await;
         self.lookup(kid, allow_single_unnamed).await
+    }
+
+    fn last_fetch(&self) -> Option<Instant> {
+        self.last_fetch.lock().map(|t| *t).unwrap_or(None)
     }
 
     async fn lookup(&self, kid: Option<&str>, allow_single_unnamed: bool) -> Option<DecodingKey> {
@@ -315,19 +328,22 @@ impl Jwks {
         }
     }
 
-    async fn stale(&self) -> bool {
-        self.last_fetch
-            .lock()
-            .await
-            .is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
+    fn stale(&self) -> bool {
+        self.last_fetch().is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
     }
 
-    async fn refresh(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+    /// Fetches the set unless it was fetched less than `min_refetch` ago (the caller holds
+    /// the fetch gate, so concurrent unknown `kid`s cause one fetch).
+    async fn refresh_locked(&self, _gate: tokio::sync::MutexGuard<'_, ()>) {
+        if self
+            .last_fetch()
+            .is_some_and(|t| t.elapsed() < self.min_refetch)
+        {
             return;
         }
-        *last = Some(Instant::now());
+        if let Ok(mut last) = self.last_fetch.lock() {
+            *last = Some(Instant::now());
+        }
         match self.fetch().await {
             Ok((named, unnamed)) => {
                 tracing::info!(url = %self.url, keys = named.len() + unnamed.len(), "JWKS fetched");

@@ -412,6 +412,7 @@ pub struct InitFile {
     name: String,
     /// Its size in bytes, at most `MAX_BODY_MB`.
     #[schema(minimum = 0)]
+    #[serde(deserialize_with = "integral")]
     size: i64,
     /// Its type, used when the name's extension says nothing.
     #[serde(default)]
@@ -437,6 +438,23 @@ pub struct InitRequest {
     #[serde(default)]
     #[schema(additional_properties)]
     meta: Option<Map<String, Value>>,
+}
+
+/// A JSON integer, also when written with a zero fraction (`6633.0`): JSON Schema counts
+/// that as an integer, and so did the old service (pydantic).
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error as _;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // Within ±2^63, where the conversion is exact for integral values.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.2e18 && n.as_u64().is_none() => Ok(f as i64),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected an integer"
+        ))),
+    }
 }
 
 fn mode_schema() -> impl Into<RefOr<Schema>> {
@@ -567,7 +585,7 @@ async fn init_upload(
     });
     Ok(Json(InitResponse {
         upload_id: first,
-        parts: (req.mode == "chunked").then(|| max_size.div_ceil(CHUNK_SIZE).max(1)),
+        parts: (req.mode == "chunked").then(|| max_size.div_ceil(CHUNK_SIZE)),
         uploads,
     }))
 }
