@@ -44,6 +44,7 @@ fi
 
 work=$(mktemp -d)
 server_pid=
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [[ -n $server_pid ]]; then
         kill "$server_pid" 2>/dev/null || true
@@ -69,7 +70,8 @@ env -i PATH="$PATH" \
     "$bin" >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do
-    curl -fsS "$base/healthz" >/dev/null 2>&1 && break
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+        "$base/healthz" 2>/dev/null && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
     sleep 0.1
 done
@@ -87,10 +89,10 @@ timeout "${SCHEMATHESIS_TIMEOUT:-600}" "$venv/bin/schemathesis" run "$base/opena
     --suppress-health-check too_slow \
     "${extra[@]}" || status=$?
 
-if grep -q '"level":"ERROR"\|ERROR' "$work/server.log"; then
+# An internal error is logged even when its answer looked fine to the checks.
+if grep -q 'ERROR' "$work/server.log"; then
     echo "--- server errors:" >&2
     grep 'ERROR' "$work/server.log" | head -20 >&2
-    status=${status:-1}
     ((status != 0)) || status=1
 fi
 exit "$status"

@@ -388,6 +388,32 @@ async fn instructions_use_the_public_base_url_and_hold_no_secret() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Found by schemathesis (tests/schemathesis.sh)
+
+/// `6633.0` is an integer to JSON Schema (and was to the old service's pydantic): init took
+/// it for a type error (422).
+#[tokio::test]
+async fn init_takes_a_size_written_with_a_zero_fraction() {
+    let app = spawn_app().await;
+    let (status, body) = send(app.post("/v1/files/init").as_service().json(&json!({
+        "mode": "chunked",
+        "files": [{ "name": "a.bin", "size": 2097152.0 }],
+        "meta": { "user_id": "u1" },
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["parts"], 2);
+    for size in [json!(1.5), json!("12"), json!(1e300)] {
+        let (status, body) = send(app.post("/v1/files/init").as_service().json(&json!({
+            "files": [{ "name": "a.bin", "size": size }],
+            "meta": { "user_id": "u1" },
+        })))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{size}: {body}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // /metrics
 
 /// One sample of the text format: name, labels, value.
