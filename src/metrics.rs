@@ -152,6 +152,7 @@ impl Metrics {
 
     /// Counts one answered request and its duration.
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let method = method_label(method);
         self.requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();
@@ -171,6 +172,18 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8(out)?)
     }
+}
+
+/// The method as a label: HTTP allows any token as a method, and each would be a new series.
+fn method_label(method: &str) -> &str {
+    const KNOWN: &[&str] = &[
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 /// Folders in `root/.parts` named by a session id (a UUID); staging and claimed folders
@@ -219,6 +232,25 @@ mod tests {
         assert_eq!(RouteKind::of("GET", BATCH_ROUTE), RouteKind::BatchDownload);
         assert_eq!(RouteKind::of("HEAD", BATCH_ROUTE), RouteKind::Download);
         assert_eq!(RouteKind::of("GET", UNMATCHED), RouteKind::Other);
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let m = Metrics::new().unwrap();
+        for method in ["GET", "BREW", "X-ANY", "get"] {
+            m.observe_request(method, UNMATCHED, 405, 0.001);
+        }
+        let text = m.render(Path::new("/nonexistent"), None).unwrap();
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="unmatched",status="405"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="OTHER",route="unmatched",status="405"} 3"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ else
     else
         cargo build --bin upload-server
     fi
-    bin=target/$profile/upload-server
+    bin=${CARGO_TARGET_DIR:-target}/$profile/upload-server
 fi
 
 work=$(mktemp -d)
