@@ -216,3 +216,49 @@ api() {
 json_get() {
     python3 -c 'import json, sys; v = json.load(sys.stdin)[sys.argv[1]]; print(v if isinstance(v, str) else json.dumps(v))' "$1"
 }
+
+# need_tool CMD [PACKAGE]: makes sure CMD is on PATH; when it is not and we run as root,
+# installs PACKAGE (default CMD) with apt-get (after apt-get update), else dies.
+need_tool() {
+    local cmd=$1 pkg=${2:-$1}
+    command -v "$cmd" >/dev/null && return 0
+    [[ -x /usr/sbin/$cmd ]] && { PATH="$PATH:/usr/sbin"; return 0; }
+    if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
+        die "needs $cmd (apt-get install $pkg)"
+    fi
+    log "installing $pkg"
+    timeout 300 apt-get update -qq >/dev/null 2>&1 || log "apt-get update failed; trying the install anyway"
+    local out
+    out="$(DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$pkg" 2>&1)" \
+        || { echo "$out" | tail -20 >&2; die "apt-get install $pkg failed"; }
+    command -v "$cmd" >/dev/null || [[ -x /usr/sbin/$cmd ]] || die "$pkg installed no $cmd"
+    [[ -x /usr/sbin/$cmd ]] && PATH="$PATH:/usr/sbin"
+    return 0
+}
+
+# percentile P < numbers (one a line) -> the P-th percentile, nearest rank (3 decimals)
+percentile() {
+    sort -g | awk -v p="$1" '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        r = int((p / 100) * NR + 0.999999); if (r < 1) r = 1; if (r > NR) r = NR
+        printf "%.3f", v[r] }'
+}
+
+# max_of A B -> the larger (floats)
+max_of() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b ? a : b) }'; }
+# kib_to_mib KIB -> MiB (1 decimal)
+kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# upload_raw USER FILENAME FILE [FOLDER]: stores FILE through POST /v1/files/upload (raw
+# body, one request) and prints the key; dies unless 200 with the right size.
+upload_raw() {
+    local user=$1 name=$2 file=$3 folder=${4:-} q out key size
+    q="user_id=$user&filename=$name"
+    [[ -n $folder ]] && q+="&folder=$folder"
+    out="$(api POST "/v1/files/upload?$q" -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+        -T "$file")"
+    key="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["files"][0]["key"])' <<<"$out")"
+    size="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["files"][0]["size"])' <<<"$out")"
+    [[ $size == "$(stat -c %s "$file")" ]] || die "upload of $name answered size $size"
+    echo "$key"
+}
