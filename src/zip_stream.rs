@@ -289,7 +289,7 @@ impl Layout {
         end: u64,
         tx: &mpsc::Sender<std::io::Result<Bytes>>,
     ) -> std::io::Result<()> {
-        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        use tokio::io::AsyncSeekExt as _;
         for (seg_start, seg) in &self.segments {
             let seg_len = match seg {
                 Segment::Bytes(b) => b.len() as u64,
@@ -310,25 +310,36 @@ impl Layout {
                         return Err(std::io::Error::other(format!("{} changed size", f.name)));
                     }
                     file.seek(SeekFrom::Start(from)).await?;
-                    let mut left = to - from;
-                    while left > 0 {
-                        let mut buf = vec![0u8; CHUNK.min(left as usize)];
-                        let n = file.read(&mut buf).await?;
-                        if n == 0 {
-                            return Err(std::io::Error::other(format!(
-                                "{} shrank while being sent",
-                                f.name
-                            )));
-                        }
-                        buf.truncate(n);
-                        send(tx, Bytes::from(buf)).await?;
-                        left -= n as u64;
-                    }
+                    send_file(&mut file, to - from, &f.name, tx).await?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Sends the next `len` bytes of `file`; a file that ends early fails the archive.
+async fn send_file(
+    file: &mut tokio::fs::File,
+    len: u64,
+    name: &str,
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut left = len;
+    while left > 0 {
+        let mut buf = vec![0u8; CHUNK.min(left as usize)];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "{name} shrank while being sent"
+            )));
+        }
+        buf.truncate(n);
+        send(tx, Bytes::from(buf)).await?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// Bytes read from a file at a time.
@@ -361,20 +372,7 @@ pub async fn write_compressed(
             return Err(std::io::Error::other(format!("{} changed size", f.name)));
         }
         if !f.deflate {
-            let mut left = f.size;
-            while left > 0 {
-                let mut buf = vec![0u8; CHUNK.min(left as usize)];
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::Error::other(format!(
-                        "{} shrank while being sent",
-                        f.name
-                    )));
-                }
-                buf.truncate(n);
-                send(tx, Bytes::from(buf)).await?;
-                left -= n as u64;
-            }
+            send_file(&mut file, f.size, &f.name, tx).await?;
             pos += f.size;
             written.push((f, offset, f.size, f.crc32, false));
             continue;

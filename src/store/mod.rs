@@ -319,12 +319,7 @@ impl FileStore {
         info: &SessionInfo,
         number: u32,
     ) -> Result<PartUpload, StoreError> {
-        if number > sessions::MAX_PART_NUMBER {
-            return Err(StoreError::Invalid(format!(
-                "partNumber must be between 0 and {}",
-                sessions::MAX_PART_NUMBER
-            )));
-        }
+        check_part_number(number)?;
         let id = SessionId::parse(&info.upload_id)?;
         let others: u64 = self
             .session_parts(&id)
@@ -367,12 +362,7 @@ impl FileStore {
         number: u32,
         part: PartUpload,
     ) -> Result<u64, StoreError> {
-        if number > sessions::MAX_PART_NUMBER {
-            return Err(StoreError::Invalid(format!(
-                "partNumber must be between 0 and {}",
-                sessions::MAX_PART_NUMBER
-            )));
-        }
+        check_part_number(number)?;
         let (written, guard) = part.sink.finish().await?;
         let id = SessionId::parse(&info.upload_id)?;
         let dir = self.dirs.live(&id);
@@ -802,6 +792,16 @@ impl FileStore {
             }
         }
     }
+}
+
+fn check_part_number(number: u32) -> Result<(), StoreError> {
+    if number > sessions::MAX_PART_NUMBER {
+        return Err(StoreError::Invalid(format!(
+            "partNumber must be between 0 and {}",
+            sessions::MAX_PART_NUMBER
+        )));
+    }
+    Ok(())
 }
 
 fn check_sha(expected: Option<&str>, actual: &str) -> Result<(), StoreError> {
