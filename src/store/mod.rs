@@ -447,7 +447,20 @@ impl FileStore {
         let result = self.publish_claimed(&claimed, &info, req);
         match &result {
             Ok(_) => {
-                let _ = std::fs::remove_dir_all(&claimed);
+                // Out of the way first: a crash half-way through deleting must not leave a
+                // claimed folder that looks like a complete to give back (a second copy).
+                let doomed = self
+                    .dirs
+                    .parts
+                    .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+                match std::fs::rename(&claimed, &doomed) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_dir_all(&doomed);
+                    }
+                    Err(_) => {
+                        let _ = std::fs::remove_dir_all(&claimed);
+                    }
+                }
             }
             Err(_) => {
                 // Keep the parts so the client can fix them and complete again.
@@ -666,6 +679,8 @@ impl FileStore {
         let id = SessionId::new();
         let dir = self.dirs.upload(&id);
         tokio::fs::create_dir(&dir).await?;
+        // Whose reservation this is, for the sweep should the process die.
+        tokio::fs::write(dir.join("owner"), user.as_str()).await?;
         let lock_path = dir.clone();
         let lock = match tokio::task::spawn_blocking(move || lock_dir(&lock_path)).await {
             Ok(Ok(l)) => l,
@@ -710,10 +725,10 @@ impl FileStore {
             } else if name.starts_with(".upload-") || name.starts_with(".aborted-") {
                 // A one-request upload locks its folder just after making it: give it a
                 // moment before an unlocked folder counts as abandoned.
-                if name.starts_with(".aborted-")
-                    || (claim_is_dead(&path) && older_than(&path, Duration::from_secs(60)))
-                {
+                if name.starts_with(".aborted-") {
                     let _ = std::fs::remove_dir_all(&path);
+                } else if claim_is_dead(&path) && older_than(&path, Duration::from_secs(60)) {
+                    self.drop_dead_upload(&name, &path);
                 }
             } else if name == ".staging" {
                 remove_older_than(&path, Duration::from_secs(3600));
@@ -758,6 +773,20 @@ impl FileStore {
         Ok(())
     }
 
+    /// A one-request upload whose process died: a sidecar published without its data is
+    /// removed, the reservation released, the work folder deleted.
+    fn drop_dead_upload(&self, name: &str, dir: &Path) {
+        remove_unpaired_sidecar(dir, &self.storage);
+        if let Ok(owner) = std::fs::read_to_string(dir.join("owner")) {
+            let reservation = format!("upload-{}", name.trim_start_matches(".upload-"));
+            let _ = self.quotas.with_ledger(owner.trim(), |l| {
+                l.reserved.remove(&reservation);
+                Ok(())
+            });
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A complete interrupted by a crash: finished if its file is in place, else undone and
     /// the session given back.
     fn recover_claim(&self, id: &SessionId, claimed: &Path) {
@@ -790,6 +819,24 @@ impl FileStore {
             Err(e) => {
                 tracing::error!(session = %id, error = %e, "cannot recover a claimed session")
             }
+        }
+    }
+}
+
+/// After a crash between the two renames of a publish (sidecar, then data), the sidecar
+/// named in the work folder's `publish.json` stands alone: remove it.
+fn remove_unpaired_sidecar(work_dir: &Path, storage: &Path) {
+    #[derive(serde::Deserialize)]
+    struct Publish {
+        data: PathBuf,
+        sidecar: PathBuf,
+    }
+    let publish: Option<Publish> = std::fs::read(work_dir.join("publish.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(p) = publish {
+        if !p.data.exists() && p.sidecar.starts_with(storage) {
+            let _ = std::fs::remove_file(&p.sidecar);
         }
     }
 }

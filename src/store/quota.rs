@@ -172,7 +172,11 @@ pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
             if ft.is_dir() {
                 stack.push(entry.path());
             } else if ft.is_file() && !name.ends_with(".meta") {
-                total += entry.metadata()?.len();
+                match entry.metadata() {
+                    Ok(md) => total += md.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }

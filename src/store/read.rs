@@ -285,7 +285,12 @@ impl FileStore {
                 let Ok(key) = Key::from_user_path(user.as_str(), &segs.join("/")) else {
                     continue;
                 };
-                let md = entry.metadata()?;
+                // Deleted since the folder was read: simply not there any more.
+                let md = match entry.metadata() {
+                    Ok(md) => md,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 files.push(entry_for(key, &entry.path(), &md));
             }
         }

@@ -581,3 +581,49 @@ async fn issuing_signed_urls() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Regression (load test): a listing raced a delete and answered 500 when a file vanished
+/// between reading the folder and reading the file's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_while_files_come_and_go() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        upload_file(&app, "busy", &format!("keep{i}.txt"), Some("f"), b"k").await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (http, base, stop) = (app.http.clone(), app.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let res: Value = http
+                    .post(format!(
+                        "{base}/v1/files/upload?user_id=busy&folder=f&filename=t{n}.bin"
+                    ))
+                    .header("x-service-token", SERVICE_TOKEN)
+                    .body(vec![1u8; 100])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let key = res["files"][0]["key"].as_str().unwrap().to_owned();
+                http.delete(format!("{base}/v1/files/{key}"))
+                    .header("x-service-token", SERVICE_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..1000 {
+        let (s, l) = send(app.get("/v1/files/all?user_id=busy&folder=f").as_service()).await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        assert!(l["total_count"].as_u64().unwrap() >= 20);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(churn.await.unwrap() > 0);
+}
