@@ -150,8 +150,18 @@ fn lock_file(path: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
+/// A hidden name for a file while it is being deleted (short: stored names can be 249
+/// bytes long already).
+pub fn deleting_name() -> String {
+    format!(".{}{DELETING}", uuid::Uuid::new_v4().simple())
+}
+
+const DELETING: &str = ".deleting";
+
 /// Bytes of the stored files under `dir`: regular files, not sidecars, not dot-files
-/// (temporary names), symlinks not followed.
+/// (temporary names), symlinks not followed. Finishes what a crash cut short: hidden
+/// `*.deleting` files of a delete are removed, and so are sidecars whose data is gone
+/// (once a minute old, so a publish between its two renames is left alone).
 pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];
@@ -166,6 +176,22 @@ pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with('.') {
+                if name.ends_with(DELETING) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            if let Some(data) = name.strip_suffix(".meta") {
+                let orphan = !d.join(data).exists()
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                if orphan {
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
             }
             let ft = entry.file_type()?;
@@ -181,4 +207,46 @@ pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn usage_counts_data_and_finishes_cut_short_deletes() {
+        let dir = std::env::temp_dir().join(format!("usage-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("1a2b3c4d_x.txt"), b"12345").unwrap();
+        std::fs::write(dir.join("1a2b3c4d_x.txt.meta"), b"{}").unwrap();
+        std::fs::write(dir.join("sub/legacy.png"), b"123").unwrap();
+        std::fs::write(dir.join(deleting_name()), b"gone").unwrap();
+        let orphan = dir.join("sub/00000000_gone.bin.meta");
+        std::fs::write(&orphan, b"{}").unwrap();
+        let young_orphan = dir.join("00000000_new.bin.meta");
+        std::fs::write(&young_orphan, b"{}").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&orphan)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+
+        assert_eq!(dir_usage(&dir).unwrap(), 8);
+        assert!(!orphan.exists(), "an old lone sidecar is removed");
+        assert!(
+            young_orphan.exists(),
+            "a sidecar a publish may be about to pair is kept"
+        );
+        assert!(dir.join("1a2b3c4d_x.txt.meta").exists());
+        let hidden: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(DELETING))
+            .collect();
+        assert!(hidden.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -187,7 +187,11 @@ impl FileStore {
                 return Err(StoreError::NotFound("File not found".to_owned()));
             }
             this.quotas.with_ledger(key.owner().as_str(), |ledger| {
-                match std::fs::remove_file(&data) {
+                // The data first goes under a hidden name (gone for readers at once), then
+                // the sidecar, then the data: a crash in between leaves only things the
+                // start-up recount removes (see `quota::dir_usage`), never a lone sidecar.
+                let hidden = data.with_file_name(super::quota::deleting_name());
+                match std::fs::rename(&data, &hidden) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(StoreError::NotFound("File not found".to_owned()))
@@ -195,6 +199,7 @@ impl FileStore {
                     Err(e) => return Err(e.into()),
                 }
                 let _ = std::fs::remove_file(Meta::path_for(&data));
+                std::fs::remove_file(&hidden)?;
                 ledger.used = ledger.used.saturating_sub(md.len());
                 Ok(())
             })
