@@ -72,6 +72,9 @@ pub enum ApiError {
         /// The size of the representation.
         size: u64,
     },
+    /// 412: an `If-Match` or `If-Unmodified-Since` that the file does not meet.
+    #[error("Precondition failed")]
+    PreconditionFailed,
     /// 422 with FastAPI's list of problems.
     #[error("Validation error")]
     Validation(Value),
@@ -97,6 +100,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Range { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,

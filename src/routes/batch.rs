@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
+use super::conditional::{self, Outcome, Validators};
 use super::Routes;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, AppPath, ErrorBody};
@@ -176,29 +177,6 @@ fn archive_name(entries: &[FileEntry]) -> String {
     }
 }
 
-/// A single satisfiable range of `len` bytes, `Err` for 416, `Ok(None)` for the whole.
-fn wanted_range(headers: &HeaderMap, len: u64, etag: &str) -> Result<Option<(u64, u64)>, ApiError> {
-    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        if if_range.trim() != etag {
-            return Ok(None);
-        }
-    }
-    let Ok(parsed) = http_range_header::parse_range_header(range) else {
-        return Ok(None); // malformed: ignored, as RFC 9110 says
-    };
-    match parsed.validate(len) {
-        Ok(ranges) if ranges.len() == 1 => {
-            let r = &ranges[0];
-            Ok(Some((*r.start(), *r.end() + 1)))
-        }
-        Ok(_) => Ok(None), // several ranges: the whole archive
-        Err(_) => Err(ApiError::Range { size: len }),
-    }
-}
-
 /// The ZIP, streamed; no authentication: the token is the capability. `HEAD`
 /// too; `Range` and `If-Range` unless the batch asked for compression.
 #[utoipa::path(get, path = "/v1/files/batch-download/{token}", tag = "downloads",
@@ -292,14 +270,26 @@ async fn download_batch(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
     }
-    let (status, start, end) = match wanted_range(req.headers(), len, &etag)? {
-        Some((s, e)) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{len}", e - 1)) {
+    let validators = Validators {
+        etag,
+        last_modified: None,
+        size: len,
+    };
+    let (status, start, end) = match conditional::evaluate(req.method(), req.headers(), &validators)
+    {
+        Outcome::Partial { start, end } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
-            (StatusCode::PARTIAL_CONTENT, s, e)
+            (StatusCode::PARTIAL_CONTENT, start, end)
         }
-        None => (StatusCode::OK, 0, len),
+        Outcome::Full => (StatusCode::OK, 0, len),
+        Outcome::NotModified => {
+            headers.remove(header::CONTENT_TYPE);
+            return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+        }
+        Outcome::PreconditionFailed => return Err(ApiError::PreconditionFailed),
+        Outcome::Unsatisfiable => return Err(ApiError::Range { size: len }),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if is_head {

@@ -2,6 +2,7 @@
 //! and remembers (method, path), so the OpenAPI document can be checked against what is served.
 
 pub mod batch;
+pub mod conditional;
 pub mod docs;
 pub mod files;
 pub mod serve;

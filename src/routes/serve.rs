@@ -1,28 +1,44 @@
-//! Sending a stored file (API.md §4.3, §4.4): tower-http's `ServeFile` does ranges, ETag and
-//! conditionals; this wrapper validates first, mends what `ServeFile` gets wrong here
-//! (If-Range ignored, a malformed Range answered 416, several ranges refused), and adds our
-//! headers: type from the sidecar, `nosniff`, `sandbox` for script-capable types, and the
-//! disposition of signed URLs. With `ACCEL_REDIRECT_PREFIX` the bytes go through nginx.
+//! Sending a stored file (API.md §4.3, §4.4). The file is opened once, below the root with
+//! no symlinks (`FileStore::try_open_cached`, else on a blocking thread), and everything is
+//! answered from that descriptor: validators from its `fstat`, the decision from
+//! [`conditional::evaluate`](super::conditional::evaluate), the bytes by `pread`. A file in
+//! the page cache is served without leaving the async thread (`RWF_NOWAIT`); bytes that must
+//! come from the disk are read on a blocking thread, a chunk at a time, so a slow client never
+//! holds one. Our headers apply to every answer: type from the sidecar, `nosniff`, `sandbox` for
+//! script-capable types, the disposition of signed URLs. With `ACCEL_REDIRECT_PREFIX` the bytes
+//! go through nginx.
+//!
+//! This replaces tower-http's `ServeFile`, which opened the file again by path (a second
+//! walk, and a window where another file could take its place), read its metadata and bytes in
+//! several hops to blocking threads (a 4 KiB file cost ~285 µs of CPU, 7.5× nginx), ignored
+//! `If-Range` and answered a malformed `Range` with 416.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tower::ServiceExt as _;
-use tower_http::services::ServeFile;
+use bytes::Bytes;
+use http_body::Frame;
 
+use super::conditional::{self, Outcome, Validators};
 use crate::error::ApiError;
 use crate::signer::Disposition;
 use crate::state::AppState;
 use crate::store::key::Key;
+use crate::store::read::read_at;
 
-/// Request headers `ServeFile` may see.
-const PASSED: &[header::HeaderName] = &[
-    header::RANGE,
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_UNMODIFIED_SINCE,
-];
+/// Bodies up to this size are read whole before the answer starts.
+const INLINE_MAX: u64 = 256 * 1024;
+
+/// A chunk of a larger body read from the page cache on the async thread.
+const CACHED_CHUNK: usize = 256 * 1024;
+
+/// A chunk of a larger body read on a blocking thread (from the disk).
+const DISK_CHUNK: usize = 1024 * 1024;
 
 /// Can a browser run script from this type? Such files get `Content-Security-Policy: sandbox`.
 pub fn script_capable(mime: &str) -> bool {
@@ -75,25 +91,6 @@ fn encode_path_segment(s: &str) -> String {
     out
 }
 
-/// Does the `If-Range` validator match the response we are about to send?
-fn if_range_matches(if_range: &str, res: &HeaderMap) -> bool {
-    let v = if_range.trim();
-    if v.starts_with('"') {
-        // A strong comparison: only an identical strong ETag matches.
-        return res.get(header::ETAG).and_then(|e| e.to_str().ok()) == Some(v);
-    }
-    if v.starts_with("W/") {
-        return false;
-    }
-    let Ok(date) = httpdate::parse_http_date(v) else {
-        return false;
-    };
-    res.get(header::LAST_MODIFIED)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| httpdate::parse_http_date(l).ok())
-        == Some(date)
-}
-
 /// Serves `key` for GET or HEAD, as a public link (`disposition` `None`) or a signed one.
 pub async fn serve_key(
     state: &AppState,
@@ -103,22 +100,24 @@ pub async fn serve_key(
     disposition: Option<Disposition>,
     via: &'static str,
 ) -> Result<Response, ApiError> {
-    let (file, entry) = state.store.open_file(key).await?;
-    drop(file);
-    let mime = entry.meta.mime.clone();
-    let mut extra = HeaderMap::new();
-    extra.insert(
+    let (file, entry) = match state.store.try_open_cached(key)? {
+        Some(opened) => opened,
+        None => state.store.open_file(key).await?,
+    };
+    let mime = &entry.meta.mime;
+    let mut ours = HeaderMap::new();
+    ours.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if script_capable(&mime) {
-        extra.insert(
+    if script_capable(mime) {
+        ours.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("sandbox"),
         );
     }
     if let Some(d) = disposition {
-        extra.insert(
+        ours.insert(
             header::CONTENT_DISPOSITION,
             content_disposition(d.as_str(), &entry.meta.original_name),
         );
@@ -131,8 +130,8 @@ pub async fn serve_key(
         let target: Vec<String> = rel.split('/').map(encode_path_segment).collect();
         let mut res = StatusCode::OK.into_response();
         let h = res.headers_mut();
-        h.extend(extra);
-        if let Ok(v) = HeaderValue::from_str(&mime) {
+        h.extend(ours);
+        if let Ok(v) = HeaderValue::from_str(mime) {
             h.insert(header::CONTENT_TYPE, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("{prefix}{}", target.join("/"))) {
@@ -141,59 +140,169 @@ pub async fn serve_key(
         return Ok(res);
     }
 
-    let path = state.store.data_path(key);
-    let mime_parsed: mime_guess::mime::Mime = mime
-        .parse()
-        .unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
-    let build = |with_range: bool| {
-        let mut req = Request::builder().method(method.clone()).uri("/");
-        for name in PASSED {
-            if name == header::RANGE && !with_range {
-                continue;
-            }
-            for v in headers.get_all(name) {
-                req = req.header(name, v);
-            }
+    let v = Validators::for_file(entry.modified, entry.size);
+    if let Ok(etag) = HeaderValue::from_str(&v.etag) {
+        ours.insert(header::ETAG, etag);
+    }
+    if let Some(lm) = v.last_modified_header() {
+        ours.insert(header::LAST_MODIFIED, lm);
+    }
+    ours.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, start, end) = match conditional::evaluate(method, headers, &v) {
+        Outcome::Full => (StatusCode::OK, 0, entry.size),
+        Outcome::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        Outcome::NotModified => {
+            let mut res = StatusCode::NOT_MODIFIED.into_response();
+            res.headers_mut().extend(ours);
+            return Ok(res);
         }
-        req.body(Body::empty())
+        Outcome::PreconditionFailed => return Err(ApiError::PreconditionFailed),
+        Outcome::Unsatisfiable => return Err(ApiError::Range { size: entry.size }),
     };
-    // RFC 9110: a Range header that does not parse is ignored, not refused.
-    let range_ok = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| http_range_header::parse_range_header(v).is_ok());
-    let serve = |req| {
-        ServeFile::new_with_mime(&path, &mime_parsed)
-            .ignore_multi_range_requests(true)
-            .with_buf_chunk_size(256 * 1024)
-            .oneshot(req)
+    let len = end - start;
+    let body = if method == Method::HEAD || len == 0 {
+        Body::empty()
+    } else if len <= INLINE_MAX {
+        Body::from(read_inline(Arc::new(file), start, len).await?)
+    } else {
+        Body::new(FileBody::new(Arc::new(file), start, end))
     };
-    let req = build(range_ok).map_err(|e| ApiError::Internal(e.into()))?;
-    let mut res = serve(req)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-    if res.status() == StatusCode::PARTIAL_CONTENT {
-        if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-            if !if_range_matches(if_range, res.headers()) {
-                // The client's copy is stale: send the whole current file.
-                let req = build(false).map_err(|e| ApiError::Internal(e.into()))?;
-                res = serve(req)
-                    .await
-                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-            }
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.extend(ours);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(cr) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, entry.size))
+        {
+            h.insert(header::CONTENT_RANGE, cr);
         }
     }
-    if res.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::NotFound("File not found".to_owned()));
+    Ok(res)
+}
+
+/// A file that ended before the length promised in the headers (it can only be changed in
+/// place by hand: the store replaces files by rename, so an open descriptor keeps its bytes).
+fn short_file() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "file shorter than its length",
+    )
+}
+
+/// Reads `len` bytes from `start` whole: from the page cache on this thread when it can,
+/// the rest on a blocking thread.
+async fn read_inline(file: Arc<std::fs::File>, start: u64, len: u64) -> Result<Bytes, ApiError> {
+    let want = usize::try_from(len).map_err(|e| ApiError::Internal(e.into()))?;
+    let cached = read_at(&file, start, want, false)
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .unwrap_or_default();
+    if cached.len() == want {
+        return Ok(cached);
     }
-    let (mut parts, body) = res.into_parts();
-    parts.headers.extend(extra);
-    if parts.status.is_success() || parts.status == StatusCode::NOT_MODIFIED {
-        parts
-            .headers
-            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let done = cached.len();
+    let rest =
+        tokio::task::spawn_blocking(move || read_at(&file, start + done as u64, want - done, true))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .unwrap_or_default();
+    if done + rest.len() != want {
+        return Err(ApiError::Internal(short_file().into()));
     }
-    Ok(Response::from_parts(parts, Body::new(body)))
+    let mut all = bytes::BytesMut::with_capacity(want);
+    all.extend_from_slice(&cached);
+    all.extend_from_slice(&rest);
+    Ok(all.freeze())
+}
+
+/// The body of a large answer: bytes `pos..end` of an open file, a chunk per frame. Each
+/// chunk comes from the page cache on the async thread when it is there (no thread hop),
+/// else from a blocking thread that reads it from the disk and is released at once.
+struct FileBody {
+    file: Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Option<Bytes>>>>,
+}
+
+impl FileBody {
+    fn new(file: Arc<std::fs::File>, start: u64, end: u64) -> Self {
+        // Tell the kernel to read ahead generously: this file will be read to the end.
+        let _ = rustix::fs::fadvise(
+            &*file,
+            start,
+            std::num::NonZeroU64::new(end - start),
+            rustix::fs::Advice::Sequential,
+        );
+        Self {
+            file,
+            pos: start,
+            end,
+            reading: None,
+        }
+    }
+
+    fn chunk(&self, max: usize) -> usize {
+        usize::try_from(self.end - self.pos).map_or(max, |left| left.min(max))
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.pos >= this.end {
+            return Poll::Ready(None);
+        }
+        let got = if let Some(reading) = &mut this.reading {
+            let done = std::task::ready!(Pin::new(reading).poll(cx));
+            this.reading = None;
+            done.map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map(Option::unwrap_or_default)
+        } else {
+            match read_at(&this.file, this.pos, this.chunk(CACHED_CHUNK), false) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => {
+                    // Not in memory: a blocking thread waits for the disk.
+                    let file = Arc::clone(&this.file);
+                    let (pos, max) = (this.pos, this.chunk(DISK_CHUNK));
+                    this.reading = Some(tokio::task::spawn_blocking(move || {
+                        read_at(&file, pos, max, true)
+                    }));
+                    return Pin::new(this).poll_frame(cx);
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match got {
+            Ok(bytes) if bytes.is_empty() => Poll::Ready(Some(Err(short_file()))),
+            Ok(bytes) => {
+                this.pos += bytes.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.end - self.pos)
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,8 @@ pub struct FileStore {
     session_ttl: Duration,
     max_file: u64,
     list_cache: std::sync::Arc<read::ListCache>,
+    /// `UPLOAD_ROOT`, open once: every read resolves below it with `openat2`.
+    root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -154,7 +156,9 @@ impl FileStore {
         ] {
             std::fs::create_dir_all(d)?;
         }
+        let root_fd = std::sync::Arc::new(std::os::fd::OwnedFd::from(std::fs::File::open(root)?));
         Ok(Self {
+            root_fd,
             root: root.to_path_buf(),
             quotas: Quotas::new(root.join(".quota"), storage.clone(), quota_bytes),
             storage,

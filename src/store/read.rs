@@ -2,10 +2,9 @@
 //! Works the same for files of the old service (thin sidecars, or none).
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -32,14 +31,94 @@ pub struct FileEntry {
 /// unchanged (every publish, delete and sidecar update is a rename or unlink in it).
 #[derive(Debug, Default)]
 pub struct ListCache {
-    dirs: Mutex<HashMap<PathBuf, CachedDir>>,
+    dirs: Mutex<CacheMap>,
+}
+
+#[derive(Debug, Default)]
+struct CacheMap {
+    dirs: HashMap<PathBuf, CachedDir>,
+    /// Files in all cached folders: the memory bound.
+    files: usize,
 }
 
 #[derive(Debug, Clone)]
 struct CachedDir {
     mtime: (i64, i64),
-    files: Arc<Vec<FileEntry>>,
+    files: Arc<Vec<Arc<FileEntry>>>,
     subdirs: Arc<Vec<String>>,
+}
+
+/// Folders with more files than this have their sidecars read by several threads.
+const PARALLEL_FROM: usize = 512;
+
+/// Opens a sidecar (a name in `dir`) without following symlinks and, where allowed, without
+/// updating its access time (one inode write per file saved on a cold listing).
+fn open_sidecar(dir: &std::os::fd::OwnedFd, name: &str) -> Option<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let base = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME needs the file's owner (or CAP_FOWNER).
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty()),
+        other => other,
+    }
+    .ok()?;
+    Some(std::fs::File::from(fd))
+}
+
+/// The entries of files `names` in the folder `dir` (keys `rel/name`); files gone meanwhile
+/// are left out.
+fn read_entries(
+    dir: &std::os::fd::OwnedFd,
+    user: &UserId,
+    rel: &[String],
+    names: &[String],
+) -> Result<Vec<Arc<FileEntry>>, StoreError> {
+    use std::io::Read as _;
+    let prefix = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", rel.join("/"))
+    };
+    let mut out = Vec::with_capacity(names.len());
+    let mut buf = Vec::new();
+    for name in names {
+        let Ok(key) = Key::from_user_path(user.as_str(), &format!("{prefix}{name}")) else {
+            continue;
+        };
+        let st = match rustix::fs::statat(dir, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        {
+            Ok(st) => st,
+            // Deleted since the folder was read: simply not there any more.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(StoreError::Io(e.into())),
+        };
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            continue;
+        }
+        buf.clear();
+        let sidecar = open_sidecar(dir, &format!("{name}.meta")).and_then(|mut f| {
+            f.by_ref()
+                .take(MAX_SIDECAR as u64)
+                .read_to_end(&mut buf)
+                .ok()
+                .map(|_| &buf[..])
+        });
+        let meta = meta_from(sidecar, &key);
+        let modified = UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(st.st_mtime).unwrap_or(0),
+                u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            );
+        let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
+        out.push(Arc::new(FileEntry {
+            key,
+            meta,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            modified,
+            created_at,
+        }));
+    }
+    Ok(out)
 }
 
 /// How old a folder's mtime must be before its listing is cached.
@@ -48,21 +127,33 @@ const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most folders kept in the cache; past it the cache starts again.
 const CACHE_DIRS: usize = 100_000;
 
+/// Most files kept in the cache (a few hundred bytes each); past it the cache starts again.
+const CACHE_FILES: usize = 200_000;
+
 fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Sidecars larger than this are treated as unreadable (their file is served with
+/// metadata made up from its name).
+const MAX_SIDECAR: usize = 16 << 20;
+
 /// Reads the sidecar of `data` (if any) into a `Meta`.
 fn load_meta(data: &Path, key: &Key) -> Meta {
+    meta_from(std::fs::read(Meta::path_for(data)).ok().as_deref(), key)
+}
+
+/// A `Meta` from a sidecar's bytes, or made up from the key when there is none (or it is not
+/// valid JSON): files of the old service may have thin sidecars or none.
+fn meta_from(sidecar: Option<&[u8]>, key: &Key) -> Meta {
     let stored = key.file_name();
     // `{8 hex}_{name}`: the name without its prefix stands in for a missing original name.
     let fallback = match stored.split_once('_') {
         Some((p, rest)) if p.len() == 8 && p.bytes().all(|b| b.is_ascii_hexdigit()) => rest,
         _ => stored,
     };
-    std::fs::read(Meta::path_for(data))
-        .ok()
-        .and_then(|bytes| Meta::from_json(&bytes, fallback, key.owner().as_str()))
+    sidecar
+        .and_then(|bytes| Meta::from_json(bytes, fallback, key.owner().as_str()))
         .unwrap_or_else(|| Meta {
             original_name: fallback.to_owned(),
             mime: guess_mime(fallback, None),
@@ -88,6 +179,55 @@ fn entry_for(key: Key, data: &Path, md: &std::fs::Metadata) -> FileEntry {
     }
 }
 
+/// Would this error mean "the data is not in memory yet" for a no-wait attempt?
+fn would_block(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::OPNOTSUPP
+}
+
+/// Whether an open may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Only what the kernel has in memory (dentries, inodes, page cache): safe on an async
+    /// thread. Anything else answers "would block".
+    Never,
+    /// Read what must be read (a blocking thread).
+    Allowed,
+}
+
+/// Reads at most `max` bytes of `file` from `offset`. With `Wait::Never`, only bytes already in
+/// the page cache (`RWF_NOWAIT`): the result may be short, and `None` means nothing was
+/// cached. A result shorter than asked with `Wait::Allowed` means the end of the file.
+pub fn read_at(
+    file: &std::fs::File,
+    offset: u64,
+    max: usize,
+    wait: bool,
+) -> std::io::Result<Option<bytes::Bytes>> {
+    use rustix::io::ReadWriteFlags;
+    let mut buf = bytes::BytesMut::zeroed(max);
+    let mut filled = 0;
+    while filled < max {
+        let flags = if wait {
+            ReadWriteFlags::empty()
+        } else {
+            ReadWriteFlags::NOWAIT
+        };
+        let mut slices = [std::io::IoSliceMut::new(&mut buf[filled..])];
+        match rustix::io::preadv2(file, &mut slices, offset + filled as u64, flags) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) if !wait && would_block(e) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if filled == 0 && !wait && max > 0 {
+        return Ok(None);
+    }
+    buf.truncate(filled);
+    Ok(Some(buf.freeze()))
+}
+
 impl FileStore {
     /// Opens `key`'s data file without following any symlink, so a link planted inside
     /// `storage/` can never lead out of it. Returns the file and its entry.
@@ -97,27 +237,74 @@ impl FileStore {
         blocking(move || this.open_blocking(&key)).await
     }
 
+    /// The same as [`open_file`](Self::open_file) when everything it needs (the path's
+    /// dentries, the inodes and the sidecar's bytes) is already in the kernel's caches, without
+    /// leaving the calling thread: `Ok(None)` when it would have to wait for the disk. A hot
+    /// file is served with no hop to a blocking thread.
+    pub fn try_open_cached(
+        &self,
+        key: &Key,
+    ) -> Result<Option<(std::fs::File, FileEntry)>, StoreError> {
+        self.open_with(key, Wait::Never)
+    }
+
     fn open_blocking(&self, key: &Key) -> Result<(std::fs::File, FileEntry), StoreError> {
+        self.open_with(key, Wait::Allowed)?
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("open would block")))
+    }
+
+    /// `openat2` below the root: no symlinks, no `..` out, no magic links.
+    fn open_beneath(
+        &self,
+        rel: &Path,
+        wait: Wait,
+    ) -> Result<Option<std::fs::File>, rustix::io::Errno> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
-        let not_found = || StoreError::NotFound("File not found".to_owned());
-        let root = std::fs::File::open(&self.root)?;
-        let rel = key.relative_path();
-        let fd = match rustix::fs::openat2(
-            &root,
-            &rel,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        let mut resolve =
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        if wait == Wait::Never {
+            resolve |= ResolveFlags::CACHED;
+        }
+        match rustix::fs::openat2(
+            &*self.root_fd,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),
-            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            resolve,
         ) {
-            Ok(fd) => fd,
+            Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+            Err(rustix::io::Errno::AGAIN) if wait == Wait::Never => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_with(
+        &self,
+        key: &Key,
+        wait: Wait,
+    ) -> Result<Option<(std::fs::File, FileEntry)>, StoreError> {
+        let not_found = || StoreError::NotFound("File not found".to_owned());
+        let rel = key.relative_path();
+        let file = match self.open_beneath(&rel, wait) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
             Err(rustix::io::Errno::NOSYS) => {
+                if wait == Wait::Never {
+                    return Ok(None);
+                }
                 // Kernels before 5.6: refuse any path that resolves elsewhere.
                 let path = self.root.join(&rel);
                 let real = path.canonicalize().map_err(|_| not_found())?;
                 if real != self.root.canonicalize()?.join(&rel) {
                     return Err(not_found());
                 }
-                return self.finish_open(key, std::fs::File::open(&path).map_err(|_| not_found())?);
+                let file = std::fs::File::open(&path).map_err(|_| not_found())?;
+                let md = file.metadata()?;
+                if !md.is_file() {
+                    return Err(not_found());
+                }
+                let entry = entry_for(key.clone(), &path, &md);
+                return Ok(Some((file, entry)));
             }
             // Absent, or a path that a symlink or `..` would lead elsewhere: not there.
             Err(
@@ -130,20 +317,41 @@ impl FileStore {
             // Out of descriptors, permissions, I/O: a server fault, not a missing file.
             Err(e) => return Err(StoreError::Io(e.into())),
         };
-        self.finish_open(key, std::fs::File::from(fd))
-    }
-
-    fn finish_open(
-        &self,
-        key: &Key,
-        file: std::fs::File,
-    ) -> Result<(std::fs::File, FileEntry), StoreError> {
         let md = file.metadata()?;
         if !md.is_file() {
-            return Err(StoreError::NotFound("File not found".to_owned()));
+            return Err(not_found());
         }
-        let entry = entry_for(key.clone(), &self.data_path(key), &md);
-        Ok((file, entry))
+        // The sidecar, by the same no-symlink walk.
+        let mut side_rel = rel.into_os_string();
+        side_rel.push(".meta");
+        let sidecar = match self.open_beneath(Path::new(&side_rel), wait) {
+            Ok(Some(f)) => {
+                let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+                if len > MAX_SIDECAR {
+                    None
+                } else {
+                    match read_at(&f, 0, len, wait == Wait::Allowed)? {
+                        Some(b) if b.len() == len => Some(b),
+                        // Not all in the page cache: only a blocking thread may wait for it.
+                        _ if wait == Wait::Never && len > 0 => return Ok(None),
+                        b => b,
+                    }
+                }
+            }
+            Ok(None) => return Ok(None),
+            Err(_) => None,
+        };
+        let meta = meta_from(sidecar.as_deref(), key);
+        let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
+        let entry = FileEntry {
+            key: key.clone(),
+            meta,
+            size: md.len(),
+            modified,
+            created_at,
+        };
+        Ok(Some((file, entry)))
     }
 
     /// A file's entry (metadata and size), without opening it for reading.
@@ -213,26 +421,22 @@ impl FileStore {
         &self,
         user: &UserId,
         folder: Option<&[String]>,
-    ) -> Result<Vec<FileEntry>, StoreError> {
+    ) -> Result<Vec<Arc<FileEntry>>, StoreError> {
         let this = self.clone();
         let user = user.clone();
         let folder: Vec<String> = folder.map(<[String]>::to_vec).unwrap_or_default();
         blocking(move || {
-            let mut start = this.storage.join(user.as_str());
-            for seg in &folder {
-                start.push(seg);
-            }
             let mut out = Vec::new();
-            let mut stack: Vec<(PathBuf, Vec<String>)> = vec![(start, folder)];
-            while let Some((dir, rel)) = stack.pop() {
-                let Some(cached) = this.read_dir_cached(&user, &dir, &rel)? else {
+            let mut stack: Vec<Vec<String>> = vec![folder];
+            while let Some(rel) = stack.pop() {
+                let Some(cached) = this.read_dir_cached(&user, &rel)? else {
                     continue;
                 };
                 out.extend(cached.files.iter().cloned());
                 for sub in cached.subdirs.iter() {
                     let mut r = rel.clone();
                     r.push(sub.clone());
-                    stack.push((dir.join(sub), r));
+                    stack.push(r);
                 }
             }
             out.sort_by(|a, b| {
@@ -245,60 +449,102 @@ impl FileStore {
         .await
     }
 
+    /// One folder's files and subfolders, from the cache while the folder is unchanged.
     fn read_dir_cached(
         &self,
         user: &UserId,
-        dir: &Path,
         rel: &[String],
     ) -> Result<Option<CachedDir>, StoreError> {
-        let md = match std::fs::symlink_metadata(dir) {
-            Ok(md) if md.is_dir() => md,
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let mut path = PathBuf::from("storage");
+        path.push(user.as_str());
+        for seg in rel {
+            path.push(seg);
+        }
+        // The same no-symlink walk as reads: a folder that is a link is not listed.
+        let dir = match rustix::fs::openat2(
+            &*self.root_fd,
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(
+                rustix::io::Errno::NOENT
+                | rustix::io::Errno::NOTDIR
+                | rustix::io::Errno::LOOP
+                | rustix::io::Errno::XDEV,
+            ) => return Ok(None),
+            Err(e) => return Err(StoreError::Io(e.into())),
         };
-        let mtime = (md.mtime(), md.mtime_nsec());
+        let st = rustix::fs::fstat(&dir).map_err(|e| StoreError::Io(e.into()))?;
+        let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
         // A folder changed within the last two seconds may change again within the same
         // timestamp tick (coarse-grained kernels): read it, but do not trust it to the cache.
-        let settled = md
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|age| age > RACY);
+        let changed = UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(st.st_mtime).unwrap_or(0),
+                u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            );
+        let settled = changed.elapsed().is_ok_and(|age| age > RACY);
         if let Ok(cache) = self.list_cache.dirs.lock() {
-            if let Some(c) = cache.get(dir) {
+            if let Some(c) = cache.dirs.get(&path) {
                 if c.mtime == mtime {
                     return Ok(Some(c.clone()));
                 }
             }
         }
-        let mut files = Vec::new();
+        let mut names = Vec::new();
         let mut subdirs = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for entry in rustix::fs::Dir::read_from(&dir).map_err(|e| StoreError::Io(e.into()))? {
+            let entry = entry.map_err(|e| StoreError::Io(e.into()))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
             if name.starts_with('.') || name.ends_with(".meta") {
                 continue;
             }
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                subdirs.push(name.to_owned());
-            } else if ft.is_file() {
-                let mut segs = rel.to_vec();
-                segs.push(name.to_owned());
-                let Ok(key) = Key::from_user_path(user.as_str(), &segs.join("/")) else {
-                    continue;
-                };
-                // Deleted since the folder was read: simply not there any more.
-                let md = match entry.metadata() {
-                    Ok(md) => md,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                files.push(entry_for(key, &entry.path(), &md));
+            match entry.file_type() {
+                rustix::fs::FileType::Directory => subdirs.push(name.to_owned()),
+                rustix::fs::FileType::RegularFile => names.push(name.to_owned()),
+                rustix::fs::FileType::Unknown => {
+                    // Filesystems without d_type: ask.
+                    match rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                            rustix::fs::FileType::Directory => subdirs.push(name.to_owned()),
+                            rustix::fs::FileType::RegularFile => names.push(name.to_owned()),
+                            _ => {}
+                        },
+                        Err(_) => continue,
+                    }
+                }
+                _ => {}
             }
         }
+        // A cold folder of many files: its sidecars are read by several threads.
+        let files = if names.len() >= PARALLEL_FROM {
+            let workers = std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .clamp(2, 8);
+            let per = names.len().div_ceil(workers);
+            let dir = &dir;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = names
+                    .chunks(per)
+                    .map(|chunk| scope.spawn(move || read_entries(dir, user, rel, chunk)))
+                    .collect();
+                let mut files = Vec::with_capacity(names.len());
+                for h in handles {
+                    files.extend(h.join().map_err(|_| {
+                        StoreError::Io(std::io::Error::other("listing thread panicked"))
+                    })??);
+                }
+                Ok::<_, StoreError>(files)
+            })?
+        } else {
+            read_entries(&dir, user, rel, &names)?
+        };
         let cached = CachedDir {
             mtime,
             files: Arc::new(files),
@@ -308,10 +554,14 @@ impl FileStore {
             return Ok(Some(cached));
         }
         if let Ok(mut cache) = self.list_cache.dirs.lock() {
-            if cache.len() >= CACHE_DIRS {
-                cache.clear();
+            if cache.dirs.len() >= CACHE_DIRS || cache.files + cached.files.len() > CACHE_FILES {
+                cache.dirs.clear();
+                cache.files = 0;
             }
-            cache.insert(dir.to_path_buf(), cached.clone());
+            cache.files += cached.files.len();
+            if let Some(old) = cache.dirs.insert(path, cached.clone()) {
+                cache.files = cache.files.saturating_sub(old.files.len());
+            }
         }
         Ok(Some(cached))
     }

@@ -316,6 +316,107 @@ async fn public_links_ranges_and_conditionals() {
     );
 }
 
+/// Drops a file's pages from the page cache, so the next read must go to the disk.
+fn evict(path: &Path) {
+    let f = std::fs::File::open(path).unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
+#[tokio::test]
+async fn large_files_stream_whole_and_in_ranges_from_cache_or_disk() {
+    let app = spawn_app().await;
+    // Larger than what is read whole before answering, and not a multiple of any chunk.
+    let data = pattern(3 * 1024 * 1024 + 12_345, 3);
+    let done = upload_file(&app, "u1", "movie.mp4", None, &data).await;
+    let key = done["key"].as_str().unwrap().to_owned();
+    let path = format!("/{key}");
+    let on_disk = app.root.path().join(&key);
+    for cold in [false, true] {
+        let ranges: [(u64, u64); 4] = [
+            (0, data.len() as u64),
+            (1_000_000, 2_500_001),
+            (1, 2),
+            (data.len() as u64 - 300_000, data.len() as u64),
+        ];
+        for (start, end) in ranges {
+            if cold {
+                evict(&on_disk);
+            }
+            let whole = start == 0 && end == data.len() as u64;
+            let range = format!("bytes={start}-{}", end - 1);
+            let with_range = [("range", range.as_str())];
+            let res = get_with(&app, &path, if whole { &[] } else { &with_range }).await;
+            assert_eq!(
+                res.status(),
+                if whole {
+                    StatusCode::OK
+                } else {
+                    StatusCode::PARTIAL_CONTENT
+                },
+                "{range} cold={cold}"
+            );
+            assert_eq!(header(&res, "content-length"), (end - start).to_string());
+            let body = res.bytes().await.unwrap();
+            assert!(
+                body[..] == data[start as usize..end as usize],
+                "{range} cold={cold}: wrong bytes"
+            );
+        }
+    }
+    // HEAD with a range: the 206 headers, no body.
+    let res = app
+        .request(Method::HEAD, &path)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&res, "content-length"), "10");
+    assert!(res.bytes().await.unwrap().is_empty());
+    // If-Match / If-Unmodified-Since that the file does not meet → 412, JSON.
+    for (name, value) in [
+        ("if-match", "\"not-it\""),
+        ("if-unmodified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ] {
+        let res = get_with(&app, &path, &[(name, value)]).await;
+        assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED, "{name}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["detail"], "Precondition failed");
+    }
+    // The same validators, and If-Match with the right tag, under a signed URL.
+    let etag = header(&get_with(&app, &path, &[]).await, "etag").to_owned();
+    let res = get_with(&app, &path, &[("if-match", &etag), ("range", "bytes=0-0")]).await;
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(res.bytes().await.unwrap()[..], data[..1]);
+}
+
+#[tokio::test]
+async fn special_files_in_storage_are_not_served_and_do_not_hang() {
+    let app = spawn_app().await;
+    let dir = app.root.path().join("storage/u1/main");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A FIFO opened for reading would block forever without O_NONBLOCK.
+    let fifo = dir.join("0badcafe_pipe.bin");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("0badcafe_dir.bin")).unwrap();
+    for p in [
+        "/storage/u1/main/0badcafe_pipe.bin",
+        "/storage/u1/main/0badcafe_dir.bin",
+    ] {
+        let res = tokio::time::timeout(std::time::Duration::from_secs(10), get_with(&app, p, &[]))
+            .await
+            .expect("a special file must not hang the request");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
+    }
+}
+
 #[tokio::test]
 async fn script_capable_files_are_sandboxed() {
     let app = spawn_app().await;
