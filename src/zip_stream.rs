@@ -9,21 +9,22 @@
 //! Nothing here holds a thread while the client is slow: reads are async, deflate runs a
 //! chunk at a time on a short blocking task.
 
-use std::io::SeekFrom;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use tokio::sync::mpsc;
 
+use crate::store::read::{read_chunk, DataOpener};
+
 /// One file of the archive.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ZipFile {
     /// The entry name (already made safe and unique).
     pub name: String,
-    /// Where the bytes are.
-    pub path: PathBuf,
+    /// Opens its bytes (the store's no-symlink open), on a blocking thread.
+    pub open: DataOpener,
     /// The size the bytes must have (a file that changed is not sent).
     pub size: u64,
     /// Its CRC-32.
@@ -32,6 +33,17 @@ pub struct ZipFile {
     pub modified: SystemTime,
     /// Deflate this entry (only when the archive is compressed).
     pub deflate: bool,
+}
+
+impl std::fmt::Debug for ZipFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZipFile")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("crc32", &self.crc32)
+            .field("deflate", &self.deflate)
+            .finish_non_exhaustive()
+    }
 }
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
@@ -289,7 +301,6 @@ impl Layout {
         end: u64,
         tx: &mpsc::Sender<std::io::Result<Bytes>>,
     ) -> std::io::Result<()> {
-        use tokio::io::AsyncSeekExt as _;
         for (seg_start, seg) in &self.segments {
             let seg_len = match seg {
                 Segment::Bytes(b) => b.len() as u64,
@@ -305,12 +316,8 @@ impl Layout {
                 Segment::Bytes(b) => send(tx, b.slice(from as usize..to as usize)).await?,
                 Segment::File { index, len } => {
                     let f = &self.files[*index];
-                    let mut file = tokio::fs::File::open(&f.path).await?;
-                    if file.metadata().await?.len() != *len {
-                        return Err(std::io::Error::other(format!("{} changed size", f.name)));
-                    }
-                    file.seek(SeekFrom::Start(from)).await?;
-                    send_file(&mut file, to - from, &f.name, tx).await?;
+                    let file = open(f, *len).await?;
+                    send_file(&file, from, to - from, &f.name, tx).await?;
                 }
             }
         }
@@ -318,26 +325,37 @@ impl Layout {
     }
 }
 
-/// Sends the next `len` bytes of `file`; a file that ends early fails the archive.
+/// Opens an entry's file and checks it still has the size laid out.
+async fn open(f: &ZipFile, len: u64) -> std::io::Result<Arc<std::fs::File>> {
+    let opener = Arc::clone(&f.open);
+    let file = tokio::task::spawn_blocking(move || opener())
+        .await
+        .map_err(std::io::Error::other)??;
+    if file.metadata()?.len() != len {
+        return Err(std::io::Error::other(format!("{} changed size", f.name)));
+    }
+    Ok(Arc::new(file))
+}
+
+/// Sends `len` bytes of `file` from `offset`; a file that ends early fails the archive.
 async fn send_file(
-    file: &mut tokio::fs::File,
+    file: &Arc<std::fs::File>,
+    offset: u64,
     len: u64,
     name: &str,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt as _;
-    let mut left = len;
-    while left > 0 {
-        let mut buf = vec![0u8; CHUNK.min(left as usize)];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
+    let mut done = 0;
+    while done < len {
+        let want = usize::try_from(len - done).map_or(CHUNK, |l| l.min(CHUNK));
+        let buf = read_chunk(file, offset + done, want).await?;
+        if buf.is_empty() {
             return Err(std::io::Error::other(format!(
                 "{name} shrank while being sent"
             )));
         }
-        buf.truncate(n);
-        send(tx, Bytes::from(buf)).await?;
-        left -= n as u64;
+        done += buf.len() as u64;
+        send(tx, buf).await?;
     }
     Ok(())
 }
@@ -359,7 +377,6 @@ pub async fn write_compressed(
 ) -> std::io::Result<()> {
     use flate2::write::DeflateEncoder;
     use std::io::Write as _;
-    use tokio::io::AsyncReadExt as _;
     let mut pos = 0u64;
     let mut written = Vec::with_capacity(files.len());
     for f in files {
@@ -367,12 +384,9 @@ pub async fn write_compressed(
         let offset = pos;
         pos += header.len() as u64;
         send(tx, header).await?;
-        let mut file = tokio::fs::File::open(&f.path).await?;
-        if file.metadata().await?.len() != f.size {
-            return Err(std::io::Error::other(format!("{} changed size", f.name)));
-        }
+        let file = open(f, f.size).await?;
         if !f.deflate {
-            send_file(&mut file, f.size, &f.name, tx).await?;
+            send_file(&file, 0, f.size, &f.name, tx).await?;
             pos += f.size;
             written.push((f, offset, f.size, f.crc32, false));
             continue;
@@ -385,13 +399,11 @@ pub async fn write_compressed(
         let mut compressed = 0u64;
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
+            let buf = read_chunk(&file, total, CHUNK).await?;
+            if buf.is_empty() {
                 break;
             }
-            buf.truncate(n);
-            total += n as u64;
+            total += buf.len() as u64;
             crc.update(&buf);
             let mut e = enc
                 .take()
@@ -531,7 +543,7 @@ mod tests {
             std::fs::write(&p, data).unwrap();
             files.push(ZipFile {
                 name: format!("f{i}.txt"),
-                path: p,
+                open: Arc::new(move || std::fs::File::open(&p)),
                 size: data.len() as u64,
                 crc32: crc32fast::hash(data),
                 modified: SystemTime::now(),

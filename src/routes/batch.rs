@@ -126,10 +126,10 @@ async fn ensure_crc(store: &FileStore, entry: &FileEntry) -> ApiResult<u32> {
     ) {
         return Ok(crc);
     }
-    let path = store.data_path(&entry.key);
+    let open = store.data_opener(&entry.key);
     let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
         use std::io::Read as _;
-        let mut f = std::fs::File::open(path)?;
+        let mut f = open()?;
         let mut h = crc32fast::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -225,7 +225,7 @@ async fn download_batch(
         tag.update(format!("{name}\0{}\0{crc32}\0{:?}\0", e.size, modified).as_bytes());
         files.push(ZipFile {
             name,
-            path: state.store.data_path(&e.key),
+            open: state.store.data_opener(&e.key),
             size: e.size,
             crc32,
             modified,

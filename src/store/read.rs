@@ -228,6 +228,27 @@ pub fn read_at(
     Ok(Some(buf.freeze()))
 }
 
+/// Reads up to `max` bytes of `file` from `offset`: from the page cache on the calling
+/// (async) thread when they are there, else on a blocking thread. Empty at the end.
+pub async fn read_chunk(
+    file: &Arc<std::fs::File>,
+    offset: u64,
+    max: usize,
+) -> std::io::Result<bytes::Bytes> {
+    if let Some(b) = read_at(file, offset, max, false)? {
+        return Ok(b);
+    }
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || read_at(&file, offset, max, true))
+        .await
+        .map_err(std::io::Error::other)?
+        .map(Option::unwrap_or_default)
+}
+
+/// Opens a file's data, the way reads do (below the root, no symlinks): for readers that
+/// open later, away from the request (the batch ZIP).
+pub type DataOpener = Arc<dyn Fn() -> std::io::Result<std::fs::File> + Send + Sync>;
+
 impl FileStore {
     /// Opens `key`'s data file without following any symlink, so a link planted inside
     /// `storage/` can never lead out of it. Returns the file and its entry.
@@ -235,6 +256,23 @@ impl FileStore {
         let this = self.clone();
         let key = key.clone();
         blocking(move || this.open_blocking(&key)).await
+    }
+
+    /// How to open `key`'s data later, on a blocking thread, by the same no-symlink walk.
+    pub fn data_opener(&self, key: &Key) -> DataOpener {
+        let this = self.clone();
+        let key = key.clone();
+        Arc::new(move || {
+            let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "file gone");
+            let file = this
+                .open_beneath(&key.relative_path(), Wait::Allowed)
+                .map_err(|_| gone())?
+                .ok_or_else(gone)?;
+            if !file.metadata()?.is_file() {
+                return Err(gone());
+            }
+            Ok(file)
+        })
     }
 
     /// The same as [`open_file`](Self::open_file) when everything it needs (the path's

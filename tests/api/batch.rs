@@ -384,3 +384,36 @@ async fn compressed_archives() {
     assert_eq!(entries[0], ("words.txt".to_owned(), text.len(), sha(&text)));
     assert_eq!(entries[1], ("photo.jpg".to_owned(), img.len(), sha(&img)));
 }
+
+#[tokio::test]
+async fn a_file_swapped_for_a_symlink_is_never_read_into_an_archive() {
+    let root = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
+    let ka = upload_file(&app, "u1", "a.txt", None, b"public!").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kb = upload_file(&app, "u1", "b.txt", None, b"kept").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = make_token(&app, json!({ "keys": [ka, kb] })).await;
+    // Something outside storage/ of the same size, and the first file replaced by a link to it.
+    let secret = root.path().join("secret.txt");
+    std::fs::write(&secret, b"SECRET!").unwrap();
+    let data = root.path().join(&ka);
+    std::fs::remove_file(&data).unwrap();
+    std::os::unix::fs::symlink(&secret, &data).unwrap();
+    let res = app
+        .get(&format!("/v1/files/batch-download/{token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.bytes().await.unwrap();
+    assert!(
+        !body.windows(7).any(|w| w == b"SECRET!"),
+        "the archive read through a symlink"
+    );
+    assert!(body.windows(4).any(|w| w == b"kept"));
+}
