@@ -3,6 +3,7 @@
 //! exists so the integration tests build the very same application.
 
 pub mod auth;
+pub mod body_timeout;
 pub mod config;
 pub mod error;
 pub mod metrics;

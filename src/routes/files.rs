@@ -640,15 +640,16 @@ fn body_error(e: &axum::Error) -> ApiError {
         .unwrap_or_else(|| ApiError::BadRequest("Request body could not be read".to_owned()))
 }
 
-/// 413 or 408 when the error chain shows the body limit or the idle timeout.
+/// 413 or 408 when the error chain shows the body limit, the idle timeout or the minimum
+/// rate.
 fn cause_of_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return Some(ApiError::TooLarge("Request body too large".to_owned()));
         }
-        if s.is::<tower_http::timeout::TimeoutError>() {
-            return Some(ApiError::BodyTimeout);
+        if let Some(cut) = crate::error::body_cut_off(s) {
+            return Some(cut);
         }
         source = s.source();
     }
