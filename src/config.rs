@@ -129,6 +129,12 @@ pub struct Settings {
     pub request_body_min_rate: u64,
     /// `REQUEST_BODY_RATE_WINDOW_SECS`: the window the minimum rate is averaged over.
     pub request_body_rate_window: Duration,
+    /// `REQUEST_HEADER_TIMEOUT_SECS`: longest time to receive a request head, counted from
+    /// the connection's start or from the first byte of a later request.
+    pub request_header_timeout: Duration,
+    /// `KEEPALIVE_TIMEOUT_SECS`: longest idle time of a kept-alive connection between a
+    /// response and the first byte of the next request.
+    pub keepalive_timeout: Duration,
 }
 
 /// Every variable the service reads.
@@ -159,6 +165,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "REQUEST_BODY_TIMEOUT_SECS",
     "REQUEST_BODY_MIN_RATE",
     "REQUEST_BODY_RATE_WINDOW_SECS",
+    "REQUEST_HEADER_TIMEOUT_SECS",
+    "KEEPALIVE_TIMEOUT_SECS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -190,6 +198,8 @@ struct Raw {
     request_body_timeout_secs: Option<String>,
     request_body_min_rate: Option<String>,
     request_body_rate_window_secs: Option<String>,
+    request_header_timeout_secs: Option<String>,
+    keepalive_timeout_secs: Option<String>,
 }
 
 impl Settings {
@@ -421,6 +431,16 @@ impl Settings {
                 "times REQUEST_BODY_RATE_WINDOW_SECS is too large",
             ));
         }
+        let header_timeout = positive_secs(
+            "REQUEST_HEADER_TIMEOUT_SECS",
+            raw.request_header_timeout_secs.as_deref(),
+            30,
+        )?;
+        let keepalive_timeout = positive_secs(
+            "KEEPALIVE_TIMEOUT_SECS",
+            raw.keepalive_timeout_secs.as_deref(),
+            75,
+        )?;
         Ok(Self {
             bind_host,
             port,
@@ -440,6 +460,8 @@ impl Settings {
             request_body_timeout: Duration::from_secs(body_timeout),
             request_body_min_rate,
             request_body_rate_window: Duration::from_secs(rate_window),
+            request_header_timeout: Duration::from_secs(header_timeout),
+            keepalive_timeout: Duration::from_secs(keepalive_timeout),
         })
     }
 
@@ -620,15 +642,29 @@ mod tests {
         assert_eq!(s.request_body_timeout, Duration::from_secs(60));
         assert_eq!(s.request_body_min_rate, 1024);
         assert_eq!(s.request_body_rate_window, Duration::from_secs(30));
+        assert_eq!(s.request_header_timeout, Duration::from_secs(30));
+        assert_eq!(s.keepalive_timeout, Duration::from_secs(75));
     }
 
     #[test]
-    fn body_rate_settings_are_checked() {
-        let s = settings(&[("REQUEST_BODY_MIN_RATE", "0")]).unwrap();
+    fn connection_and_body_timeouts_are_checked() {
+        let s = settings(&[
+            ("REQUEST_BODY_MIN_RATE", "0"),
+            ("REQUEST_HEADER_TIMEOUT_SECS", "5"),
+            ("KEEPALIVE_TIMEOUT_SECS", "90"),
+        ])
+        .unwrap();
         assert_eq!(s.request_body_min_rate, 0);
-        let var = "REQUEST_BODY_RATE_WINDOW_SECS";
-        assert_eq!(settings(&[(var, "0")]).unwrap_err().var, var);
-        assert_eq!(settings(&[(var, "1e3")]).unwrap_err().var, var);
+        assert_eq!(s.request_header_timeout, Duration::from_secs(5));
+        assert_eq!(s.keepalive_timeout, Duration::from_secs(90));
+        for var in [
+            "REQUEST_BODY_RATE_WINDOW_SECS",
+            "REQUEST_HEADER_TIMEOUT_SECS",
+            "KEEPALIVE_TIMEOUT_SECS",
+        ] {
+            assert_eq!(settings(&[(var, "0")]).unwrap_err().var, var);
+            assert_eq!(settings(&[(var, "1e3")]).unwrap_err().var, var);
+        }
         let e = settings(&[("REQUEST_BODY_MIN_RATE", "-1")]).unwrap_err();
         assert_eq!(e.var, "REQUEST_BODY_MIN_RATE");
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod part_json;
 pub mod routes;
+pub mod server;
 pub mod signer;
 pub mod startup;
 pub mod state;

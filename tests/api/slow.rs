@@ -172,3 +172,179 @@ async fn a_slow_body_above_the_minimum_rate_is_stored() {
     assert!(upload.starts_with("HTTP/1.1 200"), "{upload}");
     assert!(upload.contains(r#""size":2000"#), "{upload}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Connections: header-read and idle keep-alive timeouts.
+
+/// Header read 1 s, idle keep-alive 3 s.
+const CONN_ENV: &[(&str, &str)] = &[
+    ("REQUEST_HEADER_TIMEOUT_SECS", "1"),
+    ("KEEPALIVE_TIMEOUT_SECS", "3"),
+];
+
+/// Waits until the server closes `sock` (EOF or reset), at most `limit`; returns when,
+/// counted from `from`, and what was read before.
+async fn closed_after(sock: &mut TcpStream, from: Instant, limit: Duration) -> (Duration, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(from.elapsed());
+        match tokio::time::timeout(left, sock.read(&mut buf)).await {
+            Err(_) => panic!(
+                "still open after {limit:?}; read {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (from.elapsed(), String::from_utf8_lossy(&got).into_owned())
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one response with a `Content-Length` body; returns its status line.
+async fn read_one_response(sock: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+            if buf.len() >= end + 4 + length {
+                assert_eq!(buf.len(), end + 4 + length, "more than one response");
+                return head.lines().next().unwrap().to_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
+            .await
+            .expect("no response in 10 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_request_head_are_closed() {
+    let app = spawn_app_with(CONN_ENV).await;
+    let a = addr(&app);
+    let started = Instant::now();
+    // Sends nothing at all.
+    let mut silent = TcpStream::connect(&a).await.unwrap();
+    // Half a request line, then nothing.
+    let mut half = TcpStream::connect(&a).await.unwrap();
+    half.write_all(b"GET /heal").await.unwrap();
+    // A head dripped a byte every 100 ms (slowloris): it never ends in time.
+    let drip = TcpStream::connect(&a).await.unwrap();
+    drip.set_nodelay(true).unwrap();
+    let (mut drip_rd, mut drip_wr) = drip.into_split();
+    let dripper = tokio::spawn(async move {
+        for b in
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if drip_wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let limit = Duration::from_secs(6);
+    let (t_silent, got) = closed_after(&mut silent, started, limit).await;
+    assert!(got.is_empty(), "{got}");
+    let (t_half, got) = closed_after(&mut half, started, limit).await;
+    assert!(got.is_empty(), "{got}");
+    let mut buf = [0u8; 64];
+    let t_drip = tokio::time::timeout(limit, async {
+        while drip_rd.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        started.elapsed()
+    })
+    .await
+    .expect("the slowloris connection is still open");
+    dripper.abort();
+    for (what, t) in [("silent", t_silent), ("half", t_half), ("drip", t_drip)] {
+        assert!(
+            t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+            "{what}: closed after {t:?} (header timeout 1 s)"
+        );
+    }
+    // The server is fine and answers others meanwhile.
+    assert_eq!(send(app.get("/healthz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = spawn_app_with(CONN_ENV).await;
+    let a = addr(&app);
+    let mut sock = TcpStream::connect(&a).await.unwrap();
+    sock.write_all(HEALTHZ).await.unwrap();
+    assert!(read_one_response(&mut sock)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    // Idle: the 1 s header timeout does not apply, the 3 s idle timeout does.
+    let (t, got) = closed_after(&mut sock, answered, Duration::from_secs(8)).await;
+    assert!(got.is_empty(), "{got}");
+    assert!(
+        t >= Duration::from_millis(2800) && t < Duration::from_secs(6),
+        "closed {t:?} after the response (idle timeout 3 s)"
+    );
+
+    // A next request begun after a short pause must be complete within the header
+    // timeout, counted from its first byte.
+    let mut sock = TcpStream::connect(&a).await.unwrap();
+    sock.write_all(HEALTHZ).await.unwrap();
+    read_one_response(&mut sock).await;
+    let answered = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sock.write_all(b"GET /heal").await.unwrap();
+    let (t, _) = closed_after(&mut sock, answered, Duration::from_secs(8)).await;
+    assert!(
+        t >= Duration::from_millis(1400) && t < Duration::from_millis(2800),
+        "closed {t:?} after the response (head begun at 0.5 s, header timeout 1 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_are_reused_and_long_requests_are_not_cut() {
+    let app = spawn_app_with(CONN_ENV).await;
+    let a = addr(&app);
+    let mut sock = TcpStream::connect(&a).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    for pause in [0, 500, 1500, 2500] {
+        // Pauses longer than the header timeout, shorter than the idle one.
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        sock.write_all(HEALTHZ).await.unwrap();
+        let status = read_one_response(&mut sock).await;
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "after {pause} ms: {status}"
+        );
+    }
+    // A request whose body takes longer than both timeouts, on the same connection.
+    let body_len = 40;
+    let head = format!(
+        "POST /v1/files/upload?user_id=u&filename=long.bin HTTP/1.1\r\nHost: x\r\n\
+         X-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        sock.write_all(&[b'y'; 10]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let status = read_one_response(&mut sock).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    sock.write_all(HEALTHZ).await.unwrap();
+    assert!(read_one_response(&mut sock)
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
