@@ -179,7 +179,8 @@ async fn sigkill_during_complete() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Regressions for what the crash bench found (bench/RESULTS.md, bugs 5 and 7).
+// Regressions for what the crash bench found (bench/RESULTS.md, bugs 5 and 7; ledger
+// temporaries).
 
 /// `bench/lib/killpoint.c` built once: an `LD_PRELOAD` shim that SIGKILLs the server at
 /// one exact filesystem call (`KP_OP`, `KP_PATTERN`, `KP_AFTER`, `KP_LOG`).
@@ -395,4 +396,20 @@ async fn a_killed_one_request_upload_gives_its_reservation_back_with_its_folder(
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// A kill while a quota ledger was being saved left `.quota/.{stem}.{uuid}.tmp` for good
+/// (11 after one crash run); the start-up sweep removes those no writer holds.
+#[tokio::test]
+async fn temporary_ledgers_left_by_a_kill_are_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let quota = root.path().join(".quota");
+    std::fs::create_dir_all(&quota).unwrap();
+    let stem = hex::encode(&Sha256::digest(b"u")[..16]);
+    let stale = quota.join(format!(".{stem}.0123456789abcdef0123456789abcdef.tmp"));
+    std::fs::write(&stale, br#"{"user_id":"u","us"#).unwrap();
+    let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
+    assert!(!stale.exists(), "{} is still there", stale.display());
+    let (s, _) = send(app.get("/v1/files/all?user_id=u").as_service()).await;
+    assert_eq!(s, StatusCode::OK);
 }
