@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -139,6 +139,9 @@ struct ConnClock {
     head_by: Option<Instant>,
     /// Idle since the last response ended (no byte of a next request yet).
     idle_since: Option<Instant>,
+    /// The task of a read waiting without a deadline: woken when one begins (a response
+    /// ends after hyper's last read of the socket, so nothing else would arm the timer).
+    reader: Option<Waker>,
 }
 
 impl ConnClock {
@@ -148,6 +151,7 @@ impl ConnClock {
             busy: 0,
             head_by: Some(Instant::now() + timeouts.header),
             idle_since: None,
+            reader: None,
         }
     }
 
@@ -190,10 +194,17 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut c = lock(&self.0);
-        c.busy = c.busy.saturating_sub(1);
-        if c.busy == 0 {
+        let reader = {
+            let mut c = lock(&self.0);
+            c.busy = c.busy.saturating_sub(1);
+            if c.busy > 0 {
+                return;
+            }
             c.idle_since = Some(Instant::now());
+            c.reader.take()
+        };
+        if let Some(w) = reader {
+            w.wake();
         }
     }
 }
@@ -273,7 +284,14 @@ impl AsyncRead for TimedIo {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let deadline = lock(&this.clock).deadline();
+                let deadline = {
+                    let mut c = lock(&this.clock);
+                    let d = c.deadline();
+                    if d.is_none() && !c.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        c.reader = Some(cx.waker().clone());
+                    }
+                    d
+                };
                 match deadline {
                     Some(at) if this.poll_deadline(at, cx).is_ready() => Poll::Ready(Err(
                         io::Error::new(io::ErrorKind::TimedOut, "no complete request head in time"),

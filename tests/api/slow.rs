@@ -12,9 +12,9 @@ use tokio::net::TcpStream;
 use crate::helpers::*;
 use crate::upload::{files_under, init_as_service};
 
-/// Body limits short enough for a test: 64 B/s averaged over 2 s windows, 10 s idle.
+/// Body limits short enough for a test: 64 B/s averaged over 2 s windows, 20 s idle.
 const SLOW_BODY_ENV: &[(&str, &str)] = &[
-    ("REQUEST_BODY_TIMEOUT_SECS", "10"),
+    ("REQUEST_BODY_TIMEOUT_SECS", "20"),
     ("REQUEST_BODY_MIN_RATE", "64"),
     ("REQUEST_BODY_RATE_WINDOW_SECS", "2"),
 ];
@@ -24,8 +24,8 @@ fn addr(app: &TestApp) -> String {
 }
 
 /// Sends `head`, then `total` body bytes in `chunk`-byte writes every `every`, while
-/// reading the answer. Returns the answer (as text) and when it came, counted from the
-/// first body byte; stops writing as soon as the answer is there or the server closed.
+/// reading the answer. Returns the answer (as text) and when it began, counted from the
+/// first body byte; writes on until the server closes the connection.
 async fn trickle(
     addr: &str,
     head: &str,
@@ -52,14 +52,27 @@ async fn trickle(
         std::future::pending::<()>().await;
     });
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut answer)).await;
-    let took = started.elapsed();
+    let mut first_byte = None;
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    first_byte.get_or_insert_with(|| started.elapsed());
+                    answer.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    })
+    .await;
     writer.abort();
     assert!(
         read.is_ok(),
-        "no answer in 30 s: {:?}",
+        "no end of the answer in 30 s: {:?}",
         String::from_utf8_lossy(&answer)
     );
+    let took = first_byte.unwrap_or_else(|| started.elapsed());
     (String::from_utf8_lossy(&answer).into_owned(), took)
 }
 
@@ -91,9 +104,10 @@ fn assert_cut_for_rate(what: &str, answer: &str, took: Duration) {
         answer.contains(r#"{"detail":"Request body too slow"}"#),
         "{what}: {answer}"
     );
-    // One 2 s window (plus scheduling), far from the 10 s idle timeout.
+    // At the end of the first 2 s window of waiting (later on a busy machine: only time
+    // spent waiting for the client counts), not at the 20 s idle timeout.
     assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(15),
         "{what}: cut after {took:?}"
     );
 }
@@ -285,19 +299,24 @@ async fn connections_that_never_finish_a_request_head_are_closed() {
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     let app = spawn_app_with(CONN_ENV).await;
     let a = addr(&app);
-    let mut sock = TcpStream::connect(&a).await.unwrap();
-    sock.write_all(HEALTHZ).await.unwrap();
-    assert!(read_one_response(&mut sock)
-        .await
-        .starts_with("HTTP/1.1 200"));
-    let answered = Instant::now();
-    // Idle: the 1 s header timeout does not apply, the 3 s idle timeout does.
-    let (t, got) = closed_after(&mut sock, answered, Duration::from_secs(8)).await;
-    assert!(got.is_empty(), "{got}");
-    assert!(
-        t >= Duration::from_millis(2800) && t < Duration::from_secs(6),
-        "closed {t:?} after the response (idle timeout 3 s)"
-    );
+    // Many: the end of a response and the server's next read race.
+    let mut socks = Vec::new();
+    for _ in 0..50 {
+        let mut sock = TcpStream::connect(&a).await.unwrap();
+        sock.write_all(HEALTHZ).await.unwrap();
+        let status = read_one_response(&mut sock).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        socks.push((sock, Instant::now()));
+    }
+    for (n, (mut sock, answered)) in socks.into_iter().enumerate() {
+        // Idle: the 1 s header timeout does not apply, the 3 s idle timeout does.
+        let (t, got) = closed_after(&mut sock, answered, Duration::from_secs(8)).await;
+        assert!(got.is_empty(), "{got}");
+        assert!(
+            t >= Duration::from_millis(2800) && t < Duration::from_secs(6),
+            "connection {n}: closed {t:?} after the response (idle timeout 3 s)"
+        );
+    }
 
     // A next request begun after a short pause must be complete within the header
     // timeout, counted from its first byte.
