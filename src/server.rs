@@ -13,7 +13,7 @@
 //!
 //! hyper's own `header_read_timeout` cannot tell the two apart (hyper 1.x starts it when it
 //! begins waiting for a head, idle time included), so the connection's reads are timed
-//! here: [`TimedIo`] fails a read that waits past the deadline, and the service marks a
+//! here: `TimedIo` fails a read that waits past the deadline, and the service marks a
 //! connection busy from a request's head until its response body is done, when no deadline
 //! applies (request bodies have their own limits, [`crate::body_timeout`]).
 
