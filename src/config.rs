@@ -124,6 +124,17 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `REQUEST_BODY_TIMEOUT_SECS`: longest wait for the next bytes of a request body.
     pub request_body_timeout: Duration,
+    /// `REQUEST_BODY_MIN_RATE`: least average bytes per second of a request body over each
+    /// window; 0 turns the rule off.
+    pub request_body_min_rate: u64,
+    /// `REQUEST_BODY_RATE_WINDOW_SECS`: the window the minimum rate is averaged over.
+    pub request_body_rate_window: Duration,
+    /// `REQUEST_HEADER_TIMEOUT_SECS`: longest time to receive a request head, counted from
+    /// the connection's start or from the first byte of a later request.
+    pub request_header_timeout: Duration,
+    /// `KEEPALIVE_TIMEOUT_SECS`: longest idle time of a kept-alive connection between a
+    /// response and the first byte of the next request.
+    pub keepalive_timeout: Duration,
 }
 
 /// Every variable the service reads.
@@ -152,6 +163,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "ACCEL_REDIRECT_PREFIX",
     "LOG_FORMAT",
     "REQUEST_BODY_TIMEOUT_SECS",
+    "REQUEST_BODY_MIN_RATE",
+    "REQUEST_BODY_RATE_WINDOW_SECS",
+    "REQUEST_HEADER_TIMEOUT_SECS",
+    "KEEPALIVE_TIMEOUT_SECS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -181,6 +196,10 @@ struct Raw {
     accel_redirect_prefix: Option<String>,
     log_format: Option<String>,
     request_body_timeout_secs: Option<String>,
+    request_body_min_rate: Option<String>,
+    request_body_rate_window_secs: Option<String>,
+    request_header_timeout_secs: Option<String>,
+    keepalive_timeout_secs: Option<String>,
 }
 
 impl Settings {
@@ -396,6 +415,32 @@ impl Settings {
                 "must be above 0",
             ));
         }
+        let request_body_min_rate: u64 = parse_num(
+            "REQUEST_BODY_MIN_RATE",
+            raw.request_body_min_rate.as_deref(),
+            1024u64,
+        )?;
+        let rate_window = positive_secs(
+            "REQUEST_BODY_RATE_WINDOW_SECS",
+            raw.request_body_rate_window_secs.as_deref(),
+            30,
+        )?;
+        if request_body_min_rate.checked_mul(rate_window).is_none() {
+            return Err(ConfigError::new(
+                "REQUEST_BODY_MIN_RATE",
+                "times REQUEST_BODY_RATE_WINDOW_SECS is too large",
+            ));
+        }
+        let header_timeout = positive_secs(
+            "REQUEST_HEADER_TIMEOUT_SECS",
+            raw.request_header_timeout_secs.as_deref(),
+            30,
+        )?;
+        let keepalive_timeout = positive_secs(
+            "KEEPALIVE_TIMEOUT_SECS",
+            raw.keepalive_timeout_secs.as_deref(),
+            75,
+        )?;
         Ok(Self {
             bind_host,
             port,
@@ -413,6 +458,10 @@ impl Settings {
             accel_redirect_prefix,
             log_format,
             request_body_timeout: Duration::from_secs(body_timeout),
+            request_body_min_rate,
+            request_body_rate_window: Duration::from_secs(rate_window),
+            request_header_timeout: Duration::from_secs(header_timeout),
+            keepalive_timeout: Duration::from_secs(keepalive_timeout),
         })
     }
 
@@ -439,6 +488,15 @@ fn parse_num<T: std::str::FromStr>(
             .parse()
             .map_err(|_| ConfigError::new(var, format!("'{v}' is not a valid whole number"))),
     }
+}
+
+/// Whole seconds, above 0 and at most a day (a longer connection or body timeout is a typo).
+fn positive_secs(var: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    let secs: u64 = parse_num(var, value, default)?;
+    if secs == 0 || secs > 86_400 {
+        return Err(ConfigError::new(var, "must be between 1 and 86400 seconds"));
+    }
+    Ok(secs)
 }
 
 fn parse_decimal(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
@@ -581,6 +639,34 @@ mod tests {
         assert_eq!(s.jwt.alg, Algorithm::RS256);
         assert_eq!(s.cors_origins, CorsOrigins::Any);
         assert_eq!(s.upload_session_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.request_body_timeout, Duration::from_secs(60));
+        assert_eq!(s.request_body_min_rate, 1024);
+        assert_eq!(s.request_body_rate_window, Duration::from_secs(30));
+        assert_eq!(s.request_header_timeout, Duration::from_secs(30));
+        assert_eq!(s.keepalive_timeout, Duration::from_secs(75));
+    }
+
+    #[test]
+    fn connection_and_body_timeouts_are_checked() {
+        let s = settings(&[
+            ("REQUEST_BODY_MIN_RATE", "0"),
+            ("REQUEST_HEADER_TIMEOUT_SECS", "5"),
+            ("KEEPALIVE_TIMEOUT_SECS", "90"),
+        ])
+        .unwrap();
+        assert_eq!(s.request_body_min_rate, 0);
+        assert_eq!(s.request_header_timeout, Duration::from_secs(5));
+        assert_eq!(s.keepalive_timeout, Duration::from_secs(90));
+        for var in [
+            "REQUEST_BODY_RATE_WINDOW_SECS",
+            "REQUEST_HEADER_TIMEOUT_SECS",
+            "KEEPALIVE_TIMEOUT_SECS",
+        ] {
+            assert_eq!(settings(&[(var, "0")]).unwrap_err().var, var);
+            assert_eq!(settings(&[(var, "1e3")]).unwrap_err().var, var);
+        }
+        let e = settings(&[("REQUEST_BODY_MIN_RATE", "-1")]).unwrap_err();
+        assert_eq!(e.var, "REQUEST_BODY_MIN_RATE");
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum ApiError {
     /// 408: the client stopped sending its body.
     #[error("Request body timeout")]
     BodyTimeout,
+    /// 408: the client sent its body slower than the minimum rate.
+    #[error("Request body too slow")]
+    BodyTooSlow,
     /// 416, with `Content-Range: bytes */size`.
     #[error("Range not satisfiable")]
     Range {
@@ -98,7 +101,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Range { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -176,6 +179,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::TooLarge("Request body too large".to_owned());
     }
+    if let Some(cut) = body_cut_off(&rejection) {
+        return cut;
+    }
     let text = rejection.body_text();
     let kind = match &rejection {
         JsonRejection::MissingJsonContentType(_) => "content_type",
@@ -189,6 +195,22 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         loc.push(field);
     }
     ApiError::Validation(json!([{ "type": kind, "loc": loc, "msg": text }]))
+}
+
+/// 408 when a body error's chain shows it was cut off for stalling or crawling
+/// ([`crate::body_timeout`]).
+pub fn body_cut_off(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(cut) = s.downcast_ref::<crate::body_timeout::BodyTimeoutError>() {
+            return Some(match cut {
+                crate::body_timeout::BodyTimeoutError::Idle => ApiError::BodyTimeout,
+                crate::body_timeout::BodyTimeoutError::TooSlow => ApiError::BodyTooSlow,
+            });
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// serde names the offending field between backticks ("missing field `mode`"), or as the

@@ -3,11 +3,13 @@
 //! exists so the integration tests build the very same application.
 
 pub mod auth;
+pub mod body_timeout;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod part_json;
 pub mod routes;
+pub mod server;
 pub mod signer;
 pub mod startup;
 pub mod state;

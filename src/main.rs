@@ -4,7 +4,6 @@
 //! Run: `UPLOAD_ROOT=./data AUTH_SERVICE_TOKEN=dev-token cargo run --release`
 //! Options: `--env-file PATH` (also `UPLOAD_ENV_FILE`), `--help`, `--version`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -86,23 +85,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let addr = settings.listen_addr()?;
+    let timeouts = upload_server::server::ConnTimeouts::from_settings(&settings);
     let app = upload_server::startup::app(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    // Small answers must not wait for Nagle's delayed ACK (~40 ms on a kept-alive connection).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let server = upload_server::server::serve(listener, app, timeouts, async move {
         stop_signal().await;
         tracing::info!("stop signal: draining requests in flight");
         let _ = stop_tx.send(());

@@ -12,9 +12,9 @@ use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::{jwks_document, Authenticator, TokenMinter};
+use crate::body_timeout::BodyTimeouts;
 use crate::config::{CorsOrigins, Secret, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -163,10 +163,11 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(limit))
-        // A client that stops sending mid-body is cut off (a trickle must not hold a
-        // request, its temp file and its quota reservation forever).
-        .layer(RequestBodyTimeoutLayer::new(
-            state.settings.request_body_timeout,
+        // A client that stops sending mid-body, or trickles it, is cut off (it must not
+        // hold a request, its temp file and its quota reservation forever).
+        .layer(axum::middleware::map_request_with_state(
+            BodyTimeouts::from_settings(&state.settings),
+            crate::body_timeout::limit_request_body,
         ))
         .layer(axum::middleware::map_response(
             crate::error::json_error_bodies,

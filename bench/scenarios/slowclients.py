@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
 """Scenario `slowclients`: bodies that trickle or stall, and 1,000 idle connections.
 
-(a) One server with REQUEST_BODY_TIMEOUT_SECS=2 (BENCH_BODY_TIMEOUT_S). Each case declares a
-    1,000-byte body and then sends it at 1 byte/s (BENCH_TRICKLE_MAX_S, 30 s at most) to
+(a) One server with REQUEST_BODY_TIMEOUT_SECS=2 (BENCH_BODY_TIMEOUT_S) and the default
+    minimum body rate (REQUEST_BODY_MIN_RATE 1024 B/s over REQUEST_BODY_RATE_WINDOW_SECS 30 s;
+    BENCH_MIN_RATE / BENCH_RATE_WINDOW_S change them). Each case declares a 1,000-byte body and
+    then sends it at 1 byte/s (BENCH_TRICKLE_MAX_S, 45 s at most) to
       PUT /v1/files/part/{id}/0                 (raw part)
       POST /v1/files/part                       (base64 JSON part, uploadId first)
       POST /v1/files/upload?user_id&filename     (one-request, raw)
       POST /v1/files/upload                      (one-request, multipart)
-    plus a control that sends 10 bytes and then nothing (a stall). Each must be cut off by the
-    read timeout (408 or the connection closed) and leave nothing: the session shows
-    receivedBytes 0 and its folder only session.json, no .upload-* work folder, nothing in
-    .parts/.staging, no one-request reservation left in the quota ledger. The time to the
-    cut is reported.
-(b) A second server with default settings. A normal client measures GET /healthz (keep-alive,
-    and one new connection per request) and a 4 KiB download, p50/p99 over
-    BENCH_IDLE_SAMPLES (400) requests each, first alone, then while 1,000 idle TCP
-    connections (BENCH_IDLE_CONNS) that never send a byte are open, and reports the ratio.
-    Then it watches for BENCH_IDLE_WATCH_S (45 s) whether the server closes those idle
-    connections, 100 keep-alive connections left idle after one request, and 20 connections
-    sending their request head at 1 byte/s (slowloris), and reports when (not a failure).
+    plus a control that sends 10 bytes and then nothing (a stall). Each must be cut off (408
+    or the connection closed) and leave nothing: the session shows receivedBytes 0 and its
+    folder only session.json, no .upload-* work folder, nothing in .parts/.staging, no
+    one-request reservation in the quota ledger. The time to the cut is reported. A last case
+    sends a raw part slowly but above the minimum (1.5 x the rate for 40 s): it must be stored.
+(b) A second server with REQUEST_HEADER_TIMEOUT_SECS=15 and KEEPALIVE_TIMEOUT_SECS=25
+    (BENCH_HEADER_TIMEOUT_S, BENCH_KEEPALIVE_S; shorter than the defaults 30 / 75 s so the
+    watch is short). A normal client measures GET /healthz (keep-alive, and one new connection
+    per request) and a 4 KiB download, p50/p99 over BENCH_IDLE_SAMPLES (400) requests each,
+    first alone, then while 1,000 idle TCP connections (BENCH_IDLE_CONNS) that never send a
+    byte are open (checked still open after the measurement), and reports the ratio. Then it
+    watches for BENCH_IDLE_WATCH_S (35 s) when the server closes those idle connections (due
+    at the header timeout after they opened), 100 keep-alive connections left idle after one
+    request (due at the keep-alive timeout) and 20 connections sending their request head at
+    1 byte/s (slowloris, due at the header timeout), and whether its descriptors come back.
 The file-descriptor limit is raised to 4096 or more (as `ulimit -n 4096` would).
 """
 from __future__ import annotations
@@ -37,11 +42,18 @@ import loadlib as L  # noqa: E402
 from loadlib import Http, jbody, percentile, row, svc  # noqa: E402
 
 BODY_TIMEOUT = int(os.environ.get("BENCH_BODY_TIMEOUT_S", "2"))
-TRICKLE_MAX = float(os.environ.get("BENCH_TRICKLE_MAX_S", "30"))
+MIN_RATE = int(os.environ.get("BENCH_MIN_RATE", "1024"))
+RATE_WINDOW = int(os.environ.get("BENCH_RATE_WINDOW_S", "30"))
+TRICKLE_MAX = float(os.environ.get("BENCH_TRICKLE_MAX_S", "45"))
+HEADER_TIMEOUT = int(os.environ.get("BENCH_HEADER_TIMEOUT_S", "15"))
+KEEPALIVE = int(os.environ.get("BENCH_KEEPALIVE_S", "25"))
 IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
 SAMPLES = int(os.environ.get("BENCH_IDLE_SAMPLES", "400"))
-WATCH = float(os.environ.get("BENCH_IDLE_WATCH_S", "45"))
+WATCH = float(os.environ.get("BENCH_IDLE_WATCH_S", "35"))
 DECLARED = 1000
+# The slow but acceptable client: 1.5 x the minimum rate for 40 s (shorter if TRICKLE_MAX is).
+SLOW_OK_RATE = MIN_RATE * 3 // 2
+SLOW_OK_SECONDS = int(max(1.0, min(40.0, TRICKLE_MAX - 5)))
 
 
 def raise_fd_limit(want: int) -> int:
@@ -109,8 +121,8 @@ def head_for(method: str, path: str, ctype: str, length: int) -> bytes:
 async def part_a(server: L.Server) -> List[dict]:
     http = Http(server.port)
 
-    async def new_session(name: str) -> str:
-        h, b = jbody({"mode": "single", "files": [{"name": name, "size": DECLARED}], "meta": {"user_id": "slow"}})
+    async def new_session(name: str, size: int = DECLARED) -> str:
+        h, b = jbody({"mode": "single", "files": [{"name": name, "size": size}], "meta": {"user_id": "slow"}})
         r = await http.request("POST", "/v1/files/init", svc(h), b)
         assert r.status == 200, r.body
         return r.json()["uploadId"]
@@ -141,12 +153,25 @@ async def part_a(server: L.Server) -> List[dict]:
                       head=head_for("POST", "/v1/files/upload", f"multipart/form-data; boundary={bnd}",
                                     len(prefix) + DECLARED + len(bnd) + 8),
                       prefix=prefix, stall_after=None))
-    results = await asyncio.gather(*(trickle(server.port, c["head"], c["prefix"], 1, c["stall_after"]) for c in cases))
+    slow_size = SLOW_OK_RATE * SLOW_OK_SECONDS
+    sid = await new_session("slow-ok.bin", slow_size)
+    cases.append(dict(name=f"{SLOW_OK_RATE} B/s for {SLOW_OK_SECONDS} s to PUT part (above the minimum)",
+                      session=sid, head=head_for("PUT", f"/v1/files/part/{sid}/0", "application/octet-stream",
+                                                 slow_size),
+                      prefix=b"", stall_after=slow_size, rate=SLOW_OK_RATE, accept=True))
+    results = await asyncio.gather(*(trickle(server.port, c["head"], c["prefix"], c.get("rate", 1),
+                                             c["stall_after"]) for c in cases))
     await asyncio.sleep(1.5)   # let the server drop what the cut requests held
     out = []
     for c, (outcome, dt, sent, since_last) in zip(cases, results):
         left: List[str] = []
-        if c["session"]:
+        if c.get("accept"):
+            r = await http.request("GET", f"/v1/files/uploads/{c['session']}", svc())
+            if not (outcome.startswith("answered") and "200" in outcome):
+                left.append(f"not stored: {outcome}")
+            elif r.status != 200 or r.json().get("receivedBytes") != c["stall_after"]:
+                left.append(f"session status {r.status} {r.body[:200]!r}")
+        elif c["session"]:
             r = await http.request("GET", f"/v1/files/uploads/{c['session']}", svc())
             if r.status != 200:
                 left.append(f"session status {r.status}")
@@ -156,7 +181,7 @@ async def part_a(server: L.Server) -> List[dict]:
             if files != ["session.json"]:
                 left.append(f"session folder holds {files}")
         out.append(dict(case=c["name"], outcome=outcome, seconds=dt, sent=sent, left=left, since_last=since_last,
-                        control=c.get("control", False)))
+                        control=c.get("control", False), accept=c.get("accept", False)))
     # Shared leftovers: work folders, staging, one-request reservations, storage.
     parts = os.path.join(server.root, ".parts")
     shared = [n for n in os.listdir(parts) if n.startswith(".upload-")]
@@ -257,7 +282,10 @@ async def part_b(server: L.Server) -> dict:
     t_idle = time.monotonic()
     await asyncio.sleep(0.5)
     fds1 = len(os.listdir(f"/proc/{server.pid}/fd"))
+    t_meas = time.monotonic()
     with_idle = await measure(server.port, path)
+    meas_s = time.monotonic() - t_meas
+    fds2 = len(os.listdir(f"/proc/{server.pid}/fd"))
     # Keep-alive connections left idle after one request, and slow request heads.
     ka = []
     for _ in range(100):
@@ -273,9 +301,11 @@ async def part_b(server: L.Server) -> dict:
     closed = await watch_closed({"idle (never sent a byte)": idle, "keep-alive idle after 1 request": ka,
                                  "slowloris (head at 1 B/s)": slow}, WATCH, slow)
     alive = server.alive()
+    fds3 = len(os.listdir(f"/proc/{server.pid}/fd")) if alive else -1
     for _, w in idle + ka + slow:
         w.close()
-    return dict(base=base, with_idle=with_idle, fds0=fds0, fds1=fds1, closed=closed, idle_age=idle_age,
+    return dict(base=base, with_idle=with_idle, fds0=fds0, fds1=fds1, fds2=fds2, fds3=fds3, meas_s=meas_s,
+                closed=closed, idle_age=idle_age,
                 counts={"idle (never sent a byte)": len(idle), "keep-alive idle after 1 request": len(ka),
                         "slowloris (head at 1 B/s)": len(slow)}, alive=alive)
 
@@ -290,13 +320,17 @@ def main() -> int:
     L.log(f"fd limit {limit}; {load_before}")
     tmp = L.bench_tmpdir()
     root_a = os.path.join(tmp, "root-a")
-    srv_a = L.Server(root_a, env={"REQUEST_BODY_TIMEOUT_SECS": str(BODY_TIMEOUT)})
+    srv_a = L.Server(root_a, env={"REQUEST_BODY_TIMEOUT_SECS": str(BODY_TIMEOUT),
+                                  "REQUEST_BODY_MIN_RATE": str(MIN_RATE),
+                                  "REQUEST_BODY_RATE_WINDOW_SECS": str(RATE_WINDOW)})
     srv_a.start()
-    L.log(f"(a) trickles: server {srv_a.url} with REQUEST_BODY_TIMEOUT_SECS={BODY_TIMEOUT}; up to {TRICKLE_MAX:.0f} s")
+    L.log(f"(a) trickles: server {srv_a.url} with REQUEST_BODY_TIMEOUT_SECS={BODY_TIMEOUT}, "
+          f"min rate {MIN_RATE} B/s over {RATE_WINDOW} s; up to {TRICKLE_MAX:.0f} s")
     res_a = asyncio.run(part_a(srv_a))
     srv_a.stop()
     root_b = os.path.join(tmp, "root-b")
-    srv_b = L.Server(root_b)
+    srv_b = L.Server(root_b, env={"REQUEST_HEADER_TIMEOUT_SECS": str(HEADER_TIMEOUT),
+                                  "KEEPALIVE_TIMEOUT_SECS": str(KEEPALIVE)})
     srv_b.start()
     L.log(f"(b) {IDLE_CONNS} idle connections: server {srv_b.url}; watching closes for {WATCH:.0f} s")
     res_b = asyncio.run(part_b(srv_b))
@@ -311,12 +345,20 @@ def main() -> int:
                 "nothing", "PASS" if ok else "FAIL")
             failed |= not ok
             continue
+        if c["accept"]:
+            ok = not c["left"]
+            failed |= not ok
+            row(f"(a) {c['case']}", f"{c['outcome']} after {c['seconds']:.1f} s ({c['sent']} B sent)",
+                f"min {MIN_RATE} B/s over {RATE_WINDOW} s", "-", "stored", "PASS" if ok else "FAIL")
+            continue
         cut = c["outcome"] != "NOT cut off"
         ok = cut and not c["left"]
         failed |= not ok
+        ref = (f"idle timeout {BODY_TIMEOUT} s" if c["control"]
+               else f"min {MIN_RATE} B/s over {RATE_WINDOW} s")
         row(f"(a) {c['case']}", f"{c['outcome']} after {c['seconds']:.1f} s ({c['sent']} B sent, "
             f"last {c['since_last']:.1f} s before)",
-            f"timeout {BODY_TIMEOUT} s", "-", "cut, nothing left",
+            ref, "-", "cut, nothing left",
             "PASS" if ok else "FAIL")
     bad_cases = [c for c in res_a if c.get("left")]
     for k in ("healthz keep-alive", "healthz new connection", "4 KiB GET keep-alive"):
@@ -325,16 +367,33 @@ def main() -> int:
         row(f"(b) {k}: p50 / p99 with {IDLE_CONNS} idle",
             f"{ms(p50w)} / {ms(p99w)} ms", f"{ms(p50b)} / {ms(p99b)} ms alone",
             f"{p50w / p50b:.2f} / {p99w / p99b:.2f}", "all served", "PASS")
-    row("(b) server fds: before / with idle connections", f"{res_b['fds0']} / {res_b['fds1']}",
+    row("(b) server fds: before / with idle / after the measurement",
+        f"{res_b['fds0']} / {res_b['fds1']} / {res_b['fds2']}",
         f"+{IDLE_CONNS} expected", "-", "-", "info")
+    still_open = res_b["fds2"] >= res_b["fds1"] - 5
+    row("(b) idle connections open during the whole measurement",
+        f"{'yes' if still_open else 'NO'} ({res_b['meas_s']:.1f} s)", f"header timeout {HEADER_TIMEOUT} s",
+        "-", "yes", "PASS" if still_open else "FAIL")
+    failed |= not still_open
     for name, n in res_b["counts"].items():
         t = sorted(res_b["closed"][name])
+        due = KEEPALIVE if name.startswith("keep-alive") else HEADER_TIMEOUT
+        age = res_b["idle_age"] if name.startswith("idle") else 0
         if t:
-            age = res_b["idle_age"] if name.startswith("idle") else 0
-            val = (f"{len(t)} of {n} closed, after {t[0] + age:.1f}-{t[-1] + age:.1f} s")
+            first, last = t[0] + age, t[-1] + age
+            val = f"{len(t)} of {n} closed, after {first:.1f}-{last:.1f} s"
         else:
+            first = last = 0.0
             val = f"0 of {n} closed in {WATCH:.0f} s"
-        row(f"(b) server closes {name}", val, "-", "-", "-", "info")
+        ok = len(t) == n and due - 1.0 <= first and last <= due + 3.0
+        failed |= not ok
+        what = "keep-alive timeout" if name.startswith("keep-alive") else "header timeout"
+        row(f"(b) server closes {name}", val, f"{what} {due} s", "-", f"all, at {due} s",
+            "PASS" if ok else "FAIL")
+    fds_back = 0 <= res_b["fds3"] <= res_b["fds0"] + 5
+    row("(b) server fds after the watch", str(res_b["fds3"]), f"{res_b['fds0']} before", "-",
+        "back to before", "PASS" if fds_back else "FAIL")
+    failed |= not fds_back
     row("(b) server alive after all", "yes" if res_b["alive"] else "NO", "-", "-", "yes",
         "PASS" if res_b["alive"] else "FAIL")
     failed |= not res_b["alive"]

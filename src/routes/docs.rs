@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -19,8 +19,10 @@ pub fn routes() -> Routes {
     Routes::new()
         .get("/openapi.json", openapi_json)
         .get("/docs", swagger_page)
+        .get("/docs/", swagger_slash)
         .get("/docs/{file}", swagger_file)
         .get("/redoc", redoc_page)
+        .get("/redoc/", redoc_slash)
         .get("/redoc/redoc.standalone.js", redoc_script)
         .get("/instructions", instructions)
 }
@@ -62,8 +64,10 @@ pub fn routes() -> Routes {
         batch::download_batch,
         openapi_json,
         swagger_page,
+        swagger_slash,
         swagger_file,
         redoc_page,
+        redoc_slash,
         redoc_script,
         instructions,
     ),
@@ -166,6 +170,14 @@ fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
     )
 }
 
+/// `/docs/` is `/docs` (the page's files are relative to `/docs`, so it is not served twice).
+#[utoipa::path(get, path = "/docs/", tag = "docs",
+    responses((status = 308, description = "Permanent redirect to `/docs`",
+        headers(("location" = String, description = "`/docs`")))))]
+async fn swagger_slash() -> Redirect {
+    Redirect::permanent("/docs")
+}
+
 /// Swagger UI's own files (vendored in the binary).
 #[utoipa::path(get, path = "/docs/{file}", tag = "docs",
     params(("file" = String, Path, description = "e.g. `swagger-ui-bundle.js`")),
@@ -189,6 +201,14 @@ async fn swagger_file(AppPath(file): AppPath<String>) -> Result<Response, ApiErr
         served.bytes.into_owned(),
     )
         .into_response())
+}
+
+/// `/redoc/` is `/redoc`.
+#[utoipa::path(get, path = "/redoc/", tag = "docs",
+    responses((status = 308, description = "Permanent redirect to `/redoc`",
+        headers(("location" = String, description = "`/redoc`")))))]
+async fn redoc_slash() -> Redirect {
+    Redirect::permanent("/redoc")
 }
 
 /// ReDoc.

@@ -45,7 +45,30 @@ pub fn routes() -> Routes {
         .get("/v1/files/metadata/{*key}", file_metadata)
         .get("/v1/files/signed-url", signed_url_get)
         .post("/v1/files/signed-url", signed_url_post)
-        .delete("/v1/files/{*key}", delete_file)
+        // Other methods: 405 on a file key, 404 on any other path (`GET /v1/files/x`).
+        .route(
+            "/v1/files/{*key}",
+            &[Method::DELETE],
+            axum::routing::delete(delete_file).fallback(other_method_on_key),
+        )
+}
+
+/// `/v1/files/{*key}` with a method other than DELETE. The catch-all matches every path
+/// under `/v1/files/`: only where the path is a file key is there an operation whose method
+/// is wrong (405, `Allow: DELETE`); elsewhere the path itself is unknown (the router's 404).
+async fn other_method_on_key(
+    key: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !key.is_ok_and(|k| Key::parse(&k.0).is_ok()) {
+        return ApiError::NotFound("Not Found".to_owned()).into_response();
+    }
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE")],
+        Json(json!({ "detail": "Method Not Allowed" })),
+    )
+        .into_response()
 }
 
 /// A key from a client: 400 when it is not a file key, 403 when it is not the caller's.
@@ -640,15 +663,16 @@ fn body_error(e: &axum::Error) -> ApiError {
         .unwrap_or_else(|| ApiError::BadRequest("Request body could not be read".to_owned()))
 }
 
-/// 413 or 408 when the error chain shows the body limit or the idle timeout.
+/// 413 or 408 when the error chain shows the body limit, the idle timeout or the minimum
+/// rate.
 fn cause_of_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return Some(ApiError::TooLarge("Request body too large".to_owned()));
         }
-        if s.is::<tower_http::timeout::TimeoutError>() {
-            return Some(ApiError::BodyTimeout);
+        if let Some(cut) = crate::error::body_cut_off(s) {
+            return Some(cut);
         }
         source = s.source();
     }

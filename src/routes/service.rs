@@ -59,33 +59,38 @@ pub struct Health {
     status: &'static str,
     /// Free space in `UPLOAD_ROOT`, GiB, two decimals.
     disk_free_gb: f64,
-    /// Whether a file could be written in `UPLOAD_ROOT` just now.
+    /// Whether the root accepts writes (it exists, permissions, a read-write mount). A full
+    /// disk does not count against it: that is `disk_full`.
     writable: bool,
+    /// Present (`true`) only when the disk is full: the instance stays healthy, as reads,
+    /// listings and deletes still work, while uploads answer 507 until space is freed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_full: Option<bool>,
 }
 
 /// Health: can the data root be written, and how much room is left.
 #[utoipa::path(get, path = "/healthz", tag = "service",
     responses(
-        (status = 200, description = "Healthy", body = Health),
+        (status = 200, description = "Healthy (also when the disk is full: see `disk_full`)", body = Health),
         (status = 503, description = "The data root is not writable", body = Health),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
     let root = state.settings.upload_root.clone();
-    let (writable, free) =
+    let (probe, free) =
         tokio::task::spawn_blocking(move || (probe_writable(&root), free_bytes(&root)))
             .await
-            .unwrap_or((false, None));
+            .unwrap_or((Probe::Refused, None));
     // An unreadable root reports 0 free (and is unhealthy anyway).
     let free_gb = (free.unwrap_or(0) as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
-    let (status, word) = if writable {
-        (StatusCode::OK, "healthy")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+    let (status, word) = match probe {
+        Probe::Written | Probe::Full => (StatusCode::OK, "healthy"),
+        Probe::Refused => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
     };
     let body = Health {
         status: word,
         disk_free_gb: free_gb,
-        writable,
+        writable: probe != Probe::Refused,
+        disk_full: (probe == Probe::Full).then_some(true),
     };
     (status, Json(body)).into_response()
 }
@@ -93,21 +98,38 @@ async fn health(State(state): State<AppState>) -> Response {
 /// The same health check under `/v1/files` (the old service had both).
 #[utoipa::path(get, path = "/v1/files/healthz", tag = "service",
     responses(
-        (status = 200, description = "Healthy", body = Health),
+        (status = 200, description = "Healthy (also when the disk is full: see `disk_full`)", body = Health),
         (status = 503, description = "The data root is not writable", body = Health),
     ))]
 async fn files_health(state: State<AppState>) -> Response {
     health(state).await
 }
 
+/// What writing a probe file in the root gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Written and removed.
+    Written,
+    /// The root takes writes, but the disk (or the filesystem quota) is full.
+    Full,
+    /// The root refuses writes: missing, not a folder, permissions, read-only mount.
+    Refused,
+}
+
 /// Creates, writes and removes a small file in the root: the only honest writability test
 /// (permission bits say nothing to root, nor about a read-only mount or a full disk).
-fn probe_writable(root: &Path) -> bool {
+fn probe_writable(root: &Path) -> Probe {
     use std::io::Write as _;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
     let probe = root.join(format!(".healthz-{}", uuid::Uuid::new_v4().simple()));
     let written = std::fs::File::create_new(&probe).and_then(|mut f| f.write_all(b"ok"));
     let _ = std::fs::remove_file(&probe);
-    written.is_ok()
+    match written {
+        Ok(()) => Probe::Written,
+        Err(e) if matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) => Probe::Full,
+        Err(_) => Probe::Refused,
+    }
 }
 
 fn free_bytes(root: &Path) -> Option<u64> {

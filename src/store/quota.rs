@@ -109,8 +109,10 @@ impl Quotas {
     }
 
     /// Recomputes `used` from the disk and drops reservations `alive` says are gone, for
-    /// every user with a ledger. Run at start and by the sweep.
+    /// every user with a ledger; first removes the temporary ledgers killed writers left.
+    /// Run at start and by the sweep.
     pub fn reconcile(&self, alive: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+        self.remove_stale_temps();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -136,6 +138,44 @@ impl Quotas {
             })?;
         }
         Ok(())
+    }
+
+    /// Removes temporary ledgers (`.{stem}.{uuid}.tmp`) left by a process killed while
+    /// saving a ledger. A writer makes and renames its temporary file only while it holds
+    /// the user's `{stem}.lock`, so one whose lock is free belongs to nobody; it is removed
+    /// under that lock, and one whose lock is held (a writer at work, here or in another
+    /// instance sharing the root) is left alone.
+    pub fn remove_stale_temps(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(stem) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('.'))
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .and_then(|n| n.split_once('.'))
+                .map(|(stem, _)| stem)
+                .filter(|stem| stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
+            else {
+                continue;
+            };
+            let Ok(lock) = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(self.dir.join(format!("{stem}.lock")))
+            else {
+                continue;
+            };
+            if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok()
+            {
+                tracing::info!(file = %entry.path().display(), "removed a temporary ledger left by a crash");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -213,6 +253,45 @@ pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn reconcile_removes_temporary_ledgers_no_writer_holds() {
+        let root = std::env::temp_dir().join(format!("quota-{}", uuid::Uuid::new_v4().simple()));
+        let dir = root.join(".quota");
+        std::fs::create_dir_all(&dir).unwrap();
+        let quotas = Quotas::new(dir.clone(), root.join("storage"), 1 << 30);
+        quotas
+            .with_ledger("a", |l| {
+                l.used = 1;
+                Ok(())
+            })
+            .unwrap();
+        let tmp = |user: &str| {
+            dir.join(format!(
+                ".{}.{}.tmp",
+                Quotas::file_stem(user),
+                uuid::Uuid::new_v4().simple()
+            ))
+        };
+        // Left by a writer killed mid-save.
+        let stale = tmp("a");
+        std::fs::write(&stale, b"{").unwrap();
+        // Being written right now: its writer holds the user's lock.
+        let busy = tmp("b");
+        let held = lock_file(&dir.join(format!("{}.lock", Quotas::file_stem("b")))).unwrap();
+        std::fs::write(&busy, b"{").unwrap();
+        let other = dir.join(".not-a-ledger.tmp");
+        std::fs::write(&other, b"x").unwrap();
+
+        quotas.reconcile(|_| true).unwrap();
+        assert!(!stale.exists(), "a stale temporary ledger is removed");
+        assert!(busy.exists(), "a ledger being written is left alone");
+        assert!(other.exists(), "only ledger temporaries are touched");
+        drop(held);
+        quotas.reconcile(|_| true).unwrap();
+        assert!(!busy.exists(), "removed once its writer is gone");
+        let _ = std::fs::remove_dir_all(root);
+    }
 
     #[test]
     fn usage_counts_data_and_finishes_cut_short_deletes() {

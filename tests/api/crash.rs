@@ -177,3 +177,239 @@ async fn sigkill_during_complete() {
     }
     eprintln!("complete took {full:?}; crash outcomes: {outcomes:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Regressions for what the crash bench found (bench/RESULTS.md, bugs 5 and 7; ledger
+// temporaries).
+
+/// `bench/lib/killpoint.c` built once: an `LD_PRELOAD` shim that SIGKILLs the server at
+/// one exact filesystem call (`KP_OP`, `KP_PATTERN`, `KP_AFTER`, `KP_LOG`).
+fn killpoint_shim() -> &'static std::path::Path {
+    static SHIM: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    let (_, path) = SHIM.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("killpoint.so");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/lib/killpoint.c");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) is needed to build the kill-point shim");
+        assert!(status.success(), "cc failed on {}", src.display());
+        (dir, out)
+    });
+    path
+}
+
+/// Regression (bug 5): a finished complete deleted its `.claimed-{id}` folder in place. A
+/// kill in the middle of that delete, once `publish.json` was gone, left a claimed folder
+/// that the restart took for a complete cut short and gave back as a live session: the
+/// client, whose 200 was lost, could complete it again and get a second copy (or, when
+/// `session.json` went first, the parts stayed until the TTL). Now the folder is renamed
+/// away first, so no step removes `publish.json` from a folder still named `.claimed-*`:
+/// the kill point below never fires, and nothing comes back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_a_finished_complete_cleans_up_gives_no_second_copy() {
+    for parts in [1usize, 3] {
+        let root = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let kp_log = logs.path().join("killpoint.log");
+        let root_s = root.path().to_str().unwrap().to_owned();
+        let port = free_port();
+        let port_s = port.to_string();
+        let mut vars = env(&root_s, &port_s);
+        let shim = killpoint_shim().to_str().unwrap().to_owned();
+        let kp_log_s = kp_log.to_str().unwrap().to_owned();
+        vars.extend([
+            ("LD_PRELOAD", shim.as_str()),
+            ("KP_OP", "unlink"),
+            ("KP_PATTERN", "*/.parts/.claimed-*/publish.json"),
+            ("KP_AFTER", "1"),
+            ("KP_LOG", kp_log_s.as_str()),
+        ]);
+        let mut server = start_server(&vars, &[], port).await;
+        let http = client();
+        let part = 1000usize;
+        let (s, init) = call(
+            &http,
+            http.post(server.url("/v1/files/init")).json(&json!({
+                "mode": "chunked", "files": [{ "name": "once.bin", "size": part * parts }],
+                "meta": { "user_id": "kp" }
+            })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{init}");
+        let id = init["uploadId"].as_str().unwrap().to_owned();
+        for n in 0..parts {
+            let (s, b) = call(
+                &http,
+                http.put(server.url(&format!("/v1/files/part/{id}/{n}")))
+                    .body(vec![b'a' + n as u8; part]),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+        let completed = http
+            .post(server.url("/v1/files/complete"))
+            .header("x-service-token", SERVICE_TOKEN)
+            .json(&json!({ "uploadId": id }))
+            .send()
+            .await
+            .map(|r| r.status());
+        // A crash right after, whatever happened.
+        let _ = server.child.kill();
+        server.child.wait().unwrap();
+
+        let port2 = free_port();
+        let port2_s = port2.to_string();
+        let server = start_server(&env(&root_s, &port2_s), &[], port2).await;
+        let (s, list) = call(&http, http.get(server.url("/v1/files/all?user_id=kp"))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(list["total_count"], 1, "{parts} part(s): {list}");
+        let (s, b) = call(
+            &http,
+            http.get(server.url(&format!("/v1/files/uploads/{id}"))),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{parts} part(s): session back: {b}"
+        );
+        let (s, b) = call(
+            &http,
+            http.post(server.url("/v1/files/complete"))
+                .json(&json!({ "uploadId": id })),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{parts} part(s): completed again: {b}"
+        );
+        let left = files_under(&root.path().join(".parts"));
+        assert!(left.is_empty(), "{parts} part(s): left in .parts: {left:?}");
+        // The order that makes it so, and the answer the client got.
+        assert!(
+            !kp_log.exists(),
+            "{parts} part(s): publish.json was removed from a folder still named .claimed-*: {}",
+            std::fs::read_to_string(&kp_log).unwrap_or_default()
+        );
+        assert_eq!(completed.ok(), Some(StatusCode::OK), "{parts} part(s)");
+    }
+}
+
+/// The quota ledger of `user` under `root` (null before it exists).
+fn ledger(root: &std::path::Path, user: &str) -> Value {
+    let stem = hex::encode(&Sha256::digest(user.as_bytes())[..16]);
+    match std::fs::read(root.join(".quota").join(format!("{stem}.json"))) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Regression (bug 7): a one-request upload reserves quota as its bytes arrive. Killed, it
+/// left that reservation in the ledger: the start-up recount keeps it while the work folder
+/// is young (another instance may own it), and the later sweep removed the folder without
+/// releasing it, so it held until the hourly recount, and a small quota answered 413 to
+/// uploads that fit. The sweep now releases it with the folder (the folder names its owner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_one_request_upload_gives_its_reservation_back_with_its_folder() {
+    use tokio::io::AsyncWriteExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let root_s = root.path().to_str().unwrap().to_owned();
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut vars = env(&root_s, &port_s);
+    // A 10.7 MB quota; sweeps every 1.8 s.
+    vars.extend([
+        ("PER_USER_QUOTA_GB", "0.01"),
+        ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
+    ]);
+    let mut server = start_server(&vars, &[], port).await;
+    let mut sock = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/files/upload?user_id=q&filename=cut.bin HTTP/1.1\r\nHost: x\r\n\
+         X-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: 5000000\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&[7u8; 1024]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ledger(root.path(), "q")["reserved"]
+        .as_object()
+        .is_none_or(|r| r.is_empty())
+    {
+        assert!(std::time::Instant::now() < deadline, "no reservation made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(sock);
+    let work: Vec<_> = std::fs::read_dir(root.path().join(".parts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".upload-")
+        })
+        .collect();
+    assert_eq!(work.len(), 1, "{work:?}");
+    // 55 s old: the start-up sweep leaves it (under a minute), a sweep seconds later does not.
+    std::fs::File::open(&work[0])
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(55))
+        .unwrap();
+
+    let port2 = free_port();
+    let port2_s = port2.to_string();
+    let mut env2 = env(&root_s, &port2_s);
+    env2.extend([
+        ("PER_USER_QUOTA_GB", "0.01"),
+        ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
+    ]);
+    let server = start_server(&env2, &[], port2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while work[0].exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead upload's folder is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let l = ledger(root.path(), "q");
+    assert_eq!(l["reserved"], json!({}), "{l}");
+    // And a file that fits the quota is taken.
+    let http = client();
+    let (s, b) = call(
+        &http,
+        http.post(server.url("/v1/files/upload?user_id=q&filename=fits.bin"))
+            .body(vec![1u8; 4_000_000]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// A kill while a quota ledger was being saved left `.quota/.{stem}.{uuid}.tmp` for good
+/// (11 after one crash run); the start-up sweep removes those no writer holds.
+#[tokio::test]
+async fn temporary_ledgers_left_by_a_kill_are_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let quota = root.path().join(".quota");
+    std::fs::create_dir_all(&quota).unwrap();
+    let stem = hex::encode(&Sha256::digest(b"u")[..16]);
+    let stale = quota.join(format!(".{stem}.0123456789abcdef0123456789abcdef.tmp"));
+    std::fs::write(&stale, br#"{"user_id":"u","us"#).unwrap();
+    let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
+    assert!(!stale.exists(), "{} is still there", stale.display());
+    let (s, _) = send(app.get("/v1/files/all?user_id=u").as_service()).await;
+    assert_eq!(s, StatusCode::OK);
+}

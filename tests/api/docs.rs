@@ -1012,3 +1012,15 @@ async fn redoc_renders_in_headless_chromium_without_leaving_127_0_0_1() {
         .collect();
     assert!(away.is_empty(), "requests that left 127.0.0.1: {away:?}");
 }
+
+/// Regression: `/docs/` (and `/redoc/`) answered 404; they lead to the pages.
+#[tokio::test]
+async fn the_viewers_with_a_trailing_slash_redirect_to_the_pages() {
+    let app = spawn_app().await;
+    for (path, to) in [("/docs/", "/docs"), ("/redoc/", "/redoc")] {
+        let res = app.get(path).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT, "{path}");
+        assert_eq!(res.headers()[reqwest::header::LOCATION], to, "{path}");
+        check_page(&app, to).await;
+    }
+}

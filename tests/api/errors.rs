@@ -118,3 +118,53 @@ async fn auth_errors_are_json_with_a_challenge() {
         )
     );
 }
+
+/// Regression: the DELETE-only catch-all `/v1/files/{*key}` matched every path under
+/// `/v1/files/`, so `GET /v1/files/anything` answered 405 as if it were an operation.
+#[tokio::test]
+async fn a_path_under_v1_files_that_is_no_operation_is_a_json_404() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        (Method::GET, "/v1/files/anything"),
+        (Method::GET, "/v1/files/a/b/c.txt"),
+        (Method::POST, "/v1/files/nothing"),
+        (Method::PUT, "/v1/files/storage"),
+        (Method::GET, "/v1/files/storage/u1/.hidden"),
+    ] {
+        expect(
+            app.request(method.clone(), path).as_service(),
+            StatusCode::NOT_FOUND,
+            json!({ "detail": "Not Found" }),
+        )
+        .await;
+    }
+    // A file key is an operation (DELETE): other methods on it are 405, with Allow.
+    for key in [
+        "storage/u1/00000000_a.txt",
+        "storage%2Fu1%2Fdocs%2F00000000_a.txt",
+    ] {
+        let res = app
+            .get(&format!("/v1/files/{key}"))
+            .as_service()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["allow"], "DELETE", "{key}");
+        let (status, body) = crate::helpers::json_of(res).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "detail": "Method Not Allowed" })
+            ),
+            "{key}"
+        );
+    }
+    // DELETE still reaches its handler, whatever the path.
+    let (status, _) = send(
+        app.request(Method::DELETE, "/v1/files/anything")
+            .as_service(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -108,3 +108,57 @@ async fn health_is_unhealthy_on_a_read_only_root() {
 
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// A full disk leaves the instance healthy (reads, listings and deletes still work; uploads
+/// answer 507), and says so with `disk_full`. A 1 MiB tmpfs as the root: needs mount rights
+/// (root in CI).
+#[tokio::test]
+async fn health_stays_healthy_on_a_full_disk_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED health_stays_healthy_on_a_full_disk: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let app =
+        crate::helpers::spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
+    let filler = dir.path().join("filler");
+    let full = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    assert_eq!(full.unwrap_err().raw_os_error(), Some(28), "not full");
+
+    for path in HEALTH_PATHS {
+        let (status, body) = send(app.get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(
+            body,
+            json!({ "status": "healthy", "disk_free_gb": 0.0, "writable": true, "disk_full": true }),
+            "{path}"
+        );
+    }
+    // Reads go on.
+    let (status, _) = send(crate::helpers::As::as_service(
+        app.get("/v1/files/all?user_id=u"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    std::fs::remove_file(&filler).unwrap();
+    let (status, body) = send(app.get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        without_free_space(body),
+        json!({ "status": "healthy", "writable": true })
+    );
+}

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Once, OnceLock};
@@ -169,14 +168,15 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let settings = upload_server::config::Settings::from_sources(HashMap::new(), env).unwrap();
+    // Served as `main.rs` serves it: same connection handling and timeouts.
+    let timeouts = upload_server::server::ConnTimeouts::from_settings(&settings);
     let app = upload_server::startup::app(settings).await.unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(upload_server::server::serve(
+        listener,
+        app,
+        timeouts,
+        std::future::pending(),
+    ));
     TestApp {
         base,
         http: client(),

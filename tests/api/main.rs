@@ -14,4 +14,5 @@ mod helpers;
 mod nginx;
 mod reading;
 mod shutdown;
+mod slow;
 mod upload;

@@ -157,3 +157,25 @@ async fn sigterm_on_an_idle_server_exits_0_quickly() {
     assert!(exit.success(), "exit status {exit}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn sigterm_closes_idle_connections_at_once() {
+    let (mut server, _root) = start().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // One kept alive after a request, one that never sent a byte.
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = read_response(&mut kept).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let _silent = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    server.terminate();
+    let exit = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.success(), "exit status {exit}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let mut rest = Vec::new();
+    assert_eq!(kept.read_to_end(&mut rest).await.unwrap_or(0), 0);
+}
