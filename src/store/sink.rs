@@ -1,12 +1,14 @@
 //! Streaming bytes from async code to a file written by short blocking tasks (`std::fs`
 //! writes in batches beat `tokio::fs` here), hashing on the way when asked, with a byte
-//! limit, and a guard that removes the file unless the caller keeps it.
+//! limit, and a guard that removes the file unless the caller keeps it. A sink may also
+//! append to an existing file, carrying on the hashes of the bytes before it.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
@@ -34,6 +36,10 @@ impl TempGuard {
     pub fn new(path: PathBuf) -> Self {
         Self { path: Some(path) }
     }
+    /// Guards nothing (a sink appending to a file that is not its own).
+    fn none() -> Self {
+        Self { path: None }
+    }
     /// The guarded path.
     pub fn path(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new(""))
@@ -53,7 +59,7 @@ impl Drop for TempGuard {
 }
 
 /// Hashes for a stream of bytes: SHA-256 and CRC-32 in one pass.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Hashes {
     sha: Sha256,
     crc: crc32fast::Hasher,
@@ -68,6 +74,25 @@ impl Hashes {
     /// Hex SHA-256 and CRC-32.
     pub fn finish(self) -> (String, u32) {
         (hex::encode(self.sha.finalize()), self.crc.finalize())
+    }
+    /// The state so far, to be saved and carried on later with [`Hashes::resume`]: the
+    /// SHA-256 state as `sha2` serialises it (hex; stable across `sha2` 0.11.x), and the
+    /// CRC-32 of the bytes so far.
+    pub fn state(&self) -> (String, u32) {
+        (
+            hex::encode(self.sha.serialize()),
+            self.crc.clone().finalize(),
+        )
+    }
+    /// Hashes that carry on from a saved [`Hashes::state`]; `None` if it does not parse.
+    pub fn resume(sha_state: &str, crc32: u32) -> Option<Self> {
+        let bytes = hex::decode(sha_state).ok()?;
+        let sha = Sha256::deserialize(bytes.as_slice().try_into().ok()?).ok()?;
+        // CRC-32 resumes from its value: the hasher keeps nothing else between updates.
+        Some(Self {
+            sha,
+            crc: crc32fast::Hasher::new_with_initial(crc32),
+        })
     }
 }
 
@@ -106,6 +131,20 @@ impl Sink {
             sent: 0,
             guard: TempGuard::new(path),
         })
+    }
+
+    /// A sink that writes at `file`'s current position (the caller has placed it), carrying
+    /// on `hashes`. Nothing is removed on drop: bytes past what the caller records as
+    /// committed are the caller's to ignore or cut.
+    pub fn append(file: File, hashes: Hashes, limit: u64) -> Self {
+        Self {
+            state: Some((file, Some(hashes))),
+            pending: Vec::new(),
+            pending_len: 0,
+            limit,
+            sent: 0,
+            guard: TempGuard::none(),
+        }
     }
 
     /// The bytes accepted so far.
@@ -173,5 +212,44 @@ impl Sink {
             crc32,
         };
         Ok((written, self.guard))
+    }
+
+    /// Writes what is left and fsyncs, then gives back the bytes written, the hashes (not
+    /// finished: they may carry on) and the file, still open (and so still locked, when
+    /// the caller locked it).
+    pub async fn finish_open(mut self) -> Result<(u64, Hashes, File), StoreError> {
+        self.flush(true).await?;
+        let (file, hashes) = self
+            .state
+            .take()
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))?;
+        Ok((self.sent, hashes.unwrap_or_default(), file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn hashes_carry_on_from_a_saved_state() {
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 13 % 251) as u8).collect();
+        let whole = {
+            let mut h = Hashes::default();
+            h.update(&data);
+            h.finish()
+        };
+        // Cut anywhere, even inside a SHA-256 block: the saved state carries on.
+        for cut in [0, 1, 63, 64, 65, 4096, 150_000, data.len()] {
+            let mut h = Hashes::default();
+            h.update(&data[..cut]);
+            let (sha, crc) = h.state();
+            let mut resumed = Hashes::resume(&sha, crc).unwrap();
+            resumed.update(&data[cut..]);
+            assert_eq!(resumed.finish(), whole, "cut at {cut}");
+        }
+        assert!(Hashes::resume("zz", 0).is_none());
+        assert!(Hashes::resume("00", 0).is_none());
     }
 }
