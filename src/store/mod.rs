@@ -1089,14 +1089,27 @@ impl Drop for AppendGuard {
 }
 
 /// Cuts the data file of a live session back to the end of its last segment (removes it
-/// when it holds none), unless a part is being appended (that append cuts it first).
+/// when it holds none). The cut part's last write may still hold the data file's lock for
+/// a moment: wait for it a little, never holding the folder's lock while waiting (an
+/// appender takes that one while holding the data file's). A part being appended by then
+/// has cut the file itself.
 fn tidy_data_file(dir: &Path) {
-    let Ok(_lock) = lock_live_session(dir) else {
-        return;
-    };
-    let Ok(Some(data)) = lock_data_file(dir, false) else {
-        return;
-    };
+    for _ in 0..50 {
+        let Ok(lock) = lock_live_session(dir) else {
+            return;
+        };
+        match lock_data_file(dir, false) {
+            Ok(Some(data)) => return cut_data_file(dir, &data),
+            Ok(None) if dir.join(sessions::DATA_FILE).exists() => {}
+            _ => return,
+        }
+        drop(lock);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The work of [`tidy_data_file`], under both locks.
+fn cut_data_file(dir: &Path, data: &std::fs::File) {
     let Ok(parts) = sessions::read_parts(dir) else {
         return;
     };

@@ -99,15 +99,22 @@ impl Hashes {
 /// A file being written from async code. Chunks are gathered up to [`FLUSH_AT`] bytes and
 /// then written (and hashed) by one short blocking task, so memory stays bounded and no
 /// thread is held while the client is slow: thousands of concurrent uploads cannot starve
-/// the blocking pool that every other file operation needs.
+/// the blocking pool that every other file operation needs. One such task runs while the
+/// next batch is gathered (and, for JSON parts, decoded): receiving and writing overlap.
 pub struct Sink {
-    state: Option<(File, Option<Hashes>)>,
+    /// The file and hashes, when no write is in flight.
+    state: Option<Open>,
+    /// The write in flight, which gives them back.
+    in_flight: Option<tokio::task::JoinHandle<Result<Open, StoreError>>>,
     pending: Vec<Bytes>,
     pending_len: usize,
     limit: u64,
     sent: u64,
     guard: TempGuard,
 }
+
+/// The file being written and the hashes of what it holds (when asked for).
+type Open = (File, Option<Hashes>);
 
 /// Bytes gathered before a write.
 const FLUSH_AT: usize = 1 << 20;
@@ -125,6 +132,7 @@ impl Sink {
             .await;
         Ok(Self {
             state: Some((file, hash.then(Hashes::default))),
+            in_flight: None,
             pending: Vec::new(),
             pending_len: 0,
             limit,
@@ -139,6 +147,7 @@ impl Sink {
     pub fn append(file: File, hashes: Hashes, limit: u64) -> Self {
         Self {
             state: Some((file, Some(hashes))),
+            in_flight: None,
             pending: Vec::new(),
             pending_len: 0,
             limit,
@@ -169,32 +178,39 @@ impl Sink {
         self.pending_len += chunk.len();
         self.pending.push(chunk);
         if self.pending_len >= FLUSH_AT {
-            self.flush(false).await?;
+            // Waits for the previous batch only: this one is written while the next is
+            // gathered.
+            let (file, hashes) = self.take_file().await?;
+            let chunks = std::mem::take(&mut self.pending);
+            self.pending_len = 0;
+            self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                write_batch(file, hashes, &chunks, false)
+            }));
         }
         Ok(())
     }
 
-    async fn flush(&mut self, sync: bool) -> Result<(), StoreError> {
-        let (mut file, mut hashes) = self
-            .state
+    /// The file and hashes, once the write in flight (if any) is done.
+    async fn take_file(&mut self) -> Result<Open, StoreError> {
+        if let Some(task) = self.in_flight.take() {
+            return task
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        }
+        self.state
             .take()
-            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))?;
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))
+    }
+
+    /// Writes what is left, then fsyncs.
+    async fn flush(&mut self, sync: bool) -> Result<(), StoreError> {
+        let (file, hashes) = self.take_file().await?;
         let chunks = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let (file, hashes) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            for c in &chunks {
-                if let Some(h) = hashes.as_mut() {
-                    h.update(c);
-                }
-                file.write_all(c)?;
-            }
-            if sync {
-                file.sync_all()?;
-            }
-            Ok((file, hashes))
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        let (file, hashes) =
+            tokio::task::spawn_blocking(move || write_batch(file, hashes, &chunks, sync))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         self.state = Some((file, hashes));
         Ok(())
     }
@@ -225,6 +241,25 @@ impl Sink {
             .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))?;
         Ok((self.sent, hashes.unwrap_or_default(), file))
     }
+}
+
+/// Hashes and writes `chunks`, then fsyncs when asked (a blocking task's work).
+fn write_batch(
+    mut file: File,
+    mut hashes: Option<Hashes>,
+    chunks: &[Bytes],
+    sync: bool,
+) -> Result<Open, StoreError> {
+    for c in chunks {
+        if let Some(h) = hashes.as_mut() {
+            h.update(c);
+        }
+        file.write_all(c)?;
+    }
+    if sync {
+        file.sync_all()?;
+    }
+    Ok((file, hashes))
 }
 
 #[cfg(test)]
