@@ -484,32 +484,41 @@ impl FileStore {
             Err(e) => return Err(e.into()),
         }
         let result = self.publish_claimed(&claimed, &info, req);
-        match &result {
-            Ok(_) => {
-                // Out of the way first: a crash half-way through deleting must not leave a
-                // claimed folder that looks like a complete to give back (a second copy).
-                let doomed = self
-                    .dirs
-                    .parts
-                    .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
-                match std::fs::rename(&claimed, &doomed) {
-                    Ok(()) => {
-                        let _ = std::fs::remove_dir_all(&doomed);
-                    }
-                    Err(_) => {
-                        let _ = std::fs::remove_dir_all(&claimed);
-                    }
-                }
-            }
-            Err(_) => {
-                // Keep the parts so the client can fix them and complete again.
-                let _ = std::fs::remove_file(claimed.join("publish.json"));
-                if let Err(e) = std::fs::rename(&claimed, &live) {
-                    tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
-                }
+        // A failure after the file went into place (the folder's fsync, the ledger's write)
+        // must not give the session back: its parts may be that very file (a hard link),
+        // and a second complete would store a second copy. The complete took effect.
+        let in_place = result.is_err() && published_data(&claimed).is_some();
+        if in_place {
+            tracing::error!(session = %id, "complete failed after its file was in place: the session ends");
+        }
+        if result.is_ok() || in_place {
+            self.end_claim(id, &claimed);
+        } else {
+            // Keep the parts so the client can fix them and complete again.
+            let _ = std::fs::remove_file(claimed.join("publish.json"));
+            if let Err(e) = std::fs::rename(&claimed, &live) {
+                tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
             }
         }
         result
+    }
+
+    /// Removes the folder of a claim that took effect.
+    fn end_claim(&self, id: &SessionId, claimed: &Path) {
+        // Out of the way first: a crash half-way through deleting must not leave a
+        // claimed folder that looks like a complete to give back (a second copy).
+        let doomed = self
+            .dirs
+            .parts
+            .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(claimed, &doomed) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(claimed);
+            }
+        }
     }
 
     fn publish_claimed(
@@ -918,6 +927,17 @@ impl FileStore {
             }
         }
     }
+}
+
+/// The data file a work folder's `publish.json` names, when it is in place.
+fn published_data(work_dir: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Publish {
+        data: PathBuf,
+    }
+    let publish: Publish =
+        serde_json::from_slice(&std::fs::read(work_dir.join("publish.json")).ok()?).ok()?;
+    publish.data.exists().then_some(publish.data)
 }
 
 /// After a crash between the two renames of a publish (sidecar, then data), the sidecar

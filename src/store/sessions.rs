@@ -4,16 +4,17 @@
 //! A part is kept one of two ways:
 //! - a **segment**: parts that arrive in order are appended to the session's `data` file
 //!   while they stream in; `seg_{n:06}_{offset}_{size}` records where part `n` lies in it
-//!   and holds the hash state (SHA-256, CRC-32) of `data` up to the part's end. When every part is a segment
-//!   and they lie back to back from offset 0 in part order (a *chain*), `data` is the file
-//!   and the last segment's hash state is its hash: complete is a hard link.
+//!   and holds the hash state (SHA-256, CRC-32) of `data` up to the part's end. When every
+//!   part is a segment and they lie back to back from offset 0 in part order (a *chain*),
+//!   `data` is the file and the last segment's hash state is its hash: complete is a hard
+//!   link.
 //! - a **part file** `part_{n:06}` (with its own hashes in `part_{n:06}.sum`): a part that
 //!   arrives out of order, while another part is being appended, or replacing a part
 //!   received before. Complete then joins the parts into a new file.
 //!
-//! A part file and a segment of the same number can only coexist after a crash between a
-//! part file's rename and the removal of the segment it replaced: the part file is the
-//! newer and wins.
+//! A part file and a segment of the same number coexist only after a crash in the middle
+//! of a replacement; the part file wins. (It is the newer one, unless two requests for the
+//! same part raced, when either outcome is right.)
 
 use std::path::{Path, PathBuf};
 
