@@ -96,7 +96,7 @@ impl Hashes {
     }
 }
 
-/// A file being written from async code. Chunks are gathered up to [`FLUSH_AT`] bytes and
+/// A file being written from async code. Chunks are gathered up to `FLUSH_AT` (1 MiB) and
 /// then written (and hashed) by one short blocking task, so memory stays bounded and no
 /// thread is held while the client is slow: thousands of concurrent uploads cannot starve
 /// the blocking pool that every other file operation needs. One such task runs while the
