@@ -119,10 +119,7 @@ impl PartJsonParser {
         while i < input.len() {
             // Fast path: plain base64 characters inside the chunk string.
             if let State::Chunk { esc: Esc::None } = self.state {
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'"' || b == b'\\')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'"', b'\\', &input[i..]).unwrap_or(input.len() - i);
                 self.push_b64(&input[i..i + run], out)?;
                 i += run;
                 if i >= input.len() {
@@ -349,25 +346,7 @@ impl PartJsonParser {
     }
 
     fn push_b64(&mut self, chars: &[u8], out: &mut Vec<u8>) -> Result<(), PartJsonError> {
-        // Fast path, the usual run of plain base64 (no padding yet, no whitespace): decode
-        // straight from the input, keeping only the last incomplete quad. The decoder itself
-        // refuses characters outside the alphabet.
-        if !self.padded && !chars.iter().any(|&c| c == b'=' || c.is_ascii_whitespace()) {
-            let mut rest = chars;
-            if !self.pending.is_empty() {
-                let need = (4 - self.pending.len() % 4) % 4;
-                let take = need.min(rest.len());
-                self.pending.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if self.pending.len() % 4 != 0 {
-                    return Ok(());
-                }
-                self.decode_pending(out, false)?;
-            }
-            let whole = rest.len() / 4 * 4;
-            B64.decode_vec(&rest[..whole], out)
-                .map_err(|e| PartJsonError::Base64(e.to_string()))?;
-            self.pending.extend_from_slice(&rest[whole..]);
+        if !self.padded && self.push_plain_b64(chars, out) {
             return Ok(());
         }
         for &c in chars {
@@ -400,6 +379,53 @@ impl PartJsonParser {
             self.decode_pending(out, false)?;
         }
         Ok(())
+    }
+
+    /// The fast path, for the usual run of plain base64 (no padding, no whitespace): decodes
+    /// straight from the input, keeping only the last incomplete quad, with one pass of the
+    /// decoder over the run and no scan of our own. `false`, having changed nothing, when the
+    /// run needs the careful path: `=` or whitespace at either end (where the decoder
+    /// would take padding as valid), or any byte the decoder refuses (whitespace or `=`
+    /// inside the run, or a character outside the alphabet, which the careful path reports).
+    fn push_plain_b64(&mut self, chars: &[u8], out: &mut Vec<u8>) -> bool {
+        let unusual = |c: &u8| *c == b'=' || c.is_ascii_whitespace();
+        let head = &chars[..chars.len().min(3)];
+        let tail = &chars[chars.len().saturating_sub(6)..];
+        if head.iter().any(unusual) || tail.iter().any(unusual) {
+            return false;
+        }
+        // The careful path may have left whole quads waiting (all checked characters).
+        if self.pending.len() >= 4 && self.decode_pending(out, false).is_err() {
+            return false;
+        }
+        let out_len = out.len();
+        let saved_len = self.pending.len();
+        let mut saved = [0u8; 4];
+        saved[..saved_len].copy_from_slice(&self.pending);
+        let mut rest = chars;
+        if saved_len > 0 {
+            let take = (4 - saved_len).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() < 4 {
+                return true;
+            }
+            if B64.decode_vec(&self.pending, out).is_err() {
+                out.truncate(out_len);
+                self.pending.truncate(saved_len);
+                return false;
+            }
+            self.pending.clear();
+        }
+        let whole = rest.len() / 4 * 4;
+        if B64.decode_vec(&rest[..whole], out).is_err() {
+            out.truncate(out_len);
+            self.pending.clear();
+            self.pending.extend_from_slice(&saved[..saved_len]);
+            return false;
+        }
+        self.pending.extend_from_slice(&rest[whole..]);
+        true
     }
 
     fn decode_pending(&mut self, out: &mut Vec<u8>, last: bool) -> Result<(), PartJsonError> {
@@ -572,5 +598,72 @@ mod tests {
             .try_for_each(|c| p.feed(c, &mut out));
         assert!(matches!(fed, Err(PartJsonError::Base64(_))));
         assert!(p.pending.len() < 16, "{}", p.pending.len());
+    }
+
+    mod props {
+        use super::super::*;
+        use super::parse_in_pieces;
+        use proptest::prelude::*;
+
+        /// A change to the base64 text: whitespace, JSON escapes, stray or missing padding.
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Insert(usize, &'static str),
+            EscapeSlashes,
+            StripPadding,
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                (
+                    any::<usize>(),
+                    prop_oneof![
+                        Just(" "),
+                        Just("\\n"),
+                        Just("\\r\\n"),
+                        Just("\t"),
+                        Just("=")
+                    ]
+                )
+                    .prop_map(|(i, s)| Edit::Insert(i, s)),
+                Just(Edit::EscapeSlashes),
+                Just(Edit::StripPadding),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the split and the oddities in the text, the parser decodes exactly
+            /// what a careful decoder makes of the text (whitespace and escapes removed),
+            /// and refuses what it refuses.
+            #[test]
+            fn the_fast_path_agrees_with_a_careful_decode(
+                data in prop::collection::vec(any::<u8>(), 0..400),
+                edits in prop::collection::vec(edit(), 0..4),
+                piece in 1usize..70,
+            ) {
+                let mut text = B64.encode(&data);
+                for e in &edits {
+                    match e {
+                        Edit::Insert(i, s) => {
+                            let i = i % (text.len() + 1);
+                            text.insert_str(i, s);
+                        }
+                        Edit::EscapeSlashes => text = text.replace('/', "\\/"),
+                        Edit::StripPadding => text = text.trim_end_matches('=').to_owned(),
+                    }
+                }
+                let careful: String = text
+                    .replace("\\/", "/")
+                    .replace("\\n", "")
+                    .replace("\\r", "")
+                    .chars()
+                    .filter(|c| !c.is_ascii_whitespace())
+                    .collect();
+                let expected = B64.decode(careful.as_bytes()).ok();
+                let body = format!(r#"{{"uploadId":"u","partNumber":1,"chunkBase64":"{text}"}}"#);
+                let got = parse_in_pieces(body.as_bytes(), piece).ok().map(|(_, out)| out);
+                prop_assert_eq!(got, expected, "text {:?}", text);
+            }
+        }
     }
 }

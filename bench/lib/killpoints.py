@@ -22,6 +22,9 @@ MIB = 1024 * 1024
 # name, flow, op, pattern (fnmatch on the target path), exclude, skip, kill after the call
 POINTS = [
     ("part: before part_N is renamed in", "part", "rename", "*/.parts/*/part_*", "", 0, False),
+    # A part sent in order is appended to the session's data file and recorded as seg_N.
+    ("part in order: before seg_N is renamed in", "partseq", "rename", "*/.parts/*/seg_*", "", 0, False),
+    ("part in order: after seg_N is renamed in", "partseq", "rename", "*/.parts/*/seg_*", "", 0, True),
     ("complete 1 part: before claiming the session", "complete1", "rename", "*/.parts/.claimed-*", "", 0, False),
     ("complete 1 part: before the hard link", "complete1", "link", "*/.claimed-*/.joined", "", 0, False),
     ("complete 1 part: before sidecar into storage/", "complete1", "rename", "*/storage/*.meta", "", 0, False),
@@ -40,6 +43,11 @@ POINTS = [
      "*/.parts/.claimed-*/publish.json", "", 0, True),
     ("complete 3 parts on tmpfs: cleanup after success, publish.json just removed", "complete3", "unlink",
      "*/.parts/.claimed-*/publish.json", "", 0, True),
+    ("complete 3 parts in order: before the hard link", "complete3seq", "link", "*/.claimed-*/.joined", "", 0, False),
+    ("complete 3 parts in order: before data into storage/", "complete3seq", "rename", "*/storage/*", "*.meta", 0,
+     False),
+    ("complete 3 parts in order: after data into storage/", "complete3seq", "rename", "*/storage/*", "*.meta", 0,
+     True),
     ("complete 3 parts: before data into storage/", "complete3", "rename", "*/storage/*", "*.meta", 0, False),
     ("complete 3 parts: after data into storage/", "complete3", "rename", "*/storage/*", "*.meta", 0, True),
     ("one-request upload: before reserving quota", "upload", "rename", "*/.quota/*.json", "", 0, False),
@@ -125,14 +133,18 @@ async def prepare(t: Trial, flow: str) -> dict:
     r = await t.upload(user, "witness.bin", w)
     assert r.status == 200, r.body
     st["witness"] = (r.json()["files"][0]["key"], L.sha256_hex(w))
-    if flow in ("part", "complete1", "complete3", "abort"):
-        size = {"part": 2 * MIB, "complete1": 3 * MIB + 7, "complete3": 3 * MIB + 7, "abort": 2 * MIB}[flow]
+    if flow in ("part", "partseq", "complete1", "complete3", "complete3seq", "abort"):
+        size = {"part": 2 * MIB, "partseq": 2 * MIB, "complete1": 3 * MIB + 7, "complete3": 3 * MIB + 7,
+                "complete3seq": 3 * MIB + 7, "abort": 2 * MIB}[flow]
         data = content(2, size)
-        n_parts = {"part": 2, "complete1": 1, "complete3": 3, "abort": 2}[flow]
+        n_parts = {"part": 2, "partseq": 2, "complete1": 1, "complete3": 3, "complete3seq": 3, "abort": 2}[flow]
         uid = await t.init(user, f"{flow}.bin", size, "single" if n_parts == 1 else "chunked")
         cuts = [size * i // n_parts for i in range(n_parts + 1)]
         parts = [(i, data[cuts[i]:cuts[i + 1]]) for i in range(n_parts)]
-        send_now = {"part": [1], "complete1": [0], "complete3": [2, 0, 1], "abort": [0]}[flow]
+        # complete3 sends its parts out of order (joined at complete), complete3seq in order
+        # (appended to the data file, which complete links into place).
+        send_now = {"part": [1], "partseq": [0], "complete1": [0], "complete3": [2, 0, 1],
+                    "complete3seq": [0, 1, 2], "abort": [0]}[flow]
         for n in send_now:
             r = await t.put(uid, n, parts[n][1])
             assert r.status == 200, r.body
@@ -153,7 +165,9 @@ async def act(t: Trial, flow: str, st: dict) -> Optional[L.Response]:
     try:
         if flow == "part":
             return await t.put(st["uid"], 0, st["parts"][0][1])
-        if flow in ("complete1", "complete3"):
+        if flow == "partseq":
+            return await t.put(st["uid"], 1, st["parts"][1][1])
+        if flow in ("complete1", "complete3", "complete3seq"):
             return await t.complete(st["uid"], st["sha"])
         if flow == "upload":
             return await t.upload(st["user"], "cut.bin", st["data"])
@@ -174,7 +188,7 @@ async def settle(t: Trial, flow: str, st: dict) -> Tuple[str, List[str]]:
     problems += p
     if found != 1:
         problems.append(f"witness file: {found} copies listed")
-    if flow in ("part", "complete1", "complete3"):
+    if flow in ("part", "partseq", "complete1", "complete3", "complete3seq"):
         r = await t.req("GET", f"/v1/files/uploads/{st['uid']}", svc())
         if r.status == 200:
             have = {p["partNumber"]: p["size"] for p in r.json()["parts"]}
@@ -189,7 +203,7 @@ async def settle(t: Trial, flow: str, st: dict) -> Tuple[str, List[str]]:
             outcome = "session resumed, completed"
         elif r.status == 404:
             outcome = "session gone, file stored"
-            if flow == "part":
+            if flow in ("part", "partseq"):
                 problems.append("the session was lost by a kill during a part")
         else:
             problems.append(f"session status {r.status}")

@@ -906,11 +906,18 @@ class Run:
                 self.stats.fail(f"leftover session {uid}: status {r.status} {r.body[:200]!r}")
                 continue
             st = r.json()
-            on_disk = 0
+            # Part files, and parts appended to the data file (seg_{n}_{offset}_{size});
+            # a part file wins over a segment of the same number.
+            sizes = {}
+            segs = {}
             d = os.path.join(self.server.root, ".parts", uid)
             for n in os.listdir(d):
                 if n.startswith("part_") and not n.endswith(".sum"):
-                    on_disk += os.path.getsize(os.path.join(d, n))
+                    sizes[n[5:]] = os.path.getsize(os.path.join(d, n))
+                elif n.startswith("seg_") and n.count("_") == 3:
+                    _, num, _, size = n.split("_")
+                    segs[num] = int(size)
+            on_disk = sum(sizes.values()) + sum(v for k, v in segs.items() if k not in sizes)
             if st.get("receivedBytes") != on_disk:
                 self.stats.fail(f"leftover session {uid}: receivedBytes {st.get('receivedBytes')} != {on_disk}")
                 continue

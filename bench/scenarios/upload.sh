@@ -145,7 +145,7 @@ bench_row "ref: openssl dgst -sha256" "$SHA_MBPS MB/s" "-" "-" "-" "ref"
 bench_row "ref: dd bs=8M conv=fsync" "$DD_MBPS MB/s" "-" "-" "-" "ref"
 bench_row "raw PUT part" "$PUT_MBPS MB/s" "$REF MB/s" "$(ratio "$PUT_MBPS" "$REF")" "-" "info"
 bench_row "raw PUT part, server CPU" "$PUT_CPU s" "$PUT_S s wall" "$(ratio "$PUT_CPU" "$PUT_S")" "-" "info"
-bench_row "raw complete (join+hash+fsync)" "$COMPLETE_S s" "-" "-" "-" "info"
+bench_row "raw complete (check+fsync+link)" "$COMPLETE_S s" "-" "-" "-" "info"
 bench_row "raw complete, server CPU" "$COMPLETE_CPU s" "$COMPLETE_S s wall" "$(ratio "$COMPLETE_CPU" "$COMPLETE_S")" "-" "info"
 bench_row "raw end-to-end (PUT+complete)" "$RAW_MBPS MB/s" "$REF MB/s" "$(ratio "$RAW_MBPS" "$REF")" ">= 0.70 x ref ($RAW_TARGET)" \
     "$(verdict ge "$RAW_MBPS" "$RAW_TARGET")"

@@ -316,8 +316,13 @@ impl FileStore {
         .await
     }
 
-    /// Starts receiving a part of `session`: bytes go to a temporary file in the session's
-    /// folder, at most the declared size minus the other parts' bytes.
+    /// Starts receiving a part of `session`, at most the declared size minus the other
+    /// parts' bytes. A part that comes in order (every part received so far has a lower
+    /// number and they all lie back to back in the session's data file) is appended to the
+    /// data file, hashed on from the state recorded after the part before it, so that
+    /// complete has nothing left to copy or hash. Any other part (out of order, a part
+    /// sent again, or one arriving while another is being appended) goes to a temporary
+    /// file in the session's folder.
     pub async fn begin_part(
         &self,
         info: &SessionInfo,
@@ -325,25 +330,40 @@ impl FileStore {
     ) -> Result<PartUpload, StoreError> {
         check_part_number(number)?;
         let id = SessionId::parse(&info.upload_id)?;
-        let others: u64 = self
-            .session_parts(&id)
-            .await?
-            .iter()
-            .filter(|(n, _)| *n != number)
-            .map(|(_, s)| s)
-            .sum();
-        let room = info.file.size.saturating_sub(others);
+        let dir = self.dirs.live(&id);
+        let declared = info.file.size;
+        let (room, append) = blocking(move || {
+            let _lock = lock_live_session(&dir)?;
+            let parts = sessions::read_parts(&dir)?;
+            let others: u64 = parts
+                .iter()
+                .filter(|p| p.number != number)
+                .map(|p| p.size)
+                .sum();
+            Ok((
+                declared.saturating_sub(others),
+                open_append(&dir, &parts, number)?,
+            ))
+        })
+        .await?;
+        if let Some((file, offset, hashes)) = append {
+            return Ok(PartUpload {
+                sink: Sink::append(file, hashes, room),
+                append_at: Some((offset, AppendGuard(Some(self.dirs.live(&id))))),
+            });
+        }
         let tmp = self
             .dirs
             .live(&id)
             .join(format!(".tmp-{number}-{}", uuid::Uuid::new_v4().simple()));
         let sink = Sink::create(tmp, true, room).await.map_err(|e| match e {
-            StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                StoreError::NotFound("Upload session not found".to_owned())
-            }
+            StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => not_found(),
             other => other,
         })?;
-        Ok(PartUpload { sink })
+        Ok(PartUpload {
+            sink,
+            append_at: None,
+        })
     }
 
     /// Starts receiving a JSON part whose session is not known yet (its `uploadId` comes
@@ -355,11 +375,13 @@ impl FileStore {
             .join(uuid::Uuid::new_v4().simple().to_string());
         Ok(PartUpload {
             sink: Sink::create(tmp, true, self.max_file).await?,
+            append_at: None,
         })
     }
 
-    /// Makes a received part count: renames it to `part_{n}`, replacing an earlier one,
-    /// unless the parts would then pass the declared size.
+    /// Makes a received part count, replacing an earlier part of the same number, unless
+    /// the parts would then pass the declared size: an appended part gets its segment
+    /// record, any other is renamed to `part_{n}`.
     pub async fn commit_part(
         &self,
         info: &SessionInfo,
@@ -367,43 +389,61 @@ impl FileStore {
         part: PartUpload,
     ) -> Result<u64, StoreError> {
         check_part_number(number)?;
-        let (written, guard) = part.sink.finish().await?;
         let id = SessionId::parse(&info.upload_id)?;
         let dir = self.dirs.live(&id);
         let declared = info.file.size;
-        blocking(move || {
-            // Parts of one session may arrive in parallel: the check and the rename happen
-            // under the session's lock so committed parts never pass the declared size.
-            let lock = match std::fs::File::open(&dir) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound("Upload session not found".to_owned()))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-                .map_err(|e| StoreError::Io(e.into()))?;
-            // A complete may have taken the session while we waited for its lock.
-            if !dir.join("session.json").exists() {
-                return Err(StoreError::NotFound("Upload session not found".to_owned()));
-            }
-            let others: u64 = sessions::list_parts(&dir)?
+        // Parts of one session may arrive in parallel: the checks and the renames happen
+        // under the session's lock, so committed parts never pass the declared size and a
+        // complete never takes a session half-way through a commit.
+        let fits = move |dir: &Path, size: u64| -> Result<(), StoreError> {
+            let others: u64 = sessions::read_parts(dir)?
                 .iter()
-                .filter(|(n, _)| *n != number)
-                .map(|(_, s)| s)
+                .filter(|p| p.number != number)
+                .map(|p| p.size)
                 .sum();
-            if others + written.size > declared {
+            if others + size > declared {
                 return Err(StoreError::TooLarge);
             }
+            Ok(())
+        };
+        if let Some((offset, mut guard)) = part.append_at {
+            let (size, hashes, data) = part.sink.finish_open().await?;
+            let (sha_state, crc32) = hashes.state();
+            let segment = sessions::Segment { offset, size };
+            let hashes = sessions::SegmentHashes { sha_state, crc32 };
+            let size = blocking(move || {
+                let _lock = lock_live_session(&dir)?;
+                fits(&dir, size)?;
+                sessions::write_segment(&dir, number, &segment, &hashes)?;
+                // Only a request for the same part number sent alongside this one can have
+                // made a part file meanwhile; this part, committed later, replaces it.
+                sessions::remove_part_file(&dir, number)?;
+                fsync_dir(&dir)?;
+                // The data file's lock goes only now: the next part may append after this one.
+                drop(data);
+                Ok(size)
+            })
+            .await?;
+            guard.0 = None;
+            return Ok(size);
+        }
+        let (written, guard) = part.sink.finish().await?;
+        blocking(move || {
+            let _lock = lock_live_session(&dir)?;
+            fits(&dir, written.size)?;
             let dest = dir.join(sessions::part_file_name(number));
             std::fs::rename(guard.path(), &dest).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NotFound("Upload session not found".to_owned())
+                    not_found()
                 } else {
                     e.into()
                 }
             })?;
             guard.keep();
+            // A segment of the same number is replaced: out of the chain, so complete joins.
+            // (Should this fail, or the process die before it, the part file still wins
+            // over the segment.)
+            let _ = sessions::remove_segment(&dir, number);
             // Its hashes, tied to this very file (inode, mtime, size): complete can then
             // take a single part as it is.
             sessions::write_sum(&dest, &written);
@@ -438,7 +478,6 @@ impl FileStore {
         // The folder's lock marks the claim as alive for as long as this complete runs (the
         // kernel drops it if the process dies, whichever host or PID); it also waits for a
         // part being committed. Then, of two completes, only one renames the folder.
-        let not_found = || StoreError::NotFound("Upload session not found".to_owned());
         let _lock = lock_dir(&live).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => not_found(),
             _ => e.into(),
@@ -449,32 +488,41 @@ impl FileStore {
             Err(e) => return Err(e.into()),
         }
         let result = self.publish_claimed(&claimed, &info, req);
-        match &result {
-            Ok(_) => {
-                // Out of the way first: a crash half-way through deleting must not leave a
-                // claimed folder that looks like a complete to give back (a second copy).
-                let doomed = self
-                    .dirs
-                    .parts
-                    .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
-                match std::fs::rename(&claimed, &doomed) {
-                    Ok(()) => {
-                        let _ = std::fs::remove_dir_all(&doomed);
-                    }
-                    Err(_) => {
-                        let _ = std::fs::remove_dir_all(&claimed);
-                    }
-                }
-            }
-            Err(_) => {
-                // Keep the parts so the client can fix them and complete again.
-                let _ = std::fs::remove_file(claimed.join("publish.json"));
-                if let Err(e) = std::fs::rename(&claimed, &live) {
-                    tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
-                }
+        // A failure after the file went into place (the folder's fsync, the ledger's write)
+        // must not give the session back: its parts may be that very file (a hard link),
+        // and a second complete would store a second copy. The complete took effect.
+        let in_place = result.is_err() && published_data(&claimed).is_some();
+        if in_place {
+            tracing::error!(session = %id, "complete failed after its file was in place: the session ends");
+        }
+        if result.is_ok() || in_place {
+            self.end_claim(id, &claimed);
+        } else {
+            // Keep the parts so the client can fix them and complete again.
+            let _ = std::fs::remove_file(claimed.join("publish.json"));
+            if let Err(e) = std::fs::rename(&claimed, &live) {
+                tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
             }
         }
         result
+    }
+
+    /// Removes the folder of a claim that took effect.
+    fn end_claim(&self, id: &SessionId, claimed: &Path) {
+        // Out of the way first: a crash half-way through deleting must not leave a
+        // claimed folder that looks like a complete to give back (a second copy).
+        let doomed = self
+            .dirs
+            .parts
+            .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(claimed, &doomed) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(claimed);
+            }
+        }
     }
 
     fn publish_claimed(
@@ -483,8 +531,8 @@ impl FileStore {
         info: &SessionInfo,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
-        let parts = sessions::list_parts(claimed)?;
-        let total: u64 = parts.iter().map(|(_, s)| s).sum();
+        let parts = sessions::read_parts(claimed)?;
+        let total: u64 = parts.iter().map(|p| p.size).sum();
         if total != info.file.size {
             return Err(StoreError::SizeMismatch {
                 expected: info.file.size,
@@ -502,75 +550,133 @@ impl FileStore {
             .as_deref()
             .or(info.folder.as_deref())
             .and_then(FolderPath::sanitize);
+        let mut extra = info.meta.clone();
+        extra.extend(req.extra);
+        let publish = |written: Written, tmp: TempGuard| {
+            self.publish(
+                &user,
+                folder.as_ref(),
+                &original_name,
+                info.file.mime.as_deref(),
+                extra,
+                written,
+                tmp,
+                claimed,
+                &info.upload_id,
+            )
+        };
 
         let tmp = TempGuard::new(claimed.join(".joined"));
-        // One part whose hashes were taken as it arrived (the usual case: one raw part, or the
-        // old SDK's single base64 part): the part itself becomes the file, by a hard link, so
-        // complete writes nothing again and the part stays should the complete fail.
-        if let [(n, size)] = parts.as_slice() {
-            let part = claimed.join(sessions::part_file_name(*n));
+        // The usual case: the parts came in order and lie back to back in the data file,
+        // hashed as they came. The data file becomes the file, by a hard link: complete
+        // copies and hashes nothing, and the parts stay should the complete fail. Its lock
+        // is held until the file is in place, so no append can touch it (an append still
+        // running means a part is in flight: then the parts are joined instead).
+        if let Some((n, last)) = sessions::chain(&parts) {
+            if let (Some(data), Some(hashes)) = (
+                lock_data_file(claimed, false)?,
+                sessions::read_segment_hashes(claimed, n, &last)
+                    .and_then(|h| Hashes::resume(&h.sha_state, h.crc32)),
+            ) {
+                let (sha256, crc32) = hashes.finish();
+                check_sha(req.sha256.as_deref(), &sha256)?;
+                let len = data.metadata()?.len();
+                if len < total {
+                    return Err(StoreError::Io(std::io::Error::other(format!(
+                        "the data file holds {len} bytes, its segments {total}"
+                    ))));
+                }
+                if len > total {
+                    // What a cut append left past the last part.
+                    data.set_len(total)?;
+                }
+                data.sync_all()?;
+                std::fs::hard_link(claimed.join(sessions::DATA_FILE), tmp.path())?;
+                let stored = publish(
+                    Written {
+                        size: total,
+                        sha256: Some(sha256),
+                        crc32: Some(crc32),
+                    },
+                    tmp,
+                );
+                drop(data);
+                return stored;
+            }
+        }
+        // One part file whose hashes were taken as it arrived: the part itself becomes the
+        // file, by a hard link.
+        if let [sessions::Part {
+            number,
+            size,
+            kind: sessions::PartKind::File,
+        }] = parts.as_slice()
+        {
+            let part = claimed.join(sessions::part_file_name(*number));
             if let Some(sum) = sessions::read_sum(&part, *size) {
                 check_sha(req.sha256.as_deref(), &sum.sha256)?;
                 std::fs::hard_link(&part, tmp.path())?;
-                let mut extra = info.meta.clone();
-                extra.extend(req.extra);
                 let written = Written {
                     size: total,
                     sha256: Some(sum.sha256),
                     crc32: Some(sum.crc32),
                 };
-                return self.publish(
-                    &user,
-                    folder.as_ref(),
-                    &original_name,
-                    info.file.mime.as_deref(),
-                    extra,
-                    written,
-                    tmp,
-                    claimed,
-                    &info.upload_id,
-                );
+                return publish(written, tmp);
             }
         }
-        // Join in part order, hashing in the same pass.
+        // Otherwise join in part order, hashing in the same pass.
         let mut hashes = Hashes::default();
         {
+            use std::io::Seek as _;
             let out = std::fs::File::create(tmp.path())?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
             let mut buf = vec![0u8; 1 << 20];
-            for (n, _) in &parts {
-                let mut f = std::fs::File::open(claimed.join(sessions::part_file_name(*n)))?;
+            let mut data: Option<std::fs::File> = None;
+            for part in &parts {
+                let mut src = match &part.kind {
+                    sessions::PartKind::File => {
+                        std::fs::File::open(claimed.join(sessions::part_file_name(part.number)))?
+                    }
+                    sessions::PartKind::Segment(seg) => {
+                        let data = match &mut data {
+                            Some(d) => d,
+                            None => {
+                                data.insert(std::fs::File::open(claimed.join(sessions::DATA_FILE))?)
+                            }
+                        };
+                        let mut d = data.try_clone()?;
+                        d.seek(std::io::SeekFrom::Start(seg.offset))?;
+                        d
+                    }
+                }
+                .take(part.size);
+                let mut copied = 0;
                 loop {
-                    let k = f.read(&mut buf)?;
+                    let k = src.read(&mut buf)?;
                     if k == 0 {
                         break;
                     }
                     hashes.update(&buf[..k]);
                     out.write_all(&buf[..k])?;
+                    copied += k as u64;
+                }
+                if copied != part.size {
+                    return Err(StoreError::Io(std::io::Error::other(format!(
+                        "part {} holds {copied} bytes, {} expected",
+                        part.number, part.size
+                    ))));
                 }
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         let (sha256, crc32) = hashes.finish();
         check_sha(req.sha256.as_deref(), &sha256)?;
-        let mut extra = info.meta.clone();
-        extra.extend(req.extra);
         let written = Written {
             size: total,
             sha256: Some(sha256),
             crc32: Some(crc32),
         };
-        self.publish(
-            &user,
-            folder.as_ref(),
-            &original_name,
-            info.file.mime.as_deref(),
-            extra,
-            written,
-            tmp,
-            claimed,
-            &info.upload_id,
-        )
+        publish(written, tmp)
     }
 
     /// Moves a finished temporary file into place with its sidecar, charging the quota
@@ -827,6 +933,17 @@ impl FileStore {
     }
 }
 
+/// The data file a work folder's `publish.json` names, when it is in place.
+fn published_data(work_dir: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Publish {
+        data: PathBuf,
+    }
+    let publish: Publish =
+        serde_json::from_slice(&std::fs::read(work_dir.join("publish.json")).ok()?).ok()?;
+    publish.data.exists().then_some(publish.data)
+}
+
 /// After a crash between the two renames of a publish (sidecar, then data), the sidecar
 /// named in the work folder's `publish.json` stands alone: remove it.
 fn remove_unpaired_sidecar(work_dir: &Path, storage: &Path) {
@@ -860,6 +977,82 @@ fn check_sha(expected: Option<&str>, actual: &str) -> Result<(), StoreError> {
         Some(e) if !e.eq_ignore_ascii_case(actual) => Err(StoreError::ShaMismatch),
         _ => Ok(()),
     }
+}
+
+fn not_found() -> StoreError {
+    StoreError::NotFound("Upload session not found".to_owned())
+}
+
+/// Takes a live session's lock (waiting for it) and checks the session is still live: a
+/// complete may have claimed it while we waited.
+fn lock_live_session(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let lock = lock_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => not_found(),
+        _ => e.into(),
+    })?;
+    if !dir.join("session.json").exists() {
+        return Err(not_found());
+    }
+    Ok(lock)
+}
+
+/// Opens the data file of a session, with its exclusive `flock` (held by whoever appends to
+/// it, and by a complete that publishes it), without waiting: `None` when another holds it.
+fn lock_data_file(dir: &Path, create: bool) -> Result<Option<std::fs::File>, StoreError> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .open(dir.join(sessions::DATA_FILE))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(StoreError::Io(e.into())),
+    }
+}
+
+/// For part `number` of the session in `dir` (whose lock the caller holds, `parts` read
+/// under it): the data file, placed where the part goes, and the hashes to carry on, when
+/// the part comes in order and no other part is being appended.
+fn open_append(
+    dir: &Path,
+    parts: &[sessions::Part],
+    number: u32,
+) -> Result<Option<(std::fs::File, u64, Hashes)>, StoreError> {
+    use std::io::Seek as _;
+    if parts.iter().any(|p| p.number >= number) {
+        return Ok(None);
+    }
+    let (end, hashes) = if parts.is_empty() {
+        (0, Hashes::default())
+    } else {
+        let Some((n, last)) = sessions::chain(parts) else {
+            return Ok(None);
+        };
+        let Some(hashes) = sessions::read_segment_hashes(dir, n, &last)
+            .and_then(|h| Hashes::resume(&h.sha_state, h.crc32))
+        else {
+            return Ok(None);
+        };
+        (last.end(), hashes)
+    };
+    let Some(mut file) = lock_data_file(dir, true)? else {
+        return Ok(None);
+    };
+    if file.metadata()?.len() < end {
+        // Shorter than its segments say: never appended to again.
+        return Ok(None);
+    }
+    // Bytes past the last segment are a cut append's: the chain holds every live part, so
+    // nothing past its end counts.
+    file.set_len(end)?;
+    file.seek(std::io::SeekFrom::Start(end))?;
+    Ok(Some((file, end, hashes)))
 }
 
 /// Opens a folder and takes its exclusive `flock`, waiting for it. The lock lives as long as
@@ -899,7 +1092,63 @@ fn remove_older_than(dir: &Path, age: Duration) {
 
 /// A part being received.
 pub struct PartUpload {
+    // (Dropped first: the data file's lock goes before the guard tidies.)
     sink: Sink,
+    /// Where the part starts in the session's data file, when it is being appended there
+    /// (the sink then holds the data file's lock).
+    append_at: Option<(u64, AppendGuard)>,
+}
+
+/// The folder of a session whose part is being appended; dropped armed (the part was cut
+/// short or refused), it cuts off what the part left in the data file, off the async
+/// threads. Should that not happen (a crash), the next append or the complete does it.
+struct AppendGuard(Option<PathBuf>);
+
+impl Drop for AppendGuard {
+    fn drop(&mut self) {
+        if let (Some(dir), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || tidy_data_file(&dir));
+        }
+    }
+}
+
+/// Cuts the data file of a live session back to the end of its last segment (removes it
+/// when it holds none). The cut part's last write may still hold the data file's lock for
+/// a moment: wait for it a little, never holding the folder's lock while waiting (an
+/// appender takes that one while holding the data file's). A part being appended by then
+/// has cut the file itself.
+fn tidy_data_file(dir: &Path) {
+    for _ in 0..50 {
+        let Ok(lock) = lock_live_session(dir) else {
+            return;
+        };
+        match lock_data_file(dir, false) {
+            Ok(Some(data)) => return cut_data_file(dir, &data),
+            Ok(None) if dir.join(sessions::DATA_FILE).exists() => {}
+            _ => return,
+        }
+        drop(lock);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The work of [`tidy_data_file`], under both locks.
+fn cut_data_file(dir: &Path, data: &std::fs::File) {
+    let Ok(parts) = sessions::read_parts(dir) else {
+        return;
+    };
+    let end = parts
+        .iter()
+        .filter_map(|p| match p.kind {
+            sessions::PartKind::Segment(seg) => Some(seg.end()),
+            sessions::PartKind::File => None,
+        })
+        .max();
+    let _ = match end {
+        Some(end) => data.set_len(end),
+        // Under both locks: no append can have opened it.
+        None => std::fs::remove_file(dir.join(sessions::DATA_FILE)),
+    };
 }
 
 impl PartUpload {

@@ -1,5 +1,20 @@
-//! Upload sessions on disk: `.parts/{uploadId}/session.json` and `part_{n:06}` files, so a
-//! session survives a restart and is seen by every instance sharing the root.
+//! Upload sessions on disk: `.parts/{uploadId}/session.json` and the parts, so a session
+//! survives a restart and is seen by every instance sharing the root.
+//!
+//! A part is kept one of two ways:
+//! - a **segment**: parts that arrive in order are appended to the session's `data` file
+//!   while they stream in; `seg_{n:06}_{offset}_{size}` records where part `n` lies in it
+//!   and holds the hash state (SHA-256, CRC-32) of `data` up to the part's end. When every
+//!   part is a segment and they lie back to back from offset 0 in part order (a *chain*),
+//!   `data` is the file and the last segment's hash state is its hash: complete is a hard
+//!   link.
+//! - a **part file** `part_{n:06}` (with its own hashes in `part_{n:06}.sum`): a part that
+//!   arrives out of order, while another part is being appended, or replacing a part
+//!   received before. Complete then joins the parts into a new file.
+//!
+//! A part file and a segment of the same number coexist only after a crash in the middle
+//! of a replacement; the part file wins. (It is the newer one, unless two requests for the
+//! same part raced, when either outcome is right.)
 
 use std::path::{Path, PathBuf};
 
@@ -127,23 +142,196 @@ pub fn read_info(dir: &Path) -> Result<SessionInfo, StoreError> {
         .map_err(|e| StoreError::Io(std::io::Error::other(format!("corrupt session.json: {e}"))))
 }
 
-/// The parts in `dir`, by number, with their sizes.
-pub fn list_parts(dir: &Path) -> Result<Vec<(u32, u64)>, StoreError> {
-    let mut parts = Vec::new();
+/// The session's data file, where parts that arrive in order are appended.
+pub const DATA_FILE: &str = "data";
+
+/// Where a part lies in the session's data file. Its record, `seg_{n:06}_{offset}_{size}`
+/// (the name says where, so listing the parts reads no file), holds the hash state of the
+/// data file up to the part's end ([`SegmentHashes`]). Written once the part's bytes are
+/// fsynced; the bytes of `data` below a recorded segment's end are never written again, so
+/// the hash state stays true of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Offset of the part's first byte in `data`.
+    pub offset: u64,
+    /// The part's size.
+    pub size: u64,
+}
+
+impl Segment {
+    /// Offset just past the part.
+    pub fn end(&self) -> u64 {
+        self.offset + self.size
+    }
+    fn file_name(&self, n: u32) -> String {
+        format!("seg_{n:06}_{}_{}", self.offset, self.size)
+    }
+    fn parse(name: &str) -> Option<(u32, Self)> {
+        let mut it = name.strip_prefix("seg_")?.split('_');
+        let n = it.next()?.parse().ok()?;
+        let offset = it.next()?.parse().ok()?;
+        let size = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((n, Self { offset, size }))
+    }
+}
+
+/// What a segment record holds: the hash state of `data[..offset + size]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentHashes {
+    /// SHA-256 state, as [`super::sink::Hashes::state`] gives it.
+    pub sha_state: String,
+    /// CRC-32.
+    pub crc32: u32,
+}
+
+/// How a part is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartKind {
+    /// Its own file, `part_{n:06}`.
+    File,
+    /// A range of the data file.
+    Segment(Segment),
+}
+
+/// A received part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Its number.
+    pub number: u32,
+    /// Its size.
+    pub size: u64,
+    /// Where its bytes are.
+    pub kind: PartKind,
+}
+
+/// The parts in `dir`, by number: one `readdir`, and a `stat` per part file.
+pub fn read_parts(dir: &Path) -> Result<Vec<Part>, StoreError> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut segments = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("part_"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        parts.push((n, entry.metadata()?.len()));
+        if let Some(n) = name
+            .strip_prefix("part_")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            files.insert(n, entry.metadata()?.len());
+        } else if let Some((n, seg)) = Segment::parse(name) {
+            // Two records of one part cannot be made; should there be, the later append wins.
+            let e = segments.entry(n).or_insert(seg);
+            if seg.offset > e.offset {
+                *e = seg;
+            }
+        }
     }
-    parts.sort_unstable();
+    let mut parts: Vec<Part> = files
+        .iter()
+        .map(|(&number, &size)| Part {
+            number,
+            size,
+            kind: PartKind::File,
+        })
+        .collect();
+    parts.extend(
+        segments
+            .into_iter()
+            .filter(|(n, _)| !files.contains_key(n))
+            .map(|(number, seg)| Part {
+                number,
+                size: seg.size,
+                kind: PartKind::Segment(seg),
+            }),
+    );
+    parts.sort_unstable_by_key(|p| p.number);
     Ok(parts)
+}
+
+/// The parts in `dir`, by number, with their sizes.
+pub fn list_parts(dir: &Path) -> Result<Vec<(u32, u64)>, StoreError> {
+    Ok(read_parts(dir)?
+        .into_iter()
+        .map(|p| (p.number, p.size))
+        .collect())
+}
+
+/// When `parts` (by number) are all segments lying back to back from the start of the data
+/// file, the last part: the hash state in its record is the hash of the joined parts.
+/// `None` otherwise, and for no parts.
+pub fn chain(parts: &[Part]) -> Option<(u32, Segment)> {
+    let mut end = 0;
+    let mut last = None;
+    for p in parts {
+        match p.kind {
+            PartKind::Segment(seg) if seg.offset == end => {
+                end = seg.end();
+                last = Some((p.number, seg));
+            }
+            _ => return None,
+        }
+    }
+    last
+}
+
+/// The hashes recorded with segment `seg` of part `n`; `None` if the record cannot be read.
+pub fn read_segment_hashes(dir: &Path, n: u32, seg: &Segment) -> Option<SegmentHashes> {
+    serde_json::from_slice(&std::fs::read(dir.join(seg.file_name(n))).ok()?).ok()
+}
+
+/// Records segment `seg` of part `n` in `dir`: written under a temporary name, renamed.
+/// The caller has fsynced the part's bytes and fsyncs the folder, which makes the name
+/// durable; the record's content is not fsynced (one flush less per part): after a power
+/// cut it may be empty, and a record whose hashes cannot be read still counts by its name
+/// (offset and size), only without the shortcut: the part is joined at complete and no
+/// part is appended after it.
+pub fn write_segment(
+    dir: &Path,
+    n: u32,
+    seg: &Segment,
+    hashes: &SegmentHashes,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!(".seg-{n}-{}", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(hashes).unwrap_or_default())?;
+        std::fs::rename(&tmp, dir.join(seg.file_name(n)))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Removes the segment record(s) of part `n`.
+pub fn remove_segment(dir: &Path, n: u32) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .and_then(Segment::parse)
+            .is_some_and(|(m, _)| m == n)
+        {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes part `n`'s part file and its hashes, if any.
+pub fn remove_part_file(dir: &Path, n: u32) -> std::io::Result<()> {
+    let part = dir.join(part_file_name(n));
+    let _ = std::fs::remove_file(sum_path(&part));
+    match std::fs::remove_file(&part) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The hashes of a part, taken as it arrived, and the identity of the file they belong to.
@@ -201,4 +389,59 @@ pub fn read_sum(part: &Path, size: u64) -> Option<PartSum> {
     let sum: PartSum = serde_json::from_slice(&std::fs::read(sum_path(part)).ok()?).ok()?;
     let (ino, mtime_ns, len) = identity(part)?;
     (sum.ino == ino && sum.mtime_ns == mtime_ns && sum.size == len && len == size).then_some(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn seg(offset: u64, size: u64) -> PartKind {
+        PartKind::Segment(Segment { offset, size })
+    }
+
+    fn part(number: u32, size: u64, kind: PartKind) -> Part {
+        Part { number, size, kind }
+    }
+
+    #[test]
+    fn a_chain_is_segments_back_to_back_from_zero() {
+        let chained = [part(1, 5, seg(0, 5)), part(2, 3, seg(5, 3))];
+        assert_eq!(chain(&chained), Some((2, Segment { offset: 5, size: 3 })));
+        assert!(chain(&[]).is_none());
+        // A gap, a part file, a first segment not at 0: no chain.
+        assert!(chain(&[part(1, 5, seg(0, 5)), part(2, 3, seg(6, 3))]).is_none());
+        assert!(chain(&[part(1, 5, seg(0, 5)), part(2, 3, PartKind::File)]).is_none());
+        assert!(chain(&[part(0, 5, seg(3, 5))]).is_none());
+        // The numbers may skip: only the order counts.
+        assert!(chain(&[part(0, 5, seg(0, 5)), part(7, 1, seg(5, 1))]).is_some());
+    }
+
+    #[test]
+    fn parts_are_listed_from_names_and_a_part_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = SegmentHashes {
+            sha_state: "ab".into(),
+            crc32: 1,
+        };
+        let s0 = Segment { offset: 0, size: 4 };
+        write_segment(dir.path(), 0, &s0, &h).unwrap();
+        write_segment(dir.path(), 1, &Segment { offset: 4, size: 4 }, &h).unwrap();
+        std::fs::write(dir.path().join(part_file_name(1)), b"xyz").unwrap();
+        std::fs::write(dir.path().join("part_000001.sum"), b"{}").unwrap();
+        std::fs::write(dir.path().join("seg_000002_x_1"), b"").unwrap();
+        std::fs::write(dir.path().join(".seg-3-tmp"), b"").unwrap();
+        let parts = read_parts(dir.path()).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                part(0, 4, PartKind::Segment(s0)),
+                part(1, 3, PartKind::File)
+            ]
+        );
+        assert_eq!(list_parts(dir.path()).unwrap(), vec![(0, 4), (1, 3)]);
+        assert_eq!(read_segment_hashes(dir.path(), 0, &s0), Some(h));
+        remove_segment(dir.path(), 0).unwrap();
+        assert_eq!(list_parts(dir.path()).unwrap(), vec![(1, 3)]);
+    }
 }

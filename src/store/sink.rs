@@ -1,12 +1,14 @@
 //! Streaming bytes from async code to a file written by short blocking tasks (`std::fs`
 //! writes in batches beat `tokio::fs` here), hashing on the way when asked, with a byte
-//! limit, and a guard that removes the file unless the caller keeps it.
+//! limit, and a guard that removes the file unless the caller keeps it. A sink may also
+//! append to an existing file, carrying on the hashes of the bytes before it.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
@@ -34,6 +36,10 @@ impl TempGuard {
     pub fn new(path: PathBuf) -> Self {
         Self { path: Some(path) }
     }
+    /// Guards nothing (a sink appending to a file that is not its own).
+    fn none() -> Self {
+        Self { path: None }
+    }
     /// The guarded path.
     pub fn path(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new(""))
@@ -53,7 +59,7 @@ impl Drop for TempGuard {
 }
 
 /// Hashes for a stream of bytes: SHA-256 and CRC-32 in one pass.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Hashes {
     sha: Sha256,
     crc: crc32fast::Hasher,
@@ -69,20 +75,46 @@ impl Hashes {
     pub fn finish(self) -> (String, u32) {
         (hex::encode(self.sha.finalize()), self.crc.finalize())
     }
+    /// The state so far, to be saved and carried on later with [`Hashes::resume`]: the
+    /// SHA-256 state as `sha2` serialises it (hex; stable across `sha2` 0.11.x), and the
+    /// CRC-32 of the bytes so far.
+    pub fn state(&self) -> (String, u32) {
+        (
+            hex::encode(self.sha.serialize()),
+            self.crc.clone().finalize(),
+        )
+    }
+    /// Hashes that carry on from a saved [`Hashes::state`]; `None` if it does not parse.
+    pub fn resume(sha_state: &str, crc32: u32) -> Option<Self> {
+        let bytes = hex::decode(sha_state).ok()?;
+        let sha = Sha256::deserialize(bytes.as_slice().try_into().ok()?).ok()?;
+        // CRC-32 resumes from its value: the hasher keeps nothing else between updates.
+        Some(Self {
+            sha,
+            crc: crc32fast::Hasher::new_with_initial(crc32),
+        })
+    }
 }
 
-/// A file being written from async code. Chunks are gathered up to [`FLUSH_AT`] bytes and
+/// A file being written from async code. Chunks are gathered up to `FLUSH_AT` (1 MiB) and
 /// then written (and hashed) by one short blocking task, so memory stays bounded and no
 /// thread is held while the client is slow: thousands of concurrent uploads cannot starve
-/// the blocking pool that every other file operation needs.
+/// the blocking pool that every other file operation needs. One such task runs while the
+/// next batch is gathered (and, for JSON parts, decoded): receiving and writing overlap.
 pub struct Sink {
-    state: Option<(File, Option<Hashes>)>,
+    /// The file and hashes, when no write is in flight.
+    state: Option<Open>,
+    /// The write in flight, which gives them back.
+    in_flight: Option<tokio::task::JoinHandle<Result<Open, StoreError>>>,
     pending: Vec<Bytes>,
     pending_len: usize,
     limit: u64,
     sent: u64,
     guard: TempGuard,
 }
+
+/// The file being written and the hashes of what it holds (when asked for).
+type Open = (File, Option<Hashes>);
 
 /// Bytes gathered before a write.
 const FLUSH_AT: usize = 1 << 20;
@@ -100,12 +132,28 @@ impl Sink {
             .await;
         Ok(Self {
             state: Some((file, hash.then(Hashes::default))),
+            in_flight: None,
             pending: Vec::new(),
             pending_len: 0,
             limit,
             sent: 0,
             guard: TempGuard::new(path),
         })
+    }
+
+    /// A sink that writes at `file`'s current position (the caller has placed it), carrying
+    /// on `hashes`. Nothing is removed on drop: bytes past what the caller records as
+    /// committed are the caller's to ignore or cut.
+    pub fn append(file: File, hashes: Hashes, limit: u64) -> Self {
+        Self {
+            state: Some((file, Some(hashes))),
+            in_flight: None,
+            pending: Vec::new(),
+            pending_len: 0,
+            limit,
+            sent: 0,
+            guard: TempGuard::none(),
+        }
     }
 
     /// The bytes accepted so far.
@@ -130,32 +178,39 @@ impl Sink {
         self.pending_len += chunk.len();
         self.pending.push(chunk);
         if self.pending_len >= FLUSH_AT {
-            self.flush(false).await?;
+            // Waits for the previous batch only: this one is written while the next is
+            // gathered.
+            let (file, hashes) = self.take_file().await?;
+            let chunks = std::mem::take(&mut self.pending);
+            self.pending_len = 0;
+            self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                write_batch(file, hashes, &chunks, false)
+            }));
         }
         Ok(())
     }
 
-    async fn flush(&mut self, sync: bool) -> Result<(), StoreError> {
-        let (mut file, mut hashes) = self
-            .state
+    /// The file and hashes, once the write in flight (if any) is done.
+    async fn take_file(&mut self) -> Result<Open, StoreError> {
+        if let Some(task) = self.in_flight.take() {
+            return task
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        }
+        self.state
             .take()
-            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))?;
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))
+    }
+
+    /// Writes what is left, then fsyncs.
+    async fn flush(&mut self, sync: bool) -> Result<(), StoreError> {
+        let (file, hashes) = self.take_file().await?;
         let chunks = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let (file, hashes) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            for c in &chunks {
-                if let Some(h) = hashes.as_mut() {
-                    h.update(c);
-                }
-                file.write_all(c)?;
-            }
-            if sync {
-                file.sync_all()?;
-            }
-            Ok((file, hashes))
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        let (file, hashes) =
+            tokio::task::spawn_blocking(move || write_batch(file, hashes, &chunks, sync))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         self.state = Some((file, hashes));
         Ok(())
     }
@@ -173,5 +228,63 @@ impl Sink {
             crc32,
         };
         Ok((written, self.guard))
+    }
+
+    /// Writes what is left and fsyncs, then gives back the bytes written, the hashes (not
+    /// finished: they may carry on) and the file, still open (and so still locked, when
+    /// the caller locked it).
+    pub async fn finish_open(mut self) -> Result<(u64, Hashes, File), StoreError> {
+        self.flush(true).await?;
+        let (file, hashes) = self
+            .state
+            .take()
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))?;
+        Ok((self.sent, hashes.unwrap_or_default(), file))
+    }
+}
+
+/// Hashes and writes `chunks`, then fsyncs when asked (a blocking task's work).
+fn write_batch(
+    mut file: File,
+    mut hashes: Option<Hashes>,
+    chunks: &[Bytes],
+    sync: bool,
+) -> Result<Open, StoreError> {
+    for c in chunks {
+        if let Some(h) = hashes.as_mut() {
+            h.update(c);
+        }
+        file.write_all(c)?;
+    }
+    if sync {
+        file.sync_all()?;
+    }
+    Ok((file, hashes))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn hashes_carry_on_from_a_saved_state() {
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 13 % 251) as u8).collect();
+        let whole = {
+            let mut h = Hashes::default();
+            h.update(&data);
+            h.finish()
+        };
+        // Cut anywhere, even inside a SHA-256 block: the saved state carries on.
+        for cut in [0, 1, 63, 64, 65, 4096, 150_000, data.len()] {
+            let mut h = Hashes::default();
+            h.update(&data[..cut]);
+            let (sha, crc) = h.state();
+            let mut resumed = Hashes::resume(&sha, crc).unwrap();
+            resumed.update(&data[cut..]);
+            assert_eq!(resumed.finish(), whole, "cut at {cut}");
+        }
+        assert!(Hashes::resume("zz", 0).is_none());
+        assert!(Hashes::resume("00", 0).is_none());
     }
 }

@@ -12,6 +12,7 @@ mod errors;
 mod health;
 mod helpers;
 mod nginx;
+mod parts;
 mod reading;
 mod shutdown;
 mod slow;
