@@ -112,6 +112,8 @@ pub struct FileStore {
     session_ttl: Duration,
     max_file: u64,
     list_cache: std::sync::Arc<read::ListCache>,
+    /// Sidecars of files being served (see `read::MetaCache`).
+    meta_cache: std::sync::Arc<read::MetaCache>,
     /// `UPLOAD_ROOT`, open once: every read resolves below it with `openat2`.
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
@@ -166,6 +168,7 @@ impl FileStore {
             session_ttl,
             max_file,
             list_cache: std::sync::Arc::default(),
+            meta_cache: std::sync::Arc::default(),
         })
     }
 

@@ -134,6 +134,32 @@ fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Sidecars of files being served, by the data file's identity, so a hot file costs one
+/// `openat2` per request, not two. An entry is used only while the data file keeps its inode,
+/// size and modification time, and for [`META_TTL`] at most: what a download needs from a
+/// sidecar (type, original name) never changes after publish, and a sidecar edited by hand is
+/// seen within that time.
+#[derive(Debug, Default)]
+pub struct MetaCache {
+    map: Mutex<HashMap<(u64, u64), CachedMeta>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedMeta {
+    /// The key it was read for (two keys could share an inode only by hand-made hard links).
+    key: Key,
+    mtime: (i64, i64),
+    size: u64,
+    loaded: std::time::Instant,
+    meta: Meta,
+}
+
+/// How long a cached sidecar is trusted.
+const META_TTL: Duration = Duration::from_secs(10);
+
+/// Most sidecars kept; past it the cache starts again.
+const META_CACHE_MAX: usize = 50_000;
+
 /// Sidecars larger than this are treated as unreadable (their file is served with
 /// metadata made up from its name).
 const MAX_SIDECAR: usize = 16 << 20;
@@ -321,6 +347,7 @@ impl FileStore {
         key: &Key,
         wait: Wait,
     ) -> Result<Option<(std::fs::File, FileEntry)>, StoreError> {
+        use std::os::unix::fs::MetadataExt as _;
         let not_found = || StoreError::NotFound("File not found".to_owned());
         let rel = key.relative_path();
         let file = match self.open_beneath(&rel, wait) {
@@ -359,6 +386,23 @@ impl FileStore {
         if !md.is_file() {
             return Err(not_found());
         }
+        let id = (md.dev(), md.ino());
+        let stamp = (md.mtime(), md.mtime_nsec());
+        if wait == Wait::Never {
+            let hit = self.meta_cache.map.lock().ok().and_then(|m| {
+                m.get(&id)
+                    .filter(|c| {
+                        c.mtime == stamp
+                            && c.size == md.len()
+                            && c.key == *key
+                            && c.loaded.elapsed() < META_TTL
+                    })
+                    .map(|c| c.meta.clone())
+            });
+            if let Some(meta) = hit {
+                return Ok(Some((file, self.entry_of(key, &md, meta))));
+            }
+        }
         // The sidecar, by the same no-symlink walk.
         let mut side_rel = rel.into_os_string();
         side_rel.push(".meta");
@@ -380,16 +424,34 @@ impl FileStore {
             Err(_) => None,
         };
         let meta = meta_from(sidecar.as_deref(), key);
+        if let Ok(mut m) = self.meta_cache.map.lock() {
+            if m.len() >= META_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(
+                id,
+                CachedMeta {
+                    key: key.clone(),
+                    mtime: stamp,
+                    size: md.len(),
+                    loaded: std::time::Instant::now(),
+                    meta: meta.clone(),
+                },
+            );
+        }
+        Ok(Some((file, self.entry_of(key, &md, meta))))
+    }
+
+    fn entry_of(&self, key: &Key, md: &std::fs::Metadata, meta: Meta) -> FileEntry {
         let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
-        let entry = FileEntry {
+        FileEntry {
             key: key.clone(),
             meta,
             size: md.len(),
             modified,
             created_at,
-        };
-        Ok(Some((file, entry)))
+        }
     }
 
     /// A file's entry (metadata and size), without opening it for reading.

@@ -728,3 +728,30 @@ async fn listing_while_files_come_and_go() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(churn.await.unwrap() > 0);
 }
+
+#[tokio::test]
+async fn a_sidecar_edited_by_hand_is_served_within_ten_seconds() {
+    let app = spawn_app().await;
+    let done = upload_file(&app, "u1", "notes.txt", None, b"hello").await;
+    let key = done["key"].as_str().unwrap().to_owned();
+    let path = format!("/{key}");
+    let res = get_with(&app, &path, &[]).await;
+    assert_eq!(header(&res, "content-type"), "text/plain");
+    // An operator changes the type in the sidecar; the data file is untouched.
+    let side = app.root.path().join(format!("{key}.meta"));
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+    m["mime"] = json!("text/markdown");
+    std::fs::write(&side, serde_json::to_vec(&m).unwrap()).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let res = get_with(&app, &path, &[]).await;
+        if header(&res, "content-type") == "text/markdown" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(12),
+            "the old type was still served after 12 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
