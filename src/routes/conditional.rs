@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap, HeaderValue, Method};
+use http_range_header::RangeUnsatisfiableError;
 
 /// What identifies the version of a representation.
 #[derive(Debug, Clone)]
@@ -196,6 +197,9 @@ pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Outcome
     }
     match parsed.validate(v.size) {
         Ok(ranges) => match ranges.as_slice() {
+            // An empty file has no byte to send, so no range of it is satisfiable (RFC 9110
+            // §14.1.1); the crate's validation makes `bytes=0-` the range 0-0 (found by fuzzing).
+            [_] if v.size == 0 => Outcome::Unsatisfiable,
             [one] => Outcome::Partial {
                 start: *one.start(),
                 end: *one.end() + 1,
@@ -208,6 +212,12 @@ pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Outcome
         Err(_) if range.contains(',') => Outcome::Full,
         // `bytes=5-1` is not a range at all (RFC 9110 §14.1.1): ignored like any malformed one.
         Err(_) if backwards(range) => Outcome::Full,
+        // A suffix longer than the file asks for all of it (RFC 9110 §14.1.2); the crate
+        // refuses it (found by fuzzing).
+        Err(RangeUnsatisfiableError::FileSuffixOutOfBounds) if v.size > 0 => Outcome::Partial {
+            start: 0,
+            end: v.size,
+        },
         Err(_) => Outcome::Unsatisfiable,
     }
 }
@@ -280,6 +290,8 @@ mod tests {
         assert_eq!(eval(&[("range", "bytes=900-")]), p(900, 1000));
         assert_eq!(eval(&[("range", "bytes=999-5000")]), p(999, 1000));
         assert_eq!(eval(&[("range", "bytes=1000-")]), Outcome::Unsatisfiable);
+        // A suffix longer than the file: all of it (found by fuzzing).
+        assert_eq!(eval(&[("range", "bytes=-5000")]), p(0, 1000));
         assert_eq!(
             eval(&[("range", "bytes=5000-6000")]),
             Outcome::Unsatisfiable
@@ -305,6 +317,29 @@ mod tests {
             eval_method(&Method::HEAD, &[("range", "bytes=0-1")]),
             p(0, 2)
         );
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `range`): `bytes=0-` of an empty file was the
+    /// range 0-0, and the answer a 500 when its one byte could not be read.
+    #[test]
+    fn no_range_of_an_empty_file() {
+        let empty = Validators::for_file(UNIX_EPOCH + Duration::new(1_700_000_000, 5), 0);
+        for r in [
+            "bytes=0-",
+            "bytes=0-0",
+            "bytes=0-10",
+            "bytes=-1",
+            "bytes=-5",
+            "bytes=3-",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, HeaderValue::from_static(r));
+            assert_eq!(
+                evaluate(&Method::GET, &h, &empty),
+                Outcome::Unsatisfiable,
+                "{r}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cors;
 mod crash;
 mod docs;
 mod errors;
+mod fuzz_found;
 mod health;
 mod helpers;
 mod nginx;
