@@ -168,6 +168,8 @@ impl FileName {
                 }
                 _ => cut_bytes(&name, MAX_NAME_BYTES).to_owned(),
             };
+            // The cut may end on a dot or a space, which §7 strips (found by fuzzing).
+            name.truncate(name.trim_end_matches(['.', ' ']).len());
         }
         if name.to_ascii_lowercase().ends_with(".meta") {
             if name.len() + 1 > MAX_NAME_BYTES {
@@ -340,6 +342,29 @@ mod tests {
         );
         let long = "y".repeat(300);
         assert_eq!(n(&long).len(), MAX_NAME_BYTES);
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `names`): a name cut at 240 bytes kept the dot or
+    /// space it was cut on, so it ended in one.
+    #[test]
+    fn cut_file_names_do_not_end_in_a_dot_or_space() {
+        for raw in [
+            format!("{}. {}", "x".repeat(239), "y".repeat(10)),
+            format!("{}  .{}", "x".repeat(238), "y".repeat(20)),
+            // The input the fuzzer found.
+            format!(
+                "𝄞{}.ME.metaTA{}.{}",
+                "a".repeat(202),
+                "a".repeat(23),
+                "b".repeat(20)
+            ),
+        ] {
+            let n = FileName::sanitize(&raw);
+            let n = n.as_str();
+            assert!(n.len() <= MAX_NAME_BYTES, "{n}");
+            assert!(!n.ends_with(['.', ' ']), "{n:?}");
+            assert!(!n.to_ascii_lowercase().ends_with(".meta"), "{n:?}");
+        }
     }
 
     #[test]

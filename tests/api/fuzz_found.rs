@@ -65,3 +65,20 @@ async fn a_suffix_longer_than_the_file_is_all_of_it() {
     assert_eq!(header(&res, "content-range"), "bytes 0-207/208");
     assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
 }
+
+/// Target `names`: a file name cut to 240 bytes kept the dot it was cut on, so the stored
+/// name ended in a dot, which §7's stripping rule forbids.
+#[tokio::test]
+async fn a_long_name_cut_on_a_dot_does_not_end_in_one() {
+    let app = spawn_app().await;
+    let name = format!("{}.{}", "x".repeat(239), "y".repeat(30));
+    let key = upload_file(&app, "u1", &name, None, b"data").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = key.rsplit('/').next().unwrap();
+    assert_eq!(stored.len(), "1a2b3c4d_".len() + 239, "{stored}");
+    assert!(stored.ends_with('x'), "{stored}");
+    let res = app.get(&format!("/{key}")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
