@@ -130,9 +130,16 @@ fn longest_text(v: &Value) -> usize {
     }
 }
 
-/// `partNumber` compared by value: the parser keeps the JSON text, serde normalises it.
+/// `partNumber` compared by value: the parser keeps the JSON text, serde normalises it
+/// (and rounds huge numbers its own way, so those only compare as "huge").
 fn same_fields(a: &PartFields, b: &PartFields) -> bool {
-    let num = |s: &Option<String>| s.as_deref().map(|t| t.parse::<f64>().ok());
+    let num = |s: &Option<String>| {
+        s.as_deref().map(|t| match t.trim().parse::<f64>() {
+            Ok(f) if f.abs() < 1e15 => Some((f + 0.0).to_bits()),
+            Ok(_) => Some(u64::MAX), // huge, infinite or NaN
+            Err(_) => None,
+        })
+    };
     a.upload_id == b.upload_id
         && a.saw_chunk == b.saw_chunk
         && (a.part_number == b.part_number || num(&a.part_number) == num(&b.part_number))

@@ -130,6 +130,29 @@ fuzz_target!(|data: &[u8]| {
         )
     });
     check_file_answer(h, &file_req, &res);
+    // HEAD answers as GET would, without the body (RFC 9110 §9.3.2).
+    if file_req.head {
+        if let Some(get) = input.request(axum::http::Method::GET, &target) {
+            let g = h.send(get);
+            assert_eq!(res.status, g.status, "HEAD and GET differ");
+            for name in [
+                "content-length",
+                "content-range",
+                "content-type",
+                "etag",
+                "last-modified",
+                "accept-ranges",
+                "content-disposition",
+                "content-security-policy",
+            ] {
+                assert_eq!(
+                    res.header(name),
+                    g.header(name),
+                    "HEAD and GET differ in {name}"
+                );
+            }
+        }
+    }
 
     // The exact outcomes RFC 9110 gives for the simple cases on a named file.
     let Some(f) = file_req.expected else {
