@@ -31,18 +31,24 @@ POINTS = [
     ("complete 1 part: before data into storage/", "complete1", "rename", "*/storage/*", "*.meta", 0, False),
     ("complete 1 part: after data into storage/", "complete1", "rename", "*/storage/*", "*.meta", 0, True),
     ("complete 1 part: before the ledger update", "complete1", "rename", "*/.quota/*.json", "", 0, False),
-    # The clean-up after a successful complete (remove_dir_all of the claimed folder) removes
-    # the folder's files in readdir order, which depends on the filesystem: on this ext4
-    # session.json goes first, on tmpfs (newest first) publish.json goes before it. Both
+    # The clean-up after a successful complete (Store::end_claim) first renames the claimed
+    # folder out of the way, to `.parts/.aborted-{id}-{uuid}`, then deletes that
+    # (remove_dir_all), so that no half-deleted folder is still named `.claimed-*` (which a
+    # restart would take for a complete cut short, and give back: a second copy). The points
+    # below kill right after that rename and half-way through the delete. remove_dir_all
+    # removes the folder's files in readdir order, which depends on the filesystem: on this
+    # ext4 session.json goes first, on tmpfs (newest first) publish.json goes before it. Both
     # orders are tried: "tmpfs" runs the point on a tmpfs root (root only).
+    ("complete 1 part: cleanup after success, claimed folder just renamed away", "complete1", "rename",
+     "*/.parts/.aborted-*", "", 0, True),
     ("complete 1 part: cleanup after success, publish.json just removed", "complete1", "unlink",
-     "*/.parts/.claimed-*/publish.json", "", 0, True),
+     "*/.parts/.aborted-*/publish.json", "", 0, True),
     ("complete 1 part: cleanup after success, session.json just removed", "complete1", "unlink",
-     "*/.parts/.claimed-*/session.json", "", 0, True),
+     "*/.parts/.aborted-*/session.json", "", 0, True),
     ("complete 1 part on tmpfs: cleanup after success, publish.json just removed", "complete1", "unlink",
-     "*/.parts/.claimed-*/publish.json", "", 0, True),
+     "*/.parts/.aborted-*/publish.json", "", 0, True),
     ("complete 3 parts on tmpfs: cleanup after success, publish.json just removed", "complete3", "unlink",
-     "*/.parts/.claimed-*/publish.json", "", 0, True),
+     "*/.parts/.aborted-*/publish.json", "", 0, True),
     ("complete 3 parts in order: before the hard link", "complete3seq", "link", "*/.claimed-*/.joined", "", 0, False),
     ("complete 3 parts in order: before data into storage/", "complete3seq", "rename", "*/storage/*", "*.meta", 0,
      False),
@@ -56,6 +62,8 @@ POINTS = [
     ("one-request upload: after data into storage/", "upload", "rename", "*/storage/*", "*.meta", 0, True),
     ("one-request upload: before the ledger update", "upload", "rename", "*/.quota/*.json", "", 1, False),
     ("delete: before the data unlink", "delete", "unlink", "*/storage/*", "*.meta", 0, False),
+    # Delete hides the data under `.{uuid}.deleting` (a rename), unlinks the sidecar, then
+    # the hidden data: "between" is after the data is hidden, before the sidecar goes.
     ("delete: between data and sidecar unlinks", "delete", "unlink", "*/storage/*.meta", "", 0, False),
     ("delete: before the ledger update", "delete", "rename", "*/.quota/*.json", "", 0, False),
     ("abort session: before the ledger update", "abort", "rename", "*/.quota/*.json", "", 0, False),

@@ -198,11 +198,17 @@ pub fn deleting_name() -> String {
 
 const DELETING: &str = ".deleting";
 
-/// Bytes of the stored files under `dir`: regular files, not sidecars, not dot-files
-/// (temporary names), symlinks not followed. Finishes what a crash cut short: hidden
-/// `*.deleting` files of a delete are removed, and so are sidecars whose data is gone
-/// (once a minute old, so a publish between its two renames is left alone).
-pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
+/// Bytes of the stored files under `dir` (a user's folder): regular files, not sidecars,
+/// not dot-files (temporary names), symlinks not followed. Finishes what a crash cut short:
+/// hidden `*.deleting` files of a delete are removed, and so are sidecars whose data is
+/// gone.
+///
+/// Call only under the user's ledger lock ([`Quotas::with_ledger`]), which is why this is
+/// private: a publish renames the sidecar and then the data into place under that lock
+/// (here or in another instance sharing the root), and a delete hides the data and
+/// unlinks the sidecar under it, so a sidecar without data seen here is no publish half
+/// done: it is what a process killed between those steps left, and goes at once.
+fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -222,14 +228,10 @@ pub fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
                 continue;
             }
             if let Some(data) = name.strip_suffix(".meta") {
-                let orphan = !d.join(data).exists()
-                    && entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > std::time::Duration::from_secs(60));
-                if orphan {
+                let gone = matches!(std::fs::symlink_metadata(d.join(data)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+                if gone {
+                    tracing::info!(file = %entry.path().display(), "removed a sidecar a crash left without its data");
                     let _ = std::fs::remove_file(entry.path());
                 }
                 continue;
@@ -303,21 +305,16 @@ mod tests {
         std::fs::write(dir.join(deleting_name()), b"gone").unwrap();
         let orphan = dir.join("sub/00000000_gone.bin.meta");
         std::fs::write(&orphan, b"{}").unwrap();
+        // Just written: under the ledger lock no publish is between its renames, so a lone
+        // sidecar is a crash's, however young.
         let young_orphan = dir.join("00000000_new.bin.meta");
         std::fs::write(&young_orphan, b"{}").unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&orphan)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
 
         assert_eq!(dir_usage(&dir).unwrap(), 8);
-        assert!(!orphan.exists(), "an old lone sidecar is removed");
+        assert!(!orphan.exists(), "a lone sidecar is removed");
         assert!(
-            young_orphan.exists(),
-            "a sidecar a publish may be about to pair is kept"
+            !young_orphan.exists(),
+            "a young lone sidecar is removed too"
         );
         assert!(dir.join("1a2b3c4d_x.txt.meta").exists());
         let hidden: Vec<_> = std::fs::read_dir(&dir)
