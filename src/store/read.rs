@@ -549,6 +549,40 @@ impl FileStore {
         .await
     }
 
+    /// Fills the listing cache from disk, user by user, until it holds about half of what it
+    /// may: run once in the background at start, so the first listing after a restart does
+    /// not read every sidecar of a large user while the client waits. Returns the files read.
+    pub fn warm_list_cache(&self) -> usize {
+        let Ok(users) = std::fs::read_dir(&self.storage) else {
+            return 0;
+        };
+        let mut files = 0;
+        for entry in users.flatten() {
+            if files >= CACHE_FILES / 2 {
+                break;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(user) = UserId::parse(&name) else {
+                continue;
+            };
+            let mut stack: Vec<Vec<String>> = vec![Vec::new()];
+            while let Some(rel) = stack.pop() {
+                let Ok(Some(dir)) = self.read_dir_cached(&user, &rel) else {
+                    continue;
+                };
+                files += dir.files.len();
+                for sub in dir.subdirs.iter() {
+                    let mut r = rel.clone();
+                    r.push(sub.clone());
+                    stack.push(r);
+                }
+            }
+        }
+        files
+    }
+
     /// One folder's files and subfolders, from the cache while the folder is unchanged.
     fn read_dir_cached(
         &self,
