@@ -69,15 +69,21 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     spawn_sweeper(store.clone(), settings.upload_session_ttl);
     // The listing cache, filled in the background: the first listing after a restart is then
     // as fast as the next ones (10,000 files: ~20 ms instead of ~150 ms).
+    // It starts once folders written just before the start have settled (the cache does not
+    // trust a folder changed in the last two seconds).
     let warm = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let t = std::time::Instant::now();
-        let files = warm.warm_list_cache();
-        tracing::info!(
-            files,
-            ms = t.elapsed().as_millis() as u64,
-            "listing cache warmed"
-        );
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let files = warm.warm_list_cache();
+            tracing::info!(
+                files,
+                ms = t.elapsed().as_millis() as u64,
+                "listing cache warmed"
+            );
+        })
+        .await;
     });
     if settings.service_token.is_none() {
         tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
