@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::signer::Disposition;
 use crate::state::AppState;
 use crate::store::key::Key;
-use crate::store::read::read_at;
+use crate::store::read::{read_at, read_chunk};
 
 /// Bodies up to this size are read whole before the answer starts.
 const INLINE_MAX: u64 = 256 * 1024;
@@ -199,25 +199,23 @@ fn short_file() -> std::io::Error {
 /// the rest on a blocking thread.
 async fn read_inline(file: Arc<std::fs::File>, start: u64, len: u64) -> Result<Bytes, ApiError> {
     let want = usize::try_from(len).map_err(|e| ApiError::Internal(e.into()))?;
-    let cached = read_at(&file, start, want, false)
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .unwrap_or_default();
-    if cached.len() == want {
-        return Ok(cached);
-    }
-    let done = cached.len();
-    let rest =
-        tokio::task::spawn_blocking(move || read_at(&file, start + done as u64, want - done, true))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .unwrap_or_default();
-    if done + rest.len() != want {
-        return Err(ApiError::Internal(short_file().into()));
+    let first = read_chunk(&file, start, want)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if first.len() == want {
+        return Ok(first);
     }
     let mut all = bytes::BytesMut::with_capacity(want);
-    all.extend_from_slice(&cached);
-    all.extend_from_slice(&rest);
+    all.extend_from_slice(&first);
+    while all.len() < want {
+        let more = read_chunk(&file, start + all.len() as u64, want - all.len())
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        if more.is_empty() {
+            return Err(ApiError::Internal(short_file().into()));
+        }
+        all.extend_from_slice(&more);
+    }
     Ok(all.freeze())
 }
 

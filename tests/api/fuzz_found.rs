@@ -6,13 +6,6 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 use crate::upload::{pattern, upload_file};
 
-fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
-    res.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
-}
-
 /// Target `range`, input `GET {P1}\nRange: bytes=0-`: a range of an empty file was the
 /// range 0-0, and the answer a 500 (the one byte could not be read). No range of an empty
 /// file is satisfiable: 416 with `Content-Range: bytes */0` (API.md §4.3).

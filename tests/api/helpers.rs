@@ -453,3 +453,11 @@ pub(crate) async fn run_to_exit(
     let status = server.wait_exit(limit).await;
     (status, server.stdout(), server.stderr())
 }
+
+/// A response header as text, `""` when absent.
+pub(crate) fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}

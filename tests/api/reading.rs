@@ -47,13 +47,6 @@ async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwes
     app.get(path).headers(h).send().await.unwrap()
 }
 
-fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
-    res.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
-}
-
 #[tokio::test]
 async fn listing_covers_old_and_new_files() {
     let (app, _root) = app_with_old_data(&[]).await;
