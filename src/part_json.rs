@@ -423,7 +423,14 @@ impl PartJsonParser {
             self.pending.clear();
         }
         let whole = rest.len() / 4 * 4;
-        if B64.decode_vec(&rest[..whole], out).is_err() || !rest[whole..].iter().all(is_alphabet) {
+        // The bulk of every part: whole quads with no `=` (the tail was checked above, and
+        // an `=` inside is an error here too), so the strict SIMD decoder means exactly what
+        // the careful one does, at several times its speed.
+        if base64_simd::STANDARD
+            .decode_append(&rest[..whole], out)
+            .is_err()
+            || !rest[whole..].iter().all(is_alphabet)
+        {
             out.truncate(out_len);
             self.pending.clear();
             self.pending.extend_from_slice(&saved[..saved_len]);
