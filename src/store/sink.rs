@@ -4,7 +4,7 @@
 //! append to an existing file, carrying on the hashes of the bytes before it.
 
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -250,6 +250,7 @@ fn write_batch(
     chunks: &[Bytes],
     sync: bool,
 ) -> Result<Open, StoreError> {
+    let start = file.stream_position()?;
     for c in chunks {
         if let Some(h) = hashes.as_mut() {
             h.update(c);
@@ -258,6 +259,17 @@ fn write_batch(
     }
     if sync {
         file.sync_all()?;
+    } else {
+        // Start writing these bytes back now (DONTNEED queues their write-back without
+        // waiting and drops no dirty page), so the fsync that ends the part or upload
+        // waits for the last batch only instead of all of them.
+        let len = file.stream_position()? - start;
+        let _ = rustix::fs::fadvise(
+            &file,
+            start,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
     Ok((file, hashes))
 }
