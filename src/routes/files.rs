@@ -8,7 +8,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::routing::post;
 use axum::Json;
-use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -18,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Routes;
 use crate::auth::Caller;
+use crate::bufpool::PooledBuf;
 use crate::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery, ErrorBody};
 use crate::part_json::{PartJsonError, PartJsonParser};
 use crate::signer::{self, Disposition};
@@ -735,7 +735,10 @@ async fn upload_part_json(
 ) -> ApiResult<Json<PartReceived>> {
     let mut parser = PartJsonParser::new();
     let mut stream = body.into_data_stream();
-    let mut decoded = Vec::with_capacity(64 * 1024);
+    // Room for what one received frame decodes to (hyper's frames stay under 408 KiB of
+    // text), so the decoder never grows it and the buffer goes back to the pool.
+    const DECODE_ROOM: usize = 1024 * 1024;
+    let mut decoded = PooledBuf::with_capacity(DECODE_ROOM);
     let mut target: Option<(SessionInfo, PartUpload)> = None;
     let mut staged: Option<PartUpload> = None;
     let parse_err = |e: PartJsonError| match e {
@@ -749,12 +752,12 @@ async fn upload_part_json(
             None => None,
         };
         if let Some(c) = &chunk {
-            parser.feed(c, &mut decoded).map_err(parse_err)?;
+            parser.feed(c, decoded.vec_mut()).map_err(parse_err)?;
         }
         let done = chunk.is_none();
         let fields = if done {
             let p = std::mem::take(&mut parser);
-            Some(p.finish(&mut decoded).map_err(parse_err)?)
+            Some(p.finish(decoded.vec_mut()).map_err(parse_err)?)
         } else {
             None
         };
@@ -784,9 +787,8 @@ async fn upload_part_json(
                 return Err(ApiError::Internal(anyhow::anyhow!("no part file open")));
             };
             if !decoded.is_empty() {
-                sink.write(Bytes::from(std::mem::take(&mut decoded)))
-                    .await?;
-                decoded.reserve(64 * 1024);
+                let full = std::mem::replace(&mut decoded, PooledBuf::with_capacity(DECODE_ROOM));
+                sink.write(full.freeze(usize::MAX)).await?;
             }
         }
         if let Some(fields) = fields {

@@ -230,7 +230,8 @@ pub fn read_at(
     wait: bool,
 ) -> std::io::Result<Option<bytes::Bytes>> {
     use rustix::io::ReadWriteFlags;
-    let mut buf = bytes::BytesMut::zeroed(max);
+    let mut pooled = crate::bufpool::PooledBuf::filled(max);
+    let buf = pooled.vec_mut();
     let mut filled = 0;
     while filled < max {
         let flags = if wait {
@@ -250,8 +251,7 @@ pub fn read_at(
     if filled == 0 && !wait && max > 0 {
         return Ok(None);
     }
-    buf.truncate(filled);
-    Ok(Some(buf.freeze()))
+    Ok(Some(pooled.freeze(filled)))
 }
 
 /// Reads up to `max` bytes of `file` from `offset`: from the page cache on the calling
