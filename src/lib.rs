@@ -4,7 +4,7 @@
 
 pub mod auth;
 pub mod body_timeout;
-pub mod bufpool;
+mod bufpool;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -735,8 +735,11 @@ async fn upload_part_json(
 ) -> ApiResult<Json<PartReceived>> {
     let mut parser = PartJsonParser::new();
     let mut stream = body.into_data_stream();
-    // Room for what one received frame decodes to (hyper's frames stay under 408 KiB of
+    // Decoded bytes gather in one pooled buffer and go to the writer HANDOFF at a time,
+    // whatever the size of the frames received (a slow client's are a few KiB). The room
+    // holds HANDOFF plus what one frame decodes to (hyper's frames stay under 408 KiB of
     // text), so the decoder never grows it and the buffer goes back to the pool.
+    const HANDOFF: usize = 512 * 1024;
     const DECODE_ROOM: usize = 1024 * 1024;
     let mut decoded = PooledBuf::with_capacity(DECODE_ROOM);
     let mut target: Option<(SessionInfo, PartUpload)> = None;
@@ -786,7 +789,7 @@ async fn upload_part_json(
             } else {
                 return Err(ApiError::Internal(anyhow::anyhow!("no part file open")));
             };
-            if !decoded.is_empty() {
+            if decoded.len() >= HANDOFF || (done && !decoded.is_empty()) {
                 let full = std::mem::replace(&mut decoded, PooledBuf::with_capacity(DECODE_ROOM));
                 sink.write(full.freeze(usize::MAX)).await?;
             }
