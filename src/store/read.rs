@@ -460,22 +460,30 @@ impl FileStore {
     }
 
     /// Rewrites a file's sidecar (for example to record a CRC-32 computed later).
+    /// Under the owner's ledger lock, as publish and delete: a file deleted meanwhile does
+    /// not get a lone sidecar back (`NotFound`), and the file is found by the same
+    /// no-symlink walk as reads first, so the sidecar is written inside `storage/`.
     pub async fn update_meta(&self, key: &Key, meta: Meta) -> Result<(), StoreError> {
-        let path = Meta::path_for(&self.data_path(key));
+        let this = self.clone();
+        let key = key.clone();
         blocking(move || {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let tmp = dir.join(format!(".meta-{}.tmp", uuid::Uuid::new_v4().simple()));
-            let written = (|| -> std::io::Result<()> {
-                use std::io::Write as _;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&meta.to_json())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            Ok(written?)
+            this.quotas.with_ledger(key.owner().as_str(), |_| {
+                drop(this.open_blocking(&key)?);
+                let path = Meta::path_for(&this.data_path(&key));
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let tmp = dir.join(format!(".meta-{}.tmp", uuid::Uuid::new_v4().simple()));
+                let written = (|| -> std::io::Result<()> {
+                    use std::io::Write as _;
+                    let mut f = std::fs::File::create(&tmp)?;
+                    f.write_all(&meta.to_json())?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                })();
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Ok(written?)
+            })
         })
         .await
     }
