@@ -27,6 +27,25 @@ pub struct FileEntry {
     pub created_at: String,
 }
 
+impl FileEntry {
+    /// An entry from its parts; `created_at` falls back to the modification time.
+    fn new(key: Key, meta: Meta, size: u64, modified: SystemTime) -> Self {
+        let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
+        Self {
+            key,
+            meta,
+            size,
+            modified,
+            created_at,
+        }
+    }
+
+    /// An entry from the data file's metadata.
+    fn from_metadata(key: Key, meta: Meta, md: &std::fs::Metadata) -> Self {
+        Self::new(key, meta, md.len(), md.modified().unwrap_or(UNIX_EPOCH))
+    }
+}
+
 /// Listing cache: a folder's files and subfolders, valid while the folder's mtime is
 /// unchanged (every publish, delete and sidecar update is a rename or unlink in it).
 #[derive(Debug, Default)]
@@ -109,14 +128,8 @@ fn read_entries(
                 u64::try_from(st.st_mtime).unwrap_or(0),
                 u32::try_from(st.st_mtime_nsec).unwrap_or(0),
             );
-        let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
-        out.push(Arc::new(FileEntry {
-            key,
-            meta,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            modified,
-            created_at,
-        }));
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        out.push(Arc::new(FileEntry::new(key, meta, size, modified)));
     }
     Ok(out)
 }
@@ -190,19 +203,6 @@ fn meta_from(sidecar: Option<&[u8]>, key: &Key) -> Meta {
             created_at: None,
             extra: serde_json::Map::new(),
         })
-}
-
-fn entry_for(key: Key, data: &Path, md: &std::fs::Metadata) -> FileEntry {
-    let meta = load_meta(data, &key);
-    let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
-    FileEntry {
-        key,
-        meta,
-        size: md.len(),
-        modified,
-        created_at,
-    }
 }
 
 /// Would this error mean "the data is not in memory yet" for a no-wait attempt?
@@ -368,7 +368,7 @@ impl FileStore {
                 if !md.is_file() {
                     return Err(not_found());
                 }
-                let entry = entry_for(key.clone(), &path, &md);
+                let entry = FileEntry::from_metadata(key.clone(), load_meta(&path, key), &md);
                 return Ok(Some((file, entry)));
             }
             // Absent, or a path that a symlink or `..` would lead elsewhere: not there.
@@ -400,7 +400,10 @@ impl FileStore {
                     .map(|c| c.meta.clone())
             });
             if let Some(meta) = hit {
-                return Ok(Some((file, self.entry_of(key, &md, meta))));
+                return Ok(Some((
+                    file,
+                    FileEntry::from_metadata(key.clone(), meta, &md),
+                )));
             }
         }
         // The sidecar, by the same no-symlink walk.
@@ -439,19 +442,10 @@ impl FileStore {
                 },
             );
         }
-        Ok(Some((file, self.entry_of(key, &md, meta))))
-    }
-
-    fn entry_of(&self, key: &Key, md: &std::fs::Metadata, meta: Meta) -> FileEntry {
-        let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let created_at = meta.created_at.clone().unwrap_or_else(|| rfc3339(modified));
-        FileEntry {
-            key: key.clone(),
-            meta,
-            size: md.len(),
-            modified,
-            created_at,
-        }
+        Ok(Some((
+            file,
+            FileEntry::from_metadata(key.clone(), meta, &md),
+        )))
     }
 
     /// A file's entry (metadata and size), without opening it for reading.
