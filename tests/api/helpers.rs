@@ -461,3 +461,49 @@ pub(crate) fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
         .map(|v| v.to_str().unwrap())
         .unwrap_or("")
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body, over a raw connection (for
+/// tests of timeouts and connection handling): status line and body. A reset, an early EOF
+/// before the whole response arrived, or bytes past it (the tests send one request at a
+/// time) fail the test.
+pub(crate) async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+            if buf.len() >= end + 4 + length {
+                assert_eq!(buf.len(), end + 4 + length, "more than one response");
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+                let status = head.lines().next().unwrap_or_default().to_owned();
+                return (status, body);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, tokio::io::AsyncReadExt::read(stream, &mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no complete response; got {:?}",
+                    String::from_utf8_lossy(&buf)
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e} after {:?}", String::from_utf8_lossy(&buf)));
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::helpers::{free_port, keys, start_server, Server, SERVICE_TOKEN};
+use crate::helpers::{free_port, keys, read_response, start_server, Server, SERVICE_TOKEN};
 
 async fn start() -> (Server, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
@@ -38,49 +38,6 @@ fn request_head() -> String {
          Content-Length: 10\r\n\
          \r\n"
     )
-}
-
-/// Reads one HTTP/1.1 response with a `Content-Length` body: status line and body. A reset
-/// or an early EOF before the whole response arrived fails the test.
-async fn read_response(stream: &mut TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())
-                        .flatten()
-                })
-                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-            if buf.len() >= end + 4 + length {
-                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
-                let status = head.lines().next().unwrap_or_default().to_owned();
-                return (status, body);
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no complete response; got {:?}",
-                    String::from_utf8_lossy(&buf)
-                )
-            })
-            .unwrap_or_else(|e| panic!("{e} after {:?}", String::from_utf8_lossy(&buf)));
-        assert!(
-            n > 0,
-            "connection closed after {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 fn assert_minted(status: &str, body: &str) {

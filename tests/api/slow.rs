@@ -216,36 +216,6 @@ async fn closed_after(sock: &mut TcpStream, from: Instant, limit: Duration) -> (
     }
 }
 
-/// Reads one response with a `Content-Length` body; returns its status line.
-async fn read_one_response(sock: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())
-                        .flatten()
-                })
-                .unwrap_or_else(|| panic!("no Content-Length in {head}"));
-            if buf.len() >= end + 4 + length {
-                assert_eq!(buf.len(), end + 4 + length, "more than one response");
-                return head.lines().next().unwrap().to_owned();
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
-            .await
-            .expect("no response in 10 s")
-            .unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +274,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     for _ in 0..50 {
         let mut sock = TcpStream::connect(&a).await.unwrap();
         sock.write_all(HEALTHZ).await.unwrap();
-        let status = read_one_response(&mut sock).await;
+        let status = read_response(&mut sock).await.0;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         socks.push((sock, Instant::now()));
     }
@@ -322,7 +292,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     // timeout, counted from its first byte.
     let mut sock = TcpStream::connect(&a).await.unwrap();
     sock.write_all(HEALTHZ).await.unwrap();
-    read_one_response(&mut sock).await;
+    read_response(&mut sock).await;
     let answered = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     sock.write_all(b"GET /heal").await.unwrap();
@@ -343,7 +313,7 @@ async fn kept_alive_connections_are_reused_and_long_requests_are_not_cut() {
         // Pauses longer than the header timeout, shorter than the idle one.
         tokio::time::sleep(Duration::from_millis(pause)).await;
         sock.write_all(HEALTHZ).await.unwrap();
-        let status = read_one_response(&mut sock).await;
+        let status = read_response(&mut sock).await.0;
         assert!(
             status.starts_with("HTTP/1.1 200"),
             "after {pause} ms: {status}"
@@ -360,10 +330,8 @@ async fn kept_alive_connections_are_reused_and_long_requests_are_not_cut() {
         sock.write_all(&[b'y'; 10]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    let status = read_one_response(&mut sock).await;
+    let status = read_response(&mut sock).await.0;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     sock.write_all(HEALTHZ).await.unwrap();
-    assert!(read_one_response(&mut sock)
-        .await
-        .starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut sock).await.0.starts_with("HTTP/1.1 200"));
 }
