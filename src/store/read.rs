@@ -702,3 +702,49 @@ impl FileStore {
         Ok(Some(cached))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn store(root: &Path) -> FileStore {
+        FileStore::open(root, 1 << 30, std::time::Duration::from_secs(3600), 1 << 30).unwrap()
+    }
+
+    #[tokio::test]
+    async fn update_meta_rewrites_a_sidecar_but_never_brings_one_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        // A file as the old service left it: no sidecar.
+        let data = dir.path().join("storage/u1/docs/a.txt");
+        std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+        std::fs::write(&data, b"hello").unwrap();
+        let sidecar = Meta::path_for(&data);
+        let key = Key::parse("storage/u1/docs/a.txt").unwrap();
+
+        let mut meta = store.entry(&key).await.unwrap().meta;
+        meta.crc32 = Some(0x3610_a686);
+        store.update_meta(&key, meta.clone()).await.unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        assert_eq!(written["crc32"], 0x3610_a686_u32);
+
+        // Deleted meanwhile (the batch ZIP's CRC pass can take seconds): no lone sidecar.
+        store.delete(&key).await.unwrap();
+        assert!(matches!(
+            store.update_meta(&key, meta.clone()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!sidecar.exists());
+
+        // A folder that is a symlink (here to a folder outside the root) is not written
+        // through.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("b.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("storage/u1/linked")).unwrap();
+        let linked = Key::parse("storage/u1/linked/b.txt").unwrap();
+        assert!(store.update_meta(&linked, meta).await.is_err());
+        assert!(!outside.path().join("b.txt.meta").exists());
+    }
+}
