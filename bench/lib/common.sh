@@ -89,13 +89,15 @@ bench_table() {
 
 # start_server UPLOAD_ROOT [VAR=VALUE...]: starts the release binary on a free 127.0.0.1
 # port with a clean environment, waits for /healthz (30 s at most). Sets SERVER_PID,
-# SERVER_URL, SERVER_LOG. Extra VAR=VALUE pairs override the defaults.
+# SERVER_URL, SERVER_LOG. Extra VAR=VALUE pairs override the defaults. SERVER_PORT, when
+# set, is the port to use instead of a free one (one named in advance, e.g. in nginx's
+# config).
 start_server() {
     local root=$1
     shift
     [[ -x $BENCH_BIN ]] || die "no server binary at $BENCH_BIN (run bench/run, which builds it)"
     local port
-    port="$(free_port)"
+    port="${SERVER_PORT:-$(free_port)}"
     SERVER_URL="http://127.0.0.1:$port"
     SERVER_LOG="$root.server.log"
     env -i PATH="$PATH" HOME="${HOME:-/root}" \

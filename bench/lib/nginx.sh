@@ -3,6 +3,11 @@
 # after common.sh:
 #     source "$BENCH_LIB/nginx.sh"
 #     start_nginx "$ROOT"        # NGINX_URL, NGINX_PID; stopped at exit
+# With NGINX_OFFLOAD_UPSTREAM=HOST:PORT set, the same nginx also listens on a second port
+# (NGINX_OFFLOAD_URL) as deployed in front of our server: `/storage/` proxied to the
+# upstream (kept-alive connections), and `/_files/` the internal location an
+# `X-Accel-Redirect` from a server started with ACCEL_REDIRECT_PREFIX=/_files/ lands on,
+# serving the file with sendfile.
 # The instance is private: its own prefix, config, pid file, error log and temp paths under
 # BENCH_TMP, one 127.0.0.1 port, nothing under /etc/nginx or /var/log/nginx is used.
 # `root` is the UPLOAD_ROOT, so `/storage/{key path}` names the same file for both servers.
@@ -15,6 +20,7 @@
 # answers 11,000-19,000 ranges/s, and the 4 KiB and whole-file figures do not change beyond
 # the noise. The reference should be nginx at its best.
 
+# shellcheck disable=SC2034  # NGINX_OFFLOAD_URL is for the caller
 start_nginx() {
     local root=$1 port prefix user_line="" i
     need_tool nginx nginx
@@ -22,6 +28,31 @@ start_nginx() {
     mkdir -p "$prefix/tmp"
     port="$(free_port)"
     NGINX_URL="http://127.0.0.1:$port"
+    local offload=""
+    NGINX_OFFLOAD_URL=""
+    if [[ -n ${NGINX_OFFLOAD_UPSTREAM:-} ]]; then
+        local oport
+        oport="$(free_port)"
+        NGINX_OFFLOAD_URL="http://127.0.0.1:$oport"
+        offload="
+    upstream upload_server {
+        server $NGINX_OFFLOAD_UPSTREAM;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$oport;
+        location /storage/ {
+            proxy_pass http://upload_server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+        }
+        location /_files/ {
+            internal;
+            alias $root/storage/;
+        }
+    }"
+    fi
     ((EUID == 0)) && user_line="user root root;"
     cat >"$prefix/nginx.conf" <<EOF
 $user_line
@@ -50,7 +81,7 @@ http {
         root $root;
         location /storage/ { }
         location / { return 404; }
-    }
+    }$offload
 }
 EOF
     nginx -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" \

@@ -9,6 +9,11 @@
 #   listing GET /v1/files/all for a user with 10,000 files (written on disk as the old
 #           service did, with thin sidecars, over 10 folders): first call, then p50/p99
 #           of 20 calls; nginx has no equivalent                                     < 100 ms
+#   proxied the ranges figure through the deployed path (info): nginx in front (a second
+#           server block of the same nginx) proxies to our server, bytes and all
+#   offload the same with our server restarted with ACCEL_REDIRECT_PREFIX=/_files/: it
+#           checks and answers X-Accel-Redirect, nginx sends the bytes (sendfile). The CPU
+#           of both is both processes'; the ratios are to nginx serving the file directly
 #
 # Both servers are warm (the files were just written; nothing is dropped from the page
 # cache) and each wrk figure is the best of BENCH_READ_ROUNDS (2) runs per server, in ABBA
@@ -66,7 +71,11 @@ read -r n LIST_BYTES < <(python3 "$BENCH_LIB/mkfiles.py" "$ROOT" lister "$LIST_F
 [[ ${n:-} == "$LIST_FILES" ]] || die "mkfiles.py wrote ${n:-no} files"
 log "wrote $n files ($LIST_BYTES bytes) for user lister on disk in $(elapsed "$t0" "$(now)") s"
 
-start_server "$ROOT"
+# Our server's port is named in advance: nginx's second server block (step 6) proxies to
+# it, as deployed.
+OFFLOAD_PORT="$(free_port)"
+NGINX_OFFLOAD_UPSTREAM="127.0.0.1:$OFFLOAD_PORT"
+SERVER_PORT=$OFFLOAD_PORT start_server "$ROOT"
 start_nginx "$ROOT"
 SMALL_KEY="$(upload_raw bench small.bin "$T/small.bin")"
 LARGE_KEY="$(upload_raw bench large.bin "$T/large.bin")"
@@ -76,10 +85,18 @@ dd if="$T/large.bin" of="$T/range.ref" iflag=skip_bytes,count_bytes skip=1000 co
 rm -f "$T/large.bin"
 
 url_of() { # WHO KEY -> URL
-    if [[ $1 == ours ]]; then echo "$SERVER_URL/$2"; else echo "$NGINX_URL/$2"; fi
+    case $1 in
+        ours) echo "$SERVER_URL/$2" ;;
+        offload) echo "$NGINX_OFFLOAD_URL/$2" ;;
+        *) echo "$NGINX_URL/$2" ;;
+    esac
 }
-cpu_of() { # WHO -> CPU seconds so far
-    if [[ $1 == ours ]]; then proc_cpu_s "$SERVER_PID"; else nginx_cpu_s; fi
+cpu_of() { # WHO -> CPU seconds so far (offload: nginx and our server together)
+    case $1 in
+        ours) proc_cpu_s "$SERVER_PID" ;;
+        offload) awk -v a="$(proc_cpu_s "$SERVER_PID")" -v b="$(nginx_cpu_s)" 'BEGIN { printf "%.2f", a + b }' ;;
+        *) nginx_cpu_s ;;
+    esac
 }
 alive() { server_alive; nginx_alive; }
 
@@ -96,7 +113,7 @@ for who in ours nginx; do
     [[ $code == 206 ]] || die "$who: a range request answered $code"
     cmp -s "$T/range.got" "$T/range.ref" || die "$who: a range request returned other bytes"
 done
-rm -f "$T/range.got" "$T/range.ref"
+rm -f "$T/range.got"
 log "both servers return the right bytes for the files and for a range"
 
 # 3. wrk figures: warm-up, then ABBA rounds; the best run of each server counts.
@@ -181,7 +198,40 @@ LIST_CPU_MS=$(awk -v c="$(elapsed "$c0" "$c1")" -v n="$LIST_CALLS" 'BEGIN { prin
 log "listing: first $FIRST_MS ms, then p50 $P50_MS ms, p99 $P99_MS ms over $LIST_CALLS calls ($LIST_JSON_BYTES-byte answer, server CPU ${LIST_CPU_MS} ms per call)"
 alive
 
-# 6. Report.
+# 6. The deployed paths for ranges, nginx in front: proxying our answers (bytes and all),
+# then with our server restarted with the offload on (headers only, nginx sends the bytes).
+front_figure() { # NAME: ranges through nginx's second server block, best of ROUNDS
+    local name=$1 r c0 c1 code
+    code="$(curl -sS --max-time 60 -o "$T/range.got" -w '%{http_code}' -r 1000-$((1000 + RANGE_BYTES - 1)) \
+        "$(url_of offload "$LARGE_KEY")")" || die "$name: range request failed"
+    [[ $code == 206 ]] || die "$name: a range request answered $code"
+    cmp -s "$T/range.got" "$T/range.ref" || die "$name: a range request returned other bytes"
+    run_wrk "$(url_of offload "$LARGE_KEY")" "$RANGE_CONNS" "$WARM_S" WRK_RANGE_BYTES=$RANGE_BYTES WRK_FILE_SIZE=$LARGE_BYTES
+    for ((r = 1; r <= ROUNDS; r++)); do
+        c0=$(cpu_of offload)
+        run_wrk "$(url_of offload "$LARGE_KEY")" "$RANGE_CONNS" "$SECS" WRK_RANGE_BYTES=$RANGE_BYTES WRK_FILE_SIZE=$LARGE_BYTES
+        c1=$(cpu_of offload)
+        alive
+        log "ranges $name round $r: $WRK_RPS req/s, p50 $WRK_P50_MS ms, p99 $WRK_P99_MS ms, $WRK_BYTES_PER_REQ bytes/request, CPU (nginx + ours) $(elapsed "$c0" "$c1") s in $WRK_SECONDS s"
+        if ((WRK_BYTES_PER_REQ < RANGE_BYTES || WRK_BYTES_PER_REQ > 2 * RANGE_BYTES)); then
+            die "$name answered $WRK_BYTES_PER_REQ bytes per range request of $RANGE_BYTES"
+        fi
+        if [[ -z ${RPS[ranges.$name]:-} ]] || ge "$WRK_RPS" "${RPS[ranges.$name]}"; then
+            RPS[ranges.$name]=$WRK_RPS
+            P99[ranges.$name]=$WRK_P99_MS
+            CPU[ranges.$name]=$(awk -v c="$(elapsed "$c0" "$c1")" -v n="$WRK_REQS" 'BEGIN { printf "%.0f", c * 1e6 / n }')
+        fi
+    done
+}
+log "proxied: nginx in front of our server ($NGINX_OFFLOAD_URL), no offload"
+front_figure proxied
+log "offload: our server restarted with ACCEL_REDIRECT_PREFIX=/_files/ behind nginx"
+stop_server
+SERVER_PORT=$OFFLOAD_PORT start_server "$ROOT" ACCEL_REDIRECT_PREFIX=/_files/
+front_figure offload
+rm -f "$T/range.got" "$T/range.ref"
+
+# 7. Report.
 echo
 echo "read: $SMALL_BYTES-byte and $LARGE_MB MiB files, $LIST_FILES-file listing, $(nproc) cores, $LOAD_BEFORE at start; reference = nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (sendfile) on the same files, same run; all warm"
 ratio_row() { # FIGURE KEY UNIT TARGET
@@ -198,6 +248,11 @@ bench_row "$LARGE_MB MiB: server CPU / wall" "${LCPU[ours]}" "${LCPU[nginx]}" "-
 ratio_row "64 KiB random ranges, c$RANGE_CONNS" ranges req/s $RANGE_TARGET
 bench_row "ranges: p99 latency" "${P99[ranges.ours]} ms" "${P99[ranges.nginx]} ms" "$(ratio "${P99[ranges.ours]}" "${P99[ranges.nginx]}")" "-" "info"
 bench_row "ranges: server CPU per 1k req" "${CPU[ranges.ours]} ms" "${CPU[ranges.nginx]} ms" "$(ratio "${CPU[ranges.ours]}" "${CPU[ranges.nginx]}")" "-" "info"
+for name in proxied offload; do
+    if [[ $name == proxied ]]; then label="ranges via nginx, proxied"; else label="ranges via nginx + X-Accel"; fi
+    bench_row "$label" "${RPS[ranges.$name]} req/s" "${RPS[ranges.nginx]} req/s" "$(ratio "${RPS[ranges.$name]}" "${RPS[ranges.nginx]}")" "-" "info"
+    bench_row "  CPU per 1k req, nginx + ours" "${CPU[ranges.$name]} ms" "${CPU[ranges.nginx]} ms" "$(ratio "${CPU[ranges.$name]}" "${CPU[ranges.nginx]}")" "-" "info"
+done
 bench_row "list $LIST_FILES files: first call" "$FIRST_MS ms" "-" "-" "< $LIST_TARGET_MS ms" "$(verdict lt "$FIRST_MS" "$LIST_TARGET_MS")"
 bench_row "list $LIST_FILES files: p50 of $LIST_CALLS" "$P50_MS ms" "-" "-" "< $LIST_TARGET_MS ms" "$(verdict lt "$P50_MS" "$LIST_TARGET_MS")"
 bench_row "list $LIST_FILES files: p99 of $LIST_CALLS" "$P99_MS ms" "-" "-" "< $LIST_TARGET_MS ms" "$(verdict lt "$P99_MS" "$LIST_TARGET_MS")"
