@@ -118,8 +118,30 @@ log "both servers return the right bytes for the files and for a range"
 
 # 3. wrk figures: warm-up, then ABBA rounds; the best run of each server counts.
 declare -A RPS=() CPU=() P99=()
+# wrk_round FIGURE LABEL WHO KEY CONNS ROUND [VAR=VALUE...]: one timed wrk run of WHO's URL
+# for KEY; the best run is kept in RPS/P99/CPU under FIGURE.LABEL.
+wrk_round() {
+    local figure=$1 label=$2 who=$3 key=$4 conns=$5 round=$6 c0 c1
+    shift 6
+    c0=$(cpu_of "$who")
+    run_wrk "$(url_of "$who" "$key")" "$conns" "$SECS" "$@"
+    c1=$(cpu_of "$who")
+    alive
+    log "$figure $label round $round: $WRK_RPS req/s, p50 $WRK_P50_MS ms, p99 $WRK_P99_MS ms, $WRK_BYTES_PER_REQ bytes/request, server CPU $(elapsed "$c0" "$c1") s in $WRK_SECONDS s"
+    # wrk also counts the bytes of the answers still in flight when it stops, so
+    # allow some slack above; a server that ignored the Range would send 8192 x more.
+    if [[ $figure == ranges ]] && ((WRK_BYTES_PER_REQ < RANGE_BYTES || WRK_BYTES_PER_REQ > 2 * RANGE_BYTES)); then
+        die "$label answered $WRK_BYTES_PER_REQ bytes per range request of $RANGE_BYTES"
+    fi
+    if [[ -z ${RPS[$figure.$label]:-} ]] || ge "$WRK_RPS" "${RPS[$figure.$label]}"; then
+        RPS[$figure.$label]=$WRK_RPS
+        P99[$figure.$label]=$WRK_P99_MS
+        # CPU milliseconds per 1000 requests
+        CPU[$figure.$label]=$(awk -v c="$(elapsed "$c0" "$c1")" -v n="$WRK_REQS" 'BEGIN { printf "%.0f", c * 1e6 / n }')
+    fi
+}
 wrk_figure() { # NAME KEY CONNS [VAR=VALUE...]
-    local name=$1 key=$2 conns=$3 who r c0 c1 order
+    local name=$1 key=$2 conns=$3 who r order
     shift 3
     for who in ours nginx; do
         run_wrk "$(url_of "$who" "$key")" "$conns" "$WARM_S" "$@"
@@ -127,22 +149,7 @@ wrk_figure() { # NAME KEY CONNS [VAR=VALUE...]
     for ((r = 1; r <= ROUNDS; r++)); do
         if ((r % 2 == 1)); then order=(ours nginx); else order=(nginx ours); fi
         for who in "${order[@]}"; do
-            c0=$(cpu_of "$who")
-            run_wrk "$(url_of "$who" "$key")" "$conns" "$SECS" "$@"
-            c1=$(cpu_of "$who")
-            alive
-            log "$name $who round $r: $WRK_RPS req/s, p50 $WRK_P50_MS ms, p99 $WRK_P99_MS ms, $WRK_BYTES_PER_REQ bytes/request, server CPU $(elapsed "$c0" "$c1") s in $WRK_SECONDS s"
-            # wrk also counts the bytes of the answers still in flight when it stops, so
-            # allow some slack above; a server that ignored the Range would send 8192 x more.
-            if [[ $name == ranges ]] && ((WRK_BYTES_PER_REQ < RANGE_BYTES || WRK_BYTES_PER_REQ > 2 * RANGE_BYTES)); then
-                die "$who answered $WRK_BYTES_PER_REQ bytes per range request of $RANGE_BYTES"
-            fi
-            if [[ -z ${RPS[$name.$who]:-} ]] || ge "$WRK_RPS" "${RPS[$name.$who]}"; then
-                RPS[$name.$who]=$WRK_RPS
-                P99[$name.$who]=$WRK_P99_MS
-                # CPU milliseconds per 1000 requests
-                CPU[$name.$who]=$(awk -v c="$(elapsed "$c0" "$c1")" -v n="$WRK_REQS" 'BEGIN { printf "%.0f", c * 1e6 / n }')
-            fi
+            wrk_round "$name" "$who" "$who" "$key" "$conns" "$r" "$@"
         done
     done
 }
@@ -201,26 +208,15 @@ alive
 # 6. The deployed paths for ranges, nginx in front: proxying our answers (bytes and all),
 # then with our server restarted with the offload on (headers only, nginx sends the bytes).
 front_figure() { # NAME: ranges through nginx's second server block, best of ROUNDS
-    local name=$1 r c0 c1 code
+    local name=$1 r code
+    local vars=(WRK_RANGE_BYTES="$RANGE_BYTES" WRK_FILE_SIZE="$LARGE_BYTES")
     code="$(curl -sS --max-time 60 -o "$T/range.got" -w '%{http_code}' -r 1000-$((1000 + RANGE_BYTES - 1)) \
         "$(url_of offload "$LARGE_KEY")")" || die "$name: range request failed"
     [[ $code == 206 ]] || die "$name: a range request answered $code"
     cmp -s "$T/range.got" "$T/range.ref" || die "$name: a range request returned other bytes"
-    run_wrk "$(url_of offload "$LARGE_KEY")" "$RANGE_CONNS" "$WARM_S" WRK_RANGE_BYTES=$RANGE_BYTES WRK_FILE_SIZE=$LARGE_BYTES
+    run_wrk "$(url_of offload "$LARGE_KEY")" "$RANGE_CONNS" "$WARM_S" "${vars[@]}"
     for ((r = 1; r <= ROUNDS; r++)); do
-        c0=$(cpu_of offload)
-        run_wrk "$(url_of offload "$LARGE_KEY")" "$RANGE_CONNS" "$SECS" WRK_RANGE_BYTES=$RANGE_BYTES WRK_FILE_SIZE=$LARGE_BYTES
-        c1=$(cpu_of offload)
-        alive
-        log "ranges $name round $r: $WRK_RPS req/s, p50 $WRK_P50_MS ms, p99 $WRK_P99_MS ms, $WRK_BYTES_PER_REQ bytes/request, CPU (nginx + ours) $(elapsed "$c0" "$c1") s in $WRK_SECONDS s"
-        if ((WRK_BYTES_PER_REQ < RANGE_BYTES || WRK_BYTES_PER_REQ > 2 * RANGE_BYTES)); then
-            die "$name answered $WRK_BYTES_PER_REQ bytes per range request of $RANGE_BYTES"
-        fi
-        if [[ -z ${RPS[ranges.$name]:-} ]] || ge "$WRK_RPS" "${RPS[ranges.$name]}"; then
-            RPS[ranges.$name]=$WRK_RPS
-            P99[ranges.$name]=$WRK_P99_MS
-            CPU[ranges.$name]=$(awk -v c="$(elapsed "$c0" "$c1")" -v n="$WRK_REQS" 'BEGIN { printf "%.0f", c * 1e6 / n }')
-        fi
+        wrk_round ranges "$name" offload "$LARGE_KEY" "$RANGE_CONNS" "$r" "${vars[@]}"
     done
 }
 log "proxied: nginx in front of our server ($NGINX_OFFLOAD_URL), no offload"
