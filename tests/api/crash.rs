@@ -438,6 +438,22 @@ async fn start_with_killpoint(
     start_server(&vars, &[], port).await
 }
 
+/// The request was cut by the kill point, which left exactly one lone sidecar (the case
+/// under test); a restart removes it.
+async fn killed_with_one_lone_sidecar(
+    server: &mut Server,
+    answer: &Result<reqwest::Response, reqwest::Error>,
+    kp_log: &std::path::Path,
+    root: &std::path::Path,
+) {
+    server.child.wait().unwrap();
+    assert!(answer.is_err(), "answered although killed: {answer:?}");
+    assert!(kp_log.exists(), "the kill point was not reached");
+    let lone = lone_sidecars(&root.join("storage"));
+    assert_eq!(lone.len(), 1, "the case under test: {lone:?}");
+    restart_and_check_no_lone_sidecar(root).await;
+}
+
 /// The sidecars under `storage` whose data file is missing.
 fn lone_sidecars(storage: &std::path::Path) -> Vec<String> {
     let files = files_under(storage);
@@ -495,12 +511,7 @@ async fn a_kill_between_sidecar_and_data_leaves_no_lone_sidecar_after_a_restart(
         .body(data.clone())
         .send()
         .await;
-    server.child.wait().unwrap();
-    assert!(answer.is_err(), "answered although killed: {answer:?}");
-    assert!(kp_log.exists(), "the kill point was not reached");
-    let lone = lone_sidecars(&root.path().join("storage"));
-    assert_eq!(lone.len(), 1, "the case under test: {lone:?}");
-    restart_and_check_no_lone_sidecar(root.path()).await;
+    killed_with_one_lone_sidecar(&mut server, &answer, &kp_log, root.path()).await;
 
     // A delete killed after hiding the data, before unlinking the sidecar.
     let root = tempfile::tempdir().unwrap();
@@ -520,10 +531,5 @@ async fn a_kill_between_sidecar_and_data_leaves_no_lone_sidecar_after_a_restart(
         .header("x-service-token", SERVICE_TOKEN)
         .send()
         .await;
-    server.child.wait().unwrap();
-    assert!(answer.is_err(), "answered although killed: {answer:?}");
-    assert!(kp_log.exists(), "the kill point was not reached");
-    let lone = lone_sidecars(&root.path().join("storage"));
-    assert_eq!(lone.len(), 1, "the case under test: {lone:?}");
-    restart_and_check_no_lone_sidecar(root.path()).await;
+    killed_with_one_lone_sidecar(&mut server, &answer, &kp_log, root.path()).await;
 }
