@@ -464,7 +464,8 @@ pub async fn write_compressed(
 
 /// Makes entry names safe and unique: the last segment of the name (as a browser saving
 /// `../../etc/passwd` or `C:\x\y` keeps `passwd` or `y`), cleaned by the §7 rules (no NUL or
-/// control characters, no leading dot), and `name_1.ext`, `name_2.ext` for repeats.
+/// control or format characters, no leading dot), and `name_1.ext`, `name_2.ext` for repeats,
+/// names that differ only in case counting as repeats.
 pub fn entry_names(originals: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(originals.len());
@@ -480,9 +481,10 @@ pub fn entry_names(originals: &[String]) -> Vec<String> {
             Some(i) if i > 0 => (base[..i].to_owned(), base[i..].to_owned()),
             _ => (base.clone(), String::new()),
         };
+        // Unique regardless of case: Windows and macOS extract `a.txt` and `A.TXT` to one file.
         let mut name = base.clone();
         let mut n = 1;
-        while !seen.insert(name.clone()) {
+        while !seen.insert(name.to_lowercase()) {
             name = format!("{stem}_{n}{ext}");
             n += 1;
         }
@@ -531,6 +533,27 @@ mod tests {
         assert_eq!(names[3], "y");
         assert_eq!(names[4], "a_2.txt");
         assert_eq!(names[6], "noext_1");
+        // Issue 16: case-only differences overwrite each other on Windows and macOS; a
+        // right-to-left override disguised an executable.
+        let names = entry_names(&[
+            "a.txt".into(),
+            "A.TXT".into(),
+            "a_1.txt".into(),
+            "Ä.txt".into(),
+            "ä.TXT".into(),
+            "\u{202E}gnp.exe".into(),
+        ]);
+        assert_eq!(
+            names,
+            [
+                "a.txt",
+                "A_1.TXT",
+                "a_1_1.txt",
+                "Ä.txt",
+                "ä_1.TXT",
+                "gnp.exe"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -737,7 +737,7 @@ pub fn check_file_answer<'h>(
     }
     assert_eq!(res.header("x-content-type-options"), "nosniff");
     assert_eq!(res.header("last-modified"), f.last_modified);
-    if upload_server::routes::serve::script_capable(&f.mime) && s != 304 {
+    if upload_server::routes::serve::needs_sandbox(&f.mime) && s != 304 {
         assert_eq!(res.header("content-security-policy"), "sandbox");
     }
     if let Some(d) = req.disposition {

@@ -779,7 +779,13 @@ async fn upload_part_json(
                         let part = state.store.begin_part(&info, n).await?;
                         target = Some((info, part));
                     }
-                    None => staged = Some(state.store.begin_staged_part().await?),
+                    None => {
+                        let who = match &caller {
+                            Caller::User(u) => Some(u),
+                            Caller::Service => None,
+                        };
+                        staged = Some(state.store.begin_staged_part(who).await?);
+                    }
                 }
             }
             let sink: &mut PartUpload = if let Some((_, p)) = target.as_mut() {
@@ -1218,6 +1224,7 @@ async fn upload_multipart(
     mut multipart: Multipart,
 ) -> ApiResult<Vec<Stored>> {
     let mut fields: HashMap<String, String> = HashMap::new();
+    let mut text_bytes = 0usize;
     let mut user: Option<UserId> = match caller {
         Caller::User(u) => Some(u.clone()),
         Caller::Service => q
@@ -1238,13 +1245,29 @@ async fn upload_multipart(
         {
             let name = field.name().unwrap_or("").to_owned();
             if name != "file" && field.file_name().is_none() {
-                // Read a text field a chunk at a time, so a huge one is refused early.
+                if !TEXT_FIELDS.contains(&name.as_str()) {
+                    // Not ours: read past it, keeping nothing (issue 16: thousands of
+                    // unknown fields were all held in memory).
+                    while field
+                        .chunk()
+                        .await
+                        .map_err(|e| multipart_error(&e))?
+                        .is_some()
+                    {}
+                    continue;
+                }
+                // Read a text field a chunk at a time, so a huge one is refused early. The
+                // limit covers all the text fields together, repeats included.
                 let mut raw = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
-                    raw.extend_from_slice(&chunk);
-                    if raw.len() > MAX_TEXT_FIELD {
-                        return Err(ApiError::BadRequest(format!("Field '{name}' is too long")));
+                    text_bytes += chunk.len();
+                    if text_bytes > MAX_TEXT_FIELDS {
+                        return Err(ApiError::TooLarge(format!(
+                            "The form's text fields ({}) exceed {MAX_TEXT_FIELDS} bytes together",
+                            TEXT_FIELDS.join(", ")
+                        )));
                     }
+                    raw.extend_from_slice(&chunk);
                 }
                 let text = String::from_utf8(raw)
                     .map_err(|_| ApiError::BadRequest(format!("Field '{name}' is not UTF-8")))?;
@@ -1331,8 +1354,10 @@ async fn upload_multipart(
     result
 }
 
-/// Longest text field of a multipart upload (`folder`, `user_id`, `meta`).
-const MAX_TEXT_FIELD: usize = 64 * 1024;
+/// The text fields of a multipart upload (API.md §3.3); any other is read past and dropped.
+const TEXT_FIELDS: [&str; 4] = ["folder", "user_id", "user_email", "meta"];
+/// Most bytes of [`TEXT_FIELDS`] in one multipart upload, together.
+const MAX_TEXT_FIELDS: usize = 64 * 1024;
 /// Most files in one multipart upload.
 const MAX_FILES_PER_UPLOAD: usize = 1000;
 

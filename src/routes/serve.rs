@@ -5,7 +5,7 @@
 //! the page cache is served without leaving the async thread (`RWF_NOWAIT`); bytes that must
 //! come from the disk are read on a blocking thread, a chunk at a time, so a slow client never
 //! holds one. Our headers apply to every answer: type from the sidecar, `nosniff`, `sandbox` for
-//! script-capable types, the disposition of signed URLs. With `ACCEL_REDIRECT_PREFIX` the bytes
+//! any type not known to be display-only, the disposition of signed URLs. With `ACCEL_REDIRECT_PREFIX` the bytes
 //! go through nginx.
 //!
 //! This replaces tower-http's `ServeFile`, which opened the file again by path (a second
@@ -28,7 +28,7 @@ use super::conditional::{self, Outcome, Validators};
 use crate::error::ApiError;
 use crate::signer::Disposition;
 use crate::state::AppState;
-use crate::store::key::Key;
+use crate::store::key::{is_format_char, Key};
 use crate::store::read::{read_at, read_chunk};
 
 /// Bodies up to this size are read whole before the answer starts.
@@ -40,20 +40,59 @@ const CACHED_CHUNK: usize = 256 * 1024;
 /// A chunk of a larger body read on a blocking thread (from the disk).
 const DISK_CHUNK: usize = 1024 * 1024;
 
-/// Can a browser run script from this type? Such files get `Content-Security-Policy: sandbox`.
-pub fn script_capable(mime: &str) -> bool {
-    let m = mime.to_ascii_lowercase();
-    let essence = m.split(';').next().unwrap_or("").trim();
-    essence.contains("html")
-        || essence.contains("xml")
-        || essence.contains("javascript")
-        || essence.contains("ecmascript")
-        || essence.contains("svg")
-        || essence == "text/jscript"
+/// Does a file of this type get `Content-Security-Policy: sandbox`? Every type does except
+/// those a browser only displays, never runs: raster images, audio, video, plain text,
+/// CSV, JSON and PDF (Chrome's PDF viewer will not open inside a sandbox). An allowlist,
+/// because types stored from clients are open-ended and browsers render more than the
+/// obvious ones (issue 16: `multipart/x-mixed-replace` and `message/rfc822` carry HTML).
+/// On a type the browser downloads anyway, the header costs nothing.
+pub fn needs_sandbox(mime: &str) -> bool {
+    const SHOWN_ONLY: &[&str] = &[
+        "image/png",
+        "image/apng",
+        "image/jpeg",
+        "image/pjpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "image/x-icon",
+        "image/vnd.microsoft.icon",
+        "image/tiff",
+        "image/heic",
+        "image/heif",
+        "image/jxl",
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "application/pdf",
+    ];
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let media = |family: &str| {
+        essence.strip_prefix(family).is_some_and(|sub| {
+            !sub.is_empty()
+                && sub
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        })
+    };
+    !(SHOWN_ONLY.contains(&essence.as_str()) || media("audio/") || media("video/"))
 }
 
-/// `inline; filename="ascii"; filename*=UTF-8''pct` (RFC 6266 with RFC 8187 encoding).
+/// `inline; filename="ascii"; filename*=UTF-8''pct` (RFC 6266 with RFC 8187 encoding), the
+/// name without format characters and with control characters as `_`, as stored names are
+/// (the original name in the sidecar is the client's, kept as sent).
 pub fn content_disposition(kind: &str, name: &str) -> HeaderValue {
+    let name: String = name
+        .chars()
+        .filter(|&c| !is_format_char(c))
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
     let ascii: String = name
         .chars()
         .map(|c| {
@@ -110,7 +149,7 @@ pub async fn serve_key(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if script_capable(mime) {
+    if needs_sandbox(mime) {
         ours.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("sandbox"),
@@ -308,7 +347,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_types() {
+    fn only_display_only_types_go_unsandboxed() {
         for t in [
             "text/html",
             "application/xhtml+xml",
@@ -316,17 +355,40 @@ mod tests {
             "text/xml",
             "application/javascript",
             "text/html; charset=utf-8",
+            // Issue 16: browsers render HTML out of these.
+            "multipart/x-mixed-replace;boundary=xyz",
+            "message/rfc822",
+            "application/octet-stream",
+            "application/x-anything",
+            "text/vtt",
+            "image/png, text/html",
+            "video/",
+            "video/mp4/../../text/html",
+            "",
         ] {
-            assert!(script_capable(t), "{t}");
+            assert!(needs_sandbox(t), "{t}");
         }
         for t in [
             "image/png",
+            "IMAGE/JPEG",
             "video/mp4",
+            "video/x-matroska",
+            "audio/mpeg",
             "text/plain",
-            "application/octet-stream",
+            "text/plain; charset=utf-8",
+            "application/pdf",
         ] {
-            assert!(!script_capable(t), "{t}");
+            assert!(!needs_sandbox(t), "{t}");
         }
+    }
+
+    #[test]
+    fn disposition_drops_format_characters() {
+        let v = content_disposition("inline", "\u{202E}gnp.exe\u{7}");
+        assert_eq!(
+            v.to_str().unwrap_or(""),
+            "inline; filename=\"gnp.exe_\"; filename*=UTF-8''gnp.exe_"
+        );
     }
 
     #[test]

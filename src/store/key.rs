@@ -49,10 +49,55 @@ fn is_forbidden(c: char) -> bool {
     matches!(c, '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*') || c.is_control()
 }
 
-/// The §7 character and stripping rules shared by folder parts and file names.
+/// Unicode's format characters (general category Cf, Unicode 15): invisible, and some
+/// reorder what a person reads (U+202E shows `\u{202E}gnp.exe` as `exe.png`).
+const FORMAT_CHARS: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Is `c` a format character (bidirectional overrides and isolates, zero-width characters,
+/// ...)? Names drop them, so a name shows what it is (issue 16).
+pub fn is_format_char(c: char) -> bool {
+    let c = u32::from(c);
+    FORMAT_CHARS
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// The §7 character and stripping rules shared by folder parts and file names, and format
+/// characters dropped.
 fn clean_part(raw: &str) -> String {
     let replaced: String = raw
         .chars()
+        .filter(|&c| !is_format_char(c))
         .map(|c| if is_forbidden(c) { '_' } else { c })
         .collect();
     replaced.trim_matches(|c| c == '.' || c == ' ').to_owned()
@@ -68,6 +113,19 @@ fn cut_bytes(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A name ending in `.meta` (any case) gets a `_`: only sidecars end so, and a folder or file
+/// named like one would be skipped by the listing and the quota count (issue 16: a folder
+/// `a.meta` held files the quota never saw). The result stays within `max` bytes.
+fn not_a_sidecar_name(mut name: String, max: usize) -> String {
+    if name.to_ascii_lowercase().ends_with(".meta") {
+        if name.len() + 1 > max {
+            name.truncate(cut_bytes(&name, max - 1).len());
+        }
+        name.push('_');
+    }
+    name
 }
 
 /// A sanitised folder: one or more safe segments under a user's directory.
@@ -94,7 +152,7 @@ impl FolderPath {
                 if p.is_empty() {
                     "invalid".to_owned()
                 } else {
-                    p
+                    not_a_sidecar_name(p, 255)
                 }
             })
             .collect();
@@ -171,13 +229,7 @@ impl FileName {
             // The cut may end on a dot or a space, which §7 strips (found by fuzzing).
             name.truncate(name.trim_end_matches(['.', ' ']).len());
         }
-        if name.to_ascii_lowercase().ends_with(".meta") {
-            if name.len() + 1 > MAX_NAME_BYTES {
-                name = cut_bytes(&name, MAX_NAME_BYTES - 1).to_owned();
-            }
-            name.push('_');
-        }
-        Self(name)
+        Self(not_a_sidecar_name(name, MAX_NAME_BYTES))
     }
 
     /// The name as text.
@@ -319,6 +371,9 @@ mod tests {
         assert_eq!(f("a\\b"), Some("a_b".into()));
         assert_eq!(f("a<b>c:d"), Some("a_b_c_d".into()));
         assert_eq!(f(" .hidden. "), Some("hidden".into()));
+        // Only sidecars end in `.meta` (issue 16: such a folder hid files from the quota).
+        assert_eq!(f("a.meta/b.META"), Some("a.meta_/b.META_".into()));
+        assert_eq!(f("a.metadata"), Some("a.metadata".into()));
         assert_eq!(f("..."), Some("invalid".into()));
         assert_eq!(f(&"x".repeat(150)).unwrap().len(), 100);
         assert!(f(&"𝄞".repeat(150)).unwrap().len() <= 255);
@@ -334,6 +389,13 @@ mod tests {
         assert_eq!(n("x.meta"), "x.meta_");
         assert_eq!(n("x.META"), "x.META_");
         assert_eq!(n("Résumé été.pdf"), "Résumé été.pdf");
+        // Issue 16: a right-to-left override showed `\u{202E}gnp.exe` as `exe.png`.
+        assert_eq!(n("\u{202E}gnp.exe"), "gnp.exe");
+        assert_eq!(
+            n("a\u{2066}b\u{2069}\u{200B}\u{FEFF}\u{E0041}.txt"),
+            "ab.txt"
+        );
+        assert_eq!(n("\u{202E}"), "unnamed_file");
         let long = format!("{}.mp4", "é".repeat(200));
         let cut = n(&long);
         assert!(
@@ -365,6 +427,29 @@ mod tests {
             assert!(!n.ends_with(['.', ' ']), "{n:?}");
             assert!(!n.to_ascii_lowercase().ends_with(".meta"), "{n:?}");
         }
+    }
+
+    #[test]
+    fn format_chars_are_unicode_cf() {
+        for c in [
+            '\u{AD}',
+            '\u{200E}',
+            '\u{202A}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{E007F}',
+        ] {
+            assert!(is_format_char(c), "{c:?}");
+        }
+        for c in ['a', ' ', 'é', '\u{2065}', '\u{2029}', '\u{FFFC}', '𝄞'] {
+            assert!(!is_format_char(c), "{c:?}");
+        }
+        assert!(FORMAT_CHARS.windows(2).all(|w| w[0].1 < w[1].0));
+        assert_eq!(
+            FolderPath::sanitize("\u{202E}cod/x").map(|f| f.as_string()),
+            Some("cod/x".into())
+        );
     }
 
     #[test]
@@ -455,6 +540,11 @@ mod tests {
                 let stored = format!("1a2b3c4d_{}", name.as_str());
                 let sidecar_len = stored.len() + ".meta".len();
                 prop_assert!(sidecar_len <= 255);
+                if let Some(f) = &folder {
+                    for seg in f.segments() {
+                        prop_assert!(!seg.to_ascii_lowercase().ends_with(".meta"), "{seg}");
+                    }
+                }
                 let key = Key::new(&user, folder.as_ref(), &stored);
                 stays_inside(&key);
             }

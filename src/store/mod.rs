@@ -13,6 +13,7 @@ pub mod read;
 pub mod sessions;
 pub mod sidecar;
 pub mod sink;
+pub mod staging;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -116,6 +117,8 @@ pub struct FileStore {
     meta_cache: std::sync::Arc<read::MetaCache>,
     /// `UPLOAD_ROOT`, open once: every read resolves below it with `openat2`.
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Bytes of JSON parts staged before their session is known.
+    staging: std::sync::Arc<staging::StagingBudget>,
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -169,6 +172,7 @@ impl FileStore {
             max_file,
             list_cache: std::sync::Arc::default(),
             meta_cache: std::sync::Arc::default(),
+            staging: std::sync::Arc::default(),
         })
     }
 
@@ -353,6 +357,7 @@ impl FileStore {
             return Ok(PartUpload {
                 sink: Sink::append(file, hashes, room),
                 append_at: Some((offset, AppendGuard(Some(self.dirs.live(&id))))),
+                staging: None,
             });
         }
         let tmp = self
@@ -366,19 +371,32 @@ impl FileStore {
         Ok(PartUpload {
             sink,
             append_at: None,
+            staging: None,
         })
     }
 
     /// Starts receiving a JSON part whose session is not known yet (its `uploadId` comes
-    /// after the data): bytes go to `.parts/.staging/`, at most `MAX_BODY_MB`.
-    pub async fn begin_staged_part(&self) -> Result<PartUpload, StoreError> {
+    /// after the data): bytes go to `.parts/.staging/`, within the staging budget of `who`
+    /// (a user, or `None` for service callers; see [`staging`]).
+    pub async fn begin_staged_part(&self, who: Option<&UserId>) -> Result<PartUpload, StoreError> {
+        let limit = match who {
+            Some(user) => {
+                let quotas = self.quotas.clone();
+                let user = user.as_str().to_owned();
+                blocking(move || quotas.with_ledger(&user, |l| Ok(l.reserved.values().sum())))
+                    .await?
+            }
+            None => self.max_file,
+        };
+        let charge = self.staging.charge(who.cloned(), limit);
         let tmp = self
             .dirs
             .staging()
             .join(uuid::Uuid::new_v4().simple().to_string());
         Ok(PartUpload {
-            sink: Sink::create(tmp, true, self.max_file).await?,
+            sink: Sink::create(tmp, true, limit.min(self.max_file)).await?,
             append_at: None,
+            staging: Some(charge),
         })
     }
 
@@ -1100,6 +1118,9 @@ pub struct PartUpload {
     /// Where the part starts in the session's data file, when it is being appended there
     /// (the sink then holds the data file's lock).
     append_at: Option<(u64, AppendGuard)>,
+    /// A part staged before its session was known holds this much of its caller's staging
+    /// budget, until it is committed or dropped.
+    staging: Option<staging::StagingCharge>,
 }
 
 /// The folder of a session whose part is being appended; dropped armed (the part was cut
@@ -1157,6 +1178,9 @@ fn cut_data_file(dir: &Path, data: &std::fs::File) {
 impl PartUpload {
     /// Writes decoded bytes.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        if let Some(charge) = &mut self.staging {
+            charge.take(chunk.len() as u64)?;
+        }
         self.sink.write(chunk).await
     }
     /// Bytes received so far.

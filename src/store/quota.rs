@@ -227,19 +227,21 @@ fn dir_usage(dir: &Path) -> Result<u64, StoreError> {
                 }
                 continue;
             }
-            if let Some(data) = name.strip_suffix(".meta") {
+            // A sidecar is a regular file named `{data}.meta`; a folder so named (the old
+            // sanitiser let one through) is walked like any other, so its files count.
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if !ft.is_file() {
+                continue;
+            } else if let Some(data) = name.strip_suffix(".meta") {
                 let gone = matches!(std::fs::symlink_metadata(d.join(data)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound);
                 if gone {
                     tracing::info!(file = %entry.path().display(), "removed a sidecar a crash left without its data");
                     let _ = std::fs::remove_file(entry.path());
                 }
-                continue;
-            }
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() && !name.ends_with(".meta") {
+            } else {
                 match entry.metadata() {
                     Ok(md) => total += md.len(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -638,22 +638,25 @@ impl FileStore {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
-            if name.starts_with('.') || name.ends_with(".meta") {
+            if name.starts_with('.') {
                 continue;
             }
-            match entry.file_type() {
-                rustix::fs::FileType::Directory => subdirs.push(name.to_owned()),
-                rustix::fs::FileType::RegularFile => names.push(name.to_owned()),
+            let kind = match entry.file_type() {
+                // Filesystems without d_type: ask.
                 rustix::fs::FileType::Unknown => {
-                    // Filesystems without d_type: ask.
                     match rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-                            rustix::fs::FileType::Directory => subdirs.push(name.to_owned()),
-                            rustix::fs::FileType::RegularFile => names.push(name.to_owned()),
-                            _ => {}
-                        },
+                        Ok(st) => rustix::fs::FileType::from_raw_mode(st.st_mode),
                         Err(_) => continue,
                     }
+                }
+                known => known,
+            };
+            match kind {
+                rustix::fs::FileType::Directory => subdirs.push(name.to_owned()),
+                // A sidecar is a regular file named `{data}.meta`; a folder so named is
+                // listed like any other (the quota count walks it too).
+                rustix::fs::FileType::RegularFile if !name.ends_with(".meta") => {
+                    names.push(name.to_owned());
                 }
                 _ => {}
             }

@@ -76,7 +76,7 @@ pub(crate) fn check_all_readers(zip: &Path) -> Vec<(String, usize, String)> {
         .collect()
 }
 
-async fn make_token(app: &TestApp, body: Value) -> String {
+pub(crate) async fn make_token(app: &TestApp, body: Value) -> String {
     let (s, b) = send(
         app.post("/v1/files/batch-download")
             .as_service()

@@ -15,6 +15,7 @@ mod helpers;
 mod nginx;
 mod parts;
 mod reading;
+mod security;
 mod shutdown;
 mod slow;
 mod upload;
