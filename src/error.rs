@@ -12,6 +12,8 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema,
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
+use crate::store::StoreError;
+
 /// The body of every error answer (API.md §6).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -327,4 +329,22 @@ pub async fn json_error_bodies(res: Response) -> Response {
     );
     let body = json!({ "detail": detail }).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The one place store errors get words and statuses (STYLE.md §2.2).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::NotFound(m),
+            StoreError::Invalid(m) => Self::BadRequest(m),
+            StoreError::SizeMismatch { .. } => Self::BadRequest("Size mismatch".to_owned()),
+            StoreError::ShaMismatch => Self::BadRequest("SHA256 mismatch".to_owned()),
+            e @ StoreError::Quota { .. } => Self::TooLarge(e.to_string()),
+            StoreError::TooLarge => {
+                Self::TooLarge("Upload exceeds the declared or allowed size".to_owned())
+            }
+            StoreError::DiskFull => Self::InsufficientStorage,
+            StoreError::Io(io) => Self::Internal(io.into()),
+        }
+    }
 }

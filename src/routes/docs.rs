@@ -10,7 +10,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{batch, files, service, signed, storage, Routes};
+use super::{batch, files, service, signed, signed_url, storage, uploads, Routes};
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::state::AppState;
 
@@ -45,17 +45,17 @@ pub fn routes() -> Routes {
         service::jwks,
         service::generate_token,
         service::metrics,
-        files::init_upload,
-        files::upload_part_json,
-        files::upload_part_raw,
-        files::complete_upload,
-        files::session_status,
-        files::abort_session,
-        files::upload_files,
+        uploads::init::init_upload,
+        uploads::parts::upload_part_json,
+        uploads::parts::upload_part_raw,
+        uploads::complete::complete_upload,
+        uploads::sessions::session_status,
+        uploads::sessions::abort_session,
+        uploads::one_request::upload_files,
         files::list_files,
         files::file_metadata,
-        files::signed_url_get,
-        files::signed_url_post,
+        signed_url::signed_url_get,
+        signed_url::signed_url_post,
         files::delete_file,
         storage::serve_public,
         signed::serve_signed,

@@ -8,7 +8,9 @@ pub mod files;
 pub mod serve;
 pub mod service;
 pub mod signed;
+pub mod signed_url;
 pub mod storage;
+pub mod uploads;
 
 use axum::handler::Handler;
 use axum::http::Method;
@@ -27,7 +29,9 @@ pub fn routes() -> Routes {
     Routes::new()
         .merge(service::routes())
         .merge(docs::routes())
+        .merge(uploads::routes())
         .merge(files::routes())
+        .merge(signed_url::routes())
         .merge(storage::routes())
         .merge(signed::routes())
         .merge(batch::routes())

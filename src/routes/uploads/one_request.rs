@@ -1,0 +1,338 @@
+//! `POST /v1/files/upload`: files in one request, multipart or raw, streamed to disk
+//! (API.md §3.3).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{body_error, cause_of_body_error, client_fields};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
+use crate::state::AppState;
+use crate::store::key::{validate_client_filename, FolderPath, Key, UserId};
+use crate::store::Stored;
+
+/// Query parameters of the one-request upload.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The file name, for a raw body (required then).
+    filename: Option<String>,
+    /// The folder the file(s) go to.
+    folder: Option<String>,
+    /// The user (service callers must name one, here or as a form field).
+    user_id: Option<String>,
+    /// The user, when named by e-mail.
+    user_email: Option<String>,
+}
+
+/// The form of a multipart upload.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler reads the form as a stream
+pub struct UploadForm {
+    /// One or more files.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+    /// The folder the files go to.
+    folder: Option<String>,
+    /// The user (service callers).
+    user_id: Option<String>,
+    /// A JSON object of client fields for the sidecars.
+    meta: Option<String>,
+}
+
+/// The files stored by a one-request upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    files: Vec<UploadedFile>,
+}
+
+/// A stored file and its public link.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedFile {
+    /// `storage/{user_id}/[{folder}/]{prefix}_{filename}`.
+    key: String,
+    size: Option<u64>,
+    mime: String,
+    /// Hex SHA-256.
+    sha256: Option<String>,
+    /// The public `/storage` URL.
+    url: String,
+}
+
+/// Percent-encodes one URL path segment.
+pub(crate) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@!$&'()*+,;=:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The public `/storage` URL of a key.
+pub fn public_url(base: &str, key: &Key) -> String {
+    let path: Vec<String> = key.to_string().split('/').map(encode_segment).collect();
+    format!("{base}/{}", path.join("/"))
+}
+
+pub(crate) fn uploaded_file(state: &AppState, s: &Stored) -> UploadedFile {
+    UploadedFile {
+        key: s.key.to_string(),
+        size: s.meta.size,
+        mime: s.meta.mime.clone(),
+        sha256: s.meta.sha256.clone(),
+        url: public_url(&state.settings.public_base_url, &s.key),
+    }
+}
+
+/// Uploads in one request: a multipart form with one or more `file` fields,
+/// or the raw bytes with `filename` in the query. Bodies stream to disk.
+#[utoipa::path(post, path = "/v1/files/upload", tag = "uploads",
+    params(
+        UploadQuery,
+        ("X-Content-SHA256" = Option<String>, Header, description = "Hex SHA-256 of a raw body; checked when given"),
+    ),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "application/octet-stream"),
+    )),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The stored files", body = Uploaded),
+        (status = 400, description = "An invalid file name, a bad form, SHA256 mismatch, or a service caller named no user", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 413, description = "Over `MAX_BODY_MB` or the quota", body = ErrorBody),
+        (status = 422, description = "No file given", body = ErrorBody),
+        (status = 507, description = "The disk is full", body = ErrorBody),
+    ))]
+pub(crate) async fn upload_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(q): AppQuery<UploadQuery>,
+    headers: HeaderMap,
+    req: Request,
+) -> ApiResult<Json<Uploaded>> {
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let stored = if is_multipart {
+        let multipart = Multipart::from_request(req, &state).await.map_err(|e| {
+            ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
+        })?;
+        upload_multipart(&state, &caller, q, multipart).await?
+    } else {
+        upload_raw(&state, &caller, q, &headers, req.into_body()).await?
+    };
+    for s in &stored {
+        tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0));
+    }
+    Ok(Json(Uploaded {
+        files: stored.iter().map(|s| uploaded_file(&state, s)).collect(),
+    }))
+}
+
+pub(crate) async fn upload_raw(
+    state: &AppState,
+    caller: &Caller,
+    q: UploadQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Vec<Stored>> {
+    let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
+    let name = q
+        .filename
+        .ok_or_else(|| ApiError::validation(&["query", "filename"], "Field required", "missing"))?;
+    validate_client_filename(&name).map_err(|e| ApiError::BadRequest(e.0))?;
+    let expected_sha = headers
+        .get("x-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+    let mut upload = state.store.begin_upload(&user).await?;
+    let result = async {
+        let mut sink = upload.begin_file().await?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| body_error(&e))?;
+            upload.write(&mut sink, chunk, 0).await?;
+        }
+        let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
+        let file = sink.finish().await?;
+        let stored = upload
+            .publish_file(file, name, folder, mime, expected_sha, Map::new())
+            .await?;
+        Ok::<_, ApiError>(vec![stored])
+    }
+    .await;
+    upload.finish().await;
+    result
+}
+
+pub(crate) async fn upload_multipart(
+    state: &AppState,
+    caller: &Caller,
+    q: UploadQuery,
+    mut multipart: Multipart,
+) -> ApiResult<Vec<Stored>> {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut text_bytes = 0usize;
+    let mut user: Option<UserId> = match caller {
+        Caller::User(u) => Some(u.clone()),
+        Caller::Service => q
+            .user_id
+            .as_deref()
+            .or(q.user_email.as_deref())
+            .map(|u| caller.acting_for(Some(u)))
+            .transpose()?,
+    };
+    let mut upload = None;
+    let mut received = Vec::new();
+    let mut total = 0u64;
+    let result = async {
+        while let Some(mut field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(&e))?
+        {
+            let name = field.name().unwrap_or("").to_owned();
+            if name != "file" && field.file_name().is_none() {
+                if !TEXT_FIELDS.contains(&name.as_str()) {
+                    // Not ours: read past it, keeping nothing (issue 16: thousands of
+                    // unknown fields were all held in memory).
+                    while field
+                        .chunk()
+                        .await
+                        .map_err(|e| multipart_error(&e))?
+                        .is_some()
+                    {}
+                    continue;
+                }
+                // Read a text field a chunk at a time, so a huge one is refused early. The
+                // limit covers all the text fields together, repeats included.
+                let mut raw = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+                    text_bytes += chunk.len();
+                    if text_bytes > MAX_TEXT_FIELDS {
+                        return Err(ApiError::TooLarge(format!(
+                            "The form's text fields ({}) exceed {MAX_TEXT_FIELDS} bytes together",
+                            TEXT_FIELDS.join(", ")
+                        )));
+                    }
+                    raw.extend_from_slice(&chunk);
+                }
+                let text = String::from_utf8(raw)
+                    .map_err(|_| ApiError::BadRequest(format!("Field '{name}' is not UTF-8")))?;
+                if user.is_none() && (name == "user_id" || name == "user_email") {
+                    user = Some(caller.acting_for(Some(&text))?);
+                }
+                fields.insert(name, text);
+                continue;
+            }
+            if received.len() >= MAX_FILES_PER_UPLOAD {
+                return Err(ApiError::BadRequest(format!(
+                    "At most {MAX_FILES_PER_UPLOAD} files per request"
+                )));
+            }
+            let owner = match &user {
+                Some(u) => u.clone(),
+                None => caller.acting_for(None)?,
+            };
+            let file_name = field.file_name().unwrap_or("").to_owned();
+            validate_client_filename(&file_name).map_err(|e| ApiError::BadRequest(e.0))?;
+            let mime = field.content_type().map(str::to_owned);
+            if upload.is_none() {
+                upload = Some(state.store.begin_upload(&owner).await?);
+            }
+            let Some(up) = upload.as_mut() else { continue };
+            let mut sink = up.begin_file().await?;
+            while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+                up.write(&mut sink, chunk, total).await?;
+            }
+            total += sink.written();
+            // Finished now: a waiting file holds no buffer, only its temp file.
+            received.push((sink.finish().await?, file_name, mime));
+        }
+        if received.is_empty() {
+            return Err(ApiError::validation(
+                &["body", "file"],
+                "Field required",
+                "missing",
+            ));
+        }
+        let folder = fields
+            .get("folder")
+            .map(String::as_str)
+            .or(q.folder.as_deref())
+            .and_then(FolderPath::sanitize);
+        let extra = match fields.get("meta") {
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(m)) => client_fields(Some(m)),
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "meta must be a JSON object".to_owned(),
+                    ))
+                }
+            },
+            None => Map::new(),
+        };
+        let Some(up) = upload.as_mut() else {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "upload without a work folder"
+            )));
+        };
+        let mut stored: Vec<Stored> = Vec::new();
+        for (file, name, mime) in received {
+            match up
+                .publish_file(file, name, folder.clone(), mime, None, extra.clone())
+                .await
+            {
+                Ok(s) => stored.push(s),
+                Err(e) => {
+                    // All or nothing: the files of this request already published go too.
+                    for s in &stored {
+                        let _ = state.store.delete(&s.key).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(stored)
+    }
+    .await;
+    if let Some(up) = upload {
+        up.finish().await;
+    }
+    result
+}
+
+/// The text fields of a multipart upload (API.md §3.3); any other is read past and dropped.
+const TEXT_FIELDS: [&str; 4] = ["folder", "user_id", "user_email", "meta"];
+/// Most bytes of [`TEXT_FIELDS`] in one multipart upload, together.
+const MAX_TEXT_FIELDS: usize = 64 * 1024;
+/// Most files in one multipart upload.
+const MAX_FILES_PER_UPLOAD: usize = 1000;
+
+pub(crate) fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge("Request body too large".to_owned());
+    }
+    if let Some(cause) = cause_of_body_error(e) {
+        return cause;
+    }
+    ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
+}

@@ -1,0 +1,117 @@
+//! A session's state and its abort: `GET` and `DELETE /v1/files/uploads/{id}` (API.md §3.2).
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::owned_session;
+use crate::auth::Caller;
+use crate::error::{ApiResult, AppPath, ErrorBody};
+use crate::state::AppState;
+
+/// Where an upload stands, so a client can resume (API.md §3.2).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    upload_id: String,
+    /// `single`, `chunked` or `batch`.
+    mode: String,
+    /// The file this session receives.
+    files: Vec<SessionFile>,
+    /// The folder given at init.
+    folder: Option<String>,
+    /// The parts received, by number.
+    parts: Vec<SessionPart>,
+    received_bytes: u64,
+    expected_bytes: u64,
+    /// RFC 3339, UTC.
+    created_at: String,
+    /// RFC 3339, UTC: unfinished, the session is removed then.
+    expires_at: String,
+}
+
+/// A file as declared at init.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionFile {
+    name: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime: Option<String>,
+}
+
+/// A part received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPart {
+    #[serde(rename = "partNumber")]
+    part_number: u32,
+    size: u64,
+}
+
+/// An upload session's state.
+#[utoipa::path(get, path = "/v1/files/uploads/{upload_id}", tag = "uploads",
+    params(("upload_id" = String, Path, description = "The session")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The session", body = SessionStatus),
+        (status = 400, description = "Not a session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+    ))]
+pub(crate) async fn session_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppPath(upload_id): AppPath<String>,
+) -> ApiResult<Json<SessionStatus>> {
+    let (id, info) = owned_session(&state, &caller, &upload_id).await?;
+    let parts = state.store.session_parts(&id).await?;
+    let received: u64 = parts.iter().map(|(_, s)| s).sum();
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(Json(SessionStatus {
+        upload_id: info.upload_id,
+        mode: info.mode,
+        files: vec![SessionFile {
+            name: info.file.name,
+            size: info.file.size,
+            mime: info.file.mime,
+        }],
+        folder: info.folder,
+        parts: parts
+            .iter()
+            .map(|&(part_number, size)| SessionPart { part_number, size })
+            .collect(),
+        received_bytes: received,
+        expected_bytes: info.file.size,
+        created_at: rfc(info.created_at),
+        expires_at: rfc(info.expires_at),
+    }))
+}
+
+/// An answer with only a status word.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusWord {
+    #[schema(example = "aborted")]
+    status: &'static str,
+}
+
+/// Aborts an upload session and frees its space.
+#[utoipa::path(delete, path = "/v1/files/uploads/{upload_id}", tag = "uploads",
+    params(("upload_id" = String, Path, description = "The session")),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Aborted", body = StatusWord),
+        (status = 400, description = "Not a session id", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+    ))]
+pub(crate) async fn abort_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppPath(upload_id): AppPath<String>,
+) -> ApiResult<Json<StatusWord>> {
+    let (_, info) = owned_session(&state, &caller, &upload_id).await?;
+    state.store.abort(&info).await?;
+    tracing::info!(target: "activity", event = "upload_abort", user = %info.user_id, upload_id = %info.upload_id);
+    Ok(Json(StatusWord { status: "aborted" }))
+}
