@@ -16,7 +16,8 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use tokio::sync::mpsc;
 
-use crate::store::read::{read_chunk, DataOpener};
+use crate::store::pagecache::read_chunk;
+use crate::store::read::DataOpener;
 
 /// One file of the archive.
 #[derive(Clone)]

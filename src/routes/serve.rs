@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::signer::Disposition;
 use crate::state::AppState;
 use crate::store::key::{is_format_char, Key};
-use crate::store::read::{read_at, read_chunk};
+use crate::store::pagecache::{read_at, read_chunk};
 
 /// Bodies up to this size are read whole before the answer starts.
 const INLINE_MAX: u64 = 256 * 1024;

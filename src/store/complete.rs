@@ -1,0 +1,83 @@
+//! Completing a session: claimed by renaming its folder (of two completes one wins), then
+//! published, or given back with its parts when the checks fail (API.md §3.1).
+
+use std::path::Path;
+
+use super::lock::lock_dir;
+use super::recover::published_data;
+use super::sessions::{self, SessionId};
+use super::{blocking, not_found, CompleteRequest, FileStore, StoreError, Stored};
+
+impl FileStore {
+    /// Joins a session's parts into its file and publishes it (API.md §3.1 complete).
+    pub async fn complete(
+        &self,
+        id: &SessionId,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let this = self.clone();
+        let id = *id;
+        blocking(move || this.complete_blocking(&id, req)).await
+    }
+
+    pub(super) fn complete_blocking(
+        &self,
+        id: &SessionId,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let live = self.dirs.live(id);
+        let claimed = self.dirs.claimed(id);
+        let info = sessions::read_info(&live)?;
+        if info.expired() {
+            return Err(StoreError::NotFound("Upload session not found".to_owned()));
+        }
+        // The folder's lock marks the claim as alive for as long as this complete runs (the
+        // kernel drops it if the process dies, whichever host or PID); it also waits for a
+        // part being committed. Then, of two completes, only one renames the folder.
+        let _lock = lock_dir(&live).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found(),
+            _ => e.into(),
+        })?;
+        match std::fs::rename(&live, &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        }
+        let result = self.publish_claimed(&claimed, &info, req);
+        // A failure after the file went into place (the folder's fsync, the ledger's write)
+        // must not give the session back: its parts may be that very file (a hard link),
+        // and a second complete would store a second copy. The complete took effect.
+        let in_place = result.is_err() && published_data(&claimed).is_some();
+        if in_place {
+            tracing::error!(session = %id, "complete failed after its file was in place: the session ends");
+        }
+        if result.is_ok() || in_place {
+            self.end_claim(id, &claimed);
+        } else {
+            // Keep the parts so the client can fix them and complete again.
+            let _ = std::fs::remove_file(claimed.join("publish.json"));
+            if let Err(e) = std::fs::rename(&claimed, &live) {
+                tracing::error!(error = %e, session = %id, "cannot give a claimed session back");
+            }
+        }
+        result
+    }
+
+    /// Removes the folder of a claim that took effect.
+    pub(super) fn end_claim(&self, id: &SessionId, claimed: &Path) {
+        // Out of the way first: a crash half-way through deleting must not leave a
+        // claimed folder that looks like a complete to give back (a second copy).
+        let doomed = self
+            .dirs
+            .parts
+            .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(claimed, &doomed) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(claimed);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Upload sessions begun and ended: one per file at init (quota reserved), read back,
+//! listed and aborted (API.md §3.1, §3.2). Their on-disk records are `sessions.rs`.
+
+use std::io::Write as _;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use super::key::{self, UserId};
+use super::sessions::{self, FileSpec, SessionId, SessionInfo};
+use super::{blocking, fsync_dir, FileStore, StoreError};
+
+impl FileStore {
+    /// Opens one session per file, reserving their declared sizes against the quota
+    /// together (all or none).
+    pub async fn create_sessions(
+        &self,
+        user: &UserId,
+        mode: &str,
+        files: Vec<FileSpec>,
+        folder: Option<String>,
+        meta: Map<String, Value>,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        for f in &files {
+            key::validate_client_filename(&f.name).map_err(|e| StoreError::Invalid(e.0))?;
+            if f.size > self.max_file {
+                return Err(StoreError::TooLarge);
+            }
+        }
+        let created_at = Utc::now();
+        let expires_at = created_at
+            + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(24));
+        let infos: Vec<SessionInfo> = files
+            .into_iter()
+            .map(|file| SessionInfo {
+                upload_id: SessionId::new().to_string(),
+                user_id: user.as_str().to_owned(),
+                mode: mode.to_owned(),
+                file,
+                folder: folder.clone(),
+                meta: meta.clone(),
+                created_at,
+                expires_at,
+            })
+            .collect();
+        let this = self.clone();
+        let user = user.as_str().to_owned();
+        let out = infos.clone();
+        blocking(move || {
+            this.quotas.with_ledger(&user, |ledger| {
+                let requested: u64 = infos.iter().map(|i| i.file.size).sum();
+                let used = ledger.used + ledger.reserved.values().sum::<u64>();
+                if used.saturating_add(requested) > this.quotas.limit {
+                    return Err(StoreError::Quota {
+                        used,
+                        quota: this.quotas.limit,
+                        requested,
+                    });
+                }
+                for info in &infos {
+                    let id = SessionId::parse(&info.upload_id)?;
+                    let dir = this.dirs.live(&id);
+                    std::fs::create_dir(&dir)?;
+                    let written = (|| -> std::io::Result<()> {
+                        let mut f = std::fs::File::create(dir.join("session.json"))?;
+                        f.write_all(&serde_json::to_vec_pretty(info).unwrap_or_default())?;
+                        f.sync_all()?;
+                        fsync_dir(&dir)
+                    })();
+                    if let Err(e) = written {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e.into());
+                    }
+                    ledger
+                        .reserved
+                        .insert(info.upload_id.clone(), info.file.size);
+                }
+                Ok(())
+            })
+        })
+        .await
+        .inspect_err(|_| {
+            // A failure part-way leaves no session behind.
+            for info in &out {
+                if let Ok(id) = SessionId::parse(&info.upload_id) {
+                    let _ = std::fs::remove_dir_all(self.dirs.live(&id));
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// A live session (not expired), for its owner.
+    pub async fn session(&self, id: &SessionId) -> Result<SessionInfo, StoreError> {
+        let dir = self.dirs.live(id);
+        let info = blocking(move || sessions::read_info(&dir)).await?;
+        if info.expired() {
+            return Err(StoreError::NotFound("Upload session not found".to_owned()));
+        }
+        Ok(info)
+    }
+
+    /// A session's parts and their sizes.
+    pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
+        let dir = self.dirs.live(id);
+        blocking(move || sessions::list_parts(&dir)).await
+    }
+
+    /// Removes a session and frees its reservation.
+    pub async fn abort(&self, info: &SessionInfo) -> Result<(), StoreError> {
+        let id = SessionId::parse(&info.upload_id)?;
+        let this = self.clone();
+        let user = info.user_id.clone();
+        blocking(move || {
+            let dir = this.dirs.live(&id);
+            let doomed = this
+                .dirs
+                .parts
+                .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+            match std::fs::rename(&dir, &doomed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound("Upload session not found".to_owned()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let _ = std::fs::remove_dir_all(&doomed);
+            this.quotas.with_ledger(&user, |l| {
+                l.reserved.remove(&id.to_string());
+                Ok(())
+            })
+        })
+        .await
+    }
+}
