@@ -7,6 +7,7 @@ mod batch;
 mod config;
 mod cors;
 mod crash;
+mod csrf;
 mod docs;
 mod errors;
 mod fuzz_found;
