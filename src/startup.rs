@@ -196,7 +196,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.clone(),
             crate::telemetry::access_log,
         ))
         .with_state(state)

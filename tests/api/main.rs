@@ -10,6 +10,7 @@ mod crash;
 mod csrf;
 mod docs;
 mod errors;
+mod forwarded;
 mod fuzz_found;
 mod health;
 mod helpers;
