@@ -1,12 +1,13 @@
 //! Who is calling (API.md §2): a service with `X-Service-Token`, or a user with a JWT in
-//! `Authorization: Bearer` or the `auth_token` cookie. One extractor, [`Caller`], decides.
+//! `Authorization: Bearer` or the `auth_token` cookie. One extractor, [`Caller`], decides;
+//! it also refuses cookie-authenticated writes from other sites ([`check_cookie_origin`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts, HeaderMap};
+use axum::http::{header, request::Parts, HeaderMap, Method};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -18,6 +19,7 @@ use crate::config::{JwtSettings, Secret};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::key::UserId;
+use crate::trust::TrustedOrigins;
 
 /// The authenticated party of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +61,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.authenticate(&parts.headers).await
+        state.auth.authenticate(&parts.method, &parts.headers).await
     }
 }
 
@@ -71,7 +73,11 @@ impl FromRequestParts<AppState> for ServiceCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth.authenticate(&parts.headers).await? {
+        match state
+            .auth
+            .authenticate(&parts.method, &parts.headers)
+            .await?
+        {
             Caller::Service => Ok(Self),
             Caller::User(_) => Err(ApiError::Unauthorized("Service token required".to_owned())),
         }
@@ -83,25 +89,39 @@ impl FromRequestParts<AppState> for ServiceCaller {
 pub struct Authenticator {
     service_token_digest: Option<Secret<[u8; 32]>>,
     jwt: JwtVerifier,
+    /// Origins whose cookie-authenticated writes are accepted.
+    trusted_origins: TrustedOrigins,
 }
 
 impl Authenticator {
     /// Builds the checks from the settings; fails on a key that does not parse.
-    pub fn new(service_token: Option<&Secret<String>>, jwt: &JwtSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        service_token: Option<&Secret<String>>,
+        jwt: &JwtSettings,
+        trusted_origins: TrustedOrigins,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             service_token_digest: service_token.map(|t| Secret::new(digest(t.expose().as_bytes()))),
             jwt: JwtVerifier::new(jwt)?,
+            trusted_origins,
         })
     }
 
-    /// Decides who is calling from the request headers.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// Decides who is calling from the request's method and headers.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Caller, ApiError> {
         if let Some(presented) = headers.get("x-service-token") {
             return self
                 .check_service(presented.as_bytes())
                 .map(|()| Caller::Service);
         }
-        let token = bearer_or_cookie(headers).ok_or(ApiError::Unauthenticated)?;
+        let (token, from) = bearer_or_cookie(headers).ok_or(ApiError::Unauthenticated)?;
+        if from == TokenFrom::Cookie {
+            check_cookie_origin(method, headers, &self.trusted_origins)?;
+        }
         self.jwt.verify(&token).await.map(Caller::User)
     }
 
@@ -124,8 +144,58 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// What a cookie-authenticated write from an untrusted origin is told.
+pub const CROSS_SITE_REFUSED: &str = "Cross-site request refused: the auth_token cookie \
+    authorises changes only from this service's own origin or an allowed CORS origin; \
+    send the token in an Authorization: Bearer header instead";
+
+/// Refuses a cookie-authenticated request with an unsafe method that another site may have
+/// made. A browser attaches the `auth_token` cookie to whatever a page elsewhere sends (a
+/// form POST, a `no-cors` fetch of a raw upload body, neither preflighted), so the cookie
+/// alone does not show that this user meant the change. Browsers say where a request comes
+/// from in `Origin`, which pages cannot forge, and in `Sec-Fetch-Site`:
+/// - GET, HEAD and OPTIONS change nothing: allowed (their answers are guarded by CORS).
+/// - `Origin` present: it must be `PUBLIC_BASE_URL`'s or one of `CORS_ALLOW_ORIGINS` (scheme,
+///   host and port; `null` is nobody's). Two `Origin` headers are refused.
+/// - `Origin` absent, as from curl and other non-browser clients: allowed unless
+///   `Sec-Fetch-Site` says the request came from another site (`cross-site`, or `same-site`,
+///   a sibling subdomain) or holds a value we do not know; `same-origin` and `none` (typed
+///   by the user) are fine.
+///
+/// Bearer and service callers never reach this: a page cannot make a browser add their headers.
+pub fn check_cookie_origin(
+    method: &Method,
+    headers: &HeaderMap,
+    trusted: &TrustedOrigins,
+) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let allowed = match (origins.next(), origins.next()) {
+        (Some(origin), None) => origin.to_str().is_ok_and(|o| trusted.trusts(o)),
+        (Some(_), Some(_)) => false,
+        (None, _) => matches!(
+            headers.get("sec-fetch-site").map(|v| v.as_bytes()),
+            None | Some(b"same-origin" | b"none")
+        ),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(CROSS_SITE_REFUSED.to_owned()))
+    }
+}
+
+/// Where a user's JWT was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenFrom {
+    Bearer,
+    Cookie,
+}
+
 /// The JWT from `Authorization: Bearer ...`, else from the `auth_token` cookie.
-fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
+fn bearer_or_cookie(headers: &HeaderMap) -> Option<(String, TokenFrom)> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -134,7 +204,7 @@ fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             let token = v[7..].trim();
             if !token.is_empty() {
-                return Some(token.to_owned());
+                return Some((token.to_owned(), TokenFrom::Bearer));
             }
         }
     }
@@ -147,6 +217,7 @@ fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
         .find(|(name, _)| *name == "auth_token")
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|t| !t.is_empty())
+        .map(|t| (t, TokenFrom::Cookie))
 }
 
 /// A verification key for `alg` from a PEM text.
@@ -470,6 +541,8 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    use crate::trust::WebOrigin;
+
     #[test]
     fn token_from_header_or_cookie() {
         let mut h = HeaderMap::new();
@@ -478,14 +551,18 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=b; auth_token=tok1; c=d"),
         );
-        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
+        let cookie = Some(("tok1".to_owned(), TokenFrom::Cookie));
+        assert_eq!(bearer_or_cookie(&h), cookie);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer tok2"),
         );
-        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok2"));
+        assert_eq!(
+            bearer_or_cookie(&h),
+            Some(("tok2".to_owned(), TokenFrom::Bearer))
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_or_cookie(&h).as_deref(), Some("tok1"));
+        assert_eq!(bearer_or_cookie(&h), cookie);
     }
 
     #[test]
@@ -499,5 +576,86 @@ mod tests {
         let me = Caller::User(UserId::parse("me").unwrap());
         assert_eq!(me.acting_for(Some("other")).unwrap().as_str(), "me");
         assert!(me.may_access("me") && !me.may_access("other"));
+    }
+
+    fn trusted() -> TrustedOrigins {
+        TrustedOrigins::new(vec![
+            WebOrigin::of_url("https://files.example.com").unwrap(),
+            WebOrigin::parse("https://app.example").unwrap(),
+        ])
+    }
+
+    fn check(method: Method, pairs: &[(&'static str, &'static str)]) -> bool {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        check_cookie_origin(&method, &headers, &trusted()).is_ok()
+    }
+
+    #[test]
+    fn cookie_writes_need_a_trusted_origin_or_none_at_all() {
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(!check(
+                method.clone(),
+                &[("origin", "https://evil.example")]
+            ));
+            assert!(!check(method.clone(), &[("origin", "null")]));
+            assert!(check(
+                method.clone(),
+                &[("origin", "https://files.example.com")]
+            ));
+            assert!(check(
+                method.clone(),
+                &[("origin", "https://APP.example:443")]
+            ));
+            // Non-browser clients send no Origin.
+            assert!(check(method.clone(), &[]));
+        }
+        // A listed origin is cross-site by nature.
+        assert!(check(
+            Method::POST,
+            &[
+                ("origin", "https://app.example"),
+                ("sec-fetch-site", "cross-site")
+            ]
+        ));
+        assert!(!check(
+            Method::POST,
+            &[
+                ("origin", "https://app.example"),
+                ("origin", "https://evil.example")
+            ]
+        ));
+    }
+
+    #[test]
+    fn without_origin_fetch_metadata_decides() {
+        for (site, ok) in [
+            ("cross-site", false),
+            ("same-site", false),
+            ("something-new", false),
+            ("same-origin", true),
+            ("none", true),
+        ] {
+            assert_eq!(
+                check(Method::POST, &[("sec-fetch-site", site)]),
+                ok,
+                "{site}"
+            );
+        }
+    }
+
+    #[test]
+    fn safe_methods_are_never_refused() {
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(check(
+                method,
+                &[
+                    ("origin", "https://evil.example"),
+                    ("sec-fetch-site", "cross-site")
+                ]
+            ));
+        }
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::trust::{TrustedOrigins, TrustedProxies, WebOrigin};
+
 /// A value that must never reach a log line or a `Debug` dump.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
@@ -135,6 +137,11 @@ pub struct Settings {
     /// `KEEPALIVE_TIMEOUT_SECS`: longest idle time of a kept-alive connection between a
     /// response and the first byte of the next request.
     pub keepalive_timeout: Duration,
+    /// Origins whose cookie-authenticated writes are accepted: `PUBLIC_BASE_URL`'s and those
+    /// listed in `CORS_ALLOW_ORIGINS` (see `trust_settings`).
+    pub trusted_origins: TrustedOrigins,
+    /// `TRUSTED_PROXIES`: peers whose `X-Real-IP` and `X-Forwarded-For` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Every variable the service reads.
@@ -167,6 +174,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "REQUEST_BODY_RATE_WINDOW_SECS",
     "REQUEST_HEADER_TIMEOUT_SECS",
     "KEEPALIVE_TIMEOUT_SECS",
+    "TRUSTED_PROXIES",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -200,6 +208,7 @@ struct Raw {
     request_body_rate_window_secs: Option<String>,
     request_header_timeout_secs: Option<String>,
     keepalive_timeout_secs: Option<String>,
+    trusted_proxies: Option<String>,
 }
 
 impl Settings {
@@ -441,6 +450,11 @@ impl Settings {
             raw.keepalive_timeout_secs.as_deref(),
             75,
         )?;
+        let (trusted_origins, trusted_proxies) = trust_settings(
+            &public_base_url,
+            &cors_origins,
+            raw.trusted_proxies.as_deref(),
+        )?;
         Ok(Self {
             bind_host,
             port,
@@ -462,6 +476,8 @@ impl Settings {
             request_body_rate_window: Duration::from_secs(rate_window),
             request_header_timeout: Duration::from_secs(header_timeout),
             keepalive_timeout: Duration::from_secs(keepalive_timeout),
+            trusted_origins,
+            trusted_proxies,
         })
     }
 
@@ -532,6 +548,32 @@ fn parse_cors(value: &str) -> Result<CorsOrigins, ConfigError> {
     Ok(CorsOrigins::List(
         items.into_iter().map(str::to_owned).collect(),
     ))
+}
+
+/// Whom requests are believed about, parsed once: the origins trusted for cookie-authenticated
+/// writes (this service's own and the listed CORS origins; `*` lists none, as it allows no
+/// credentials either) and the proxies trusted for forwarding headers (`TRUSTED_PROXIES`).
+fn trust_settings(
+    public_base_url: &str,
+    cors: &CorsOrigins,
+    proxies: Option<&str>,
+) -> Result<(TrustedOrigins, TrustedProxies), ConfigError> {
+    let own = WebOrigin::of_url(public_base_url)
+        .ok_or_else(|| ConfigError::new("PUBLIC_BASE_URL", "is not an http(s) URL with a host"))?;
+    let mut origins = vec![own];
+    if let CorsOrigins::List(list) = cors {
+        for o in list {
+            origins.push(WebOrigin::parse(o).ok_or_else(|| {
+                ConfigError::new(
+                    "CORS_ALLOW_ORIGINS",
+                    format!("'{o}' is not an origin such as https://app.example.com"),
+                )
+            })?);
+        }
+    }
+    let proxies = TrustedProxies::parse(proxies.unwrap_or(TrustedProxies::DEFAULT))
+        .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?;
+    Ok((TrustedOrigins::new(origins), proxies))
 }
 
 fn read_key_file(var: &str, path: &str) -> Result<String, ConfigError> {
@@ -732,5 +774,46 @@ mod tests {
             CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
         );
         assert!(settings(&[("CORS_ALLOW_ORIGINS", "not an origin")]).is_err());
+    }
+
+    #[test]
+    fn trusted_origins_are_our_own_and_the_listed_ones() {
+        let s = settings(&[
+            ("PUBLIC_BASE_URL", "https://Files.example.com/upload/"),
+            (
+                "CORS_ALLOW_ORIGINS",
+                "https://app.example, http://localhost:3000",
+            ),
+        ])
+        .unwrap();
+        for yes in [
+            "https://files.example.com",
+            "https://app.example:443",
+            "http://localhost:3000",
+        ] {
+            assert!(s.trusted_origins.trusts(yes), "{yes}");
+        }
+        assert!(!s.trusted_origins.trusts("https://evil.example"));
+        // `*` allows any origin to read without credentials, and trusts none with a cookie.
+        let any = settings(&[("PUBLIC_BASE_URL", "https://files.example.com")]).unwrap();
+        assert!(any.trusted_origins.trusts("https://files.example.com"));
+        assert!(!any.trusted_origins.trusts("https://app.example"));
+        let e = settings(&[("CORS_ALLOW_ORIGINS", "https://app.example/path")]).unwrap_err();
+        assert_eq!(e.var, "CORS_ALLOW_ORIGINS");
+        let e = settings(&[("PUBLIC_BASE_URL", "https://")]).unwrap_err();
+        assert_eq!(e.var, "PUBLIC_BASE_URL");
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_loopback_and_are_checked() {
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let s = settings(&[]).unwrap();
+        assert!(s.trusted_proxies.contains(lo));
+        let s = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")]).unwrap();
+        assert!(!s.trusted_proxies.contains(lo));
+        assert!(s.trusted_proxies.contains("10.3.2.1".parse().unwrap()));
+        let e = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/40")]).unwrap_err();
+        assert_eq!(e.var, "TRUSTED_PROXIES");
+        assert!(e.message.contains("10.0.0.0/40"), "{}", e.message);
     }
 }

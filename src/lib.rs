@@ -16,4 +16,5 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod trust;
 pub mod zip_stream;

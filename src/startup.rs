@@ -42,7 +42,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             tokio::task::spawn_blocking(move || load_or_create_signing_key(&root)).await??
         }
     };
-    let auth = Authenticator::new(settings.service_token.as_ref(), &settings.jwt)?;
+    let auth = Authenticator::new(
+        settings.service_token.as_ref(),
+        &settings.jwt,
+        settings.trusted_origins.clone(),
+    )?;
     let minter = TokenMinter::new(&settings.jwt)?;
     let jwks = match &settings.jwt.public_key_pem {
         Some(pem) => match jwks_document(pem, &settings.jwt.kid, settings.jwt.alg) {
@@ -192,7 +196,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.clone(),
             crate::telemetry::access_log,
         ))
         .with_state(state)

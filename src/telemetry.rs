@@ -2,7 +2,7 @@
 //! (and counted) when the response body has been sent, so bytes and duration cover streamed
 //! bodies too.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +20,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::metrics::{Metrics, RouteKind, UNMATCHED};
+use crate::state::AppState;
+use crate::trust::TrustedProxies;
 
 /// Installs the global subscriber: `RUST_LOG` filtering (default `info`), text or JSON lines.
 pub fn init(format: LogFormat) {
@@ -33,26 +35,70 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// The client's address: the first `X-Forwarded-For` entry, else `X-Real-IP`, else the peer.
-pub fn client_addr(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    header("x-forwarded-for")
-        .or_else(|| header("x-real-ip"))
-        .or_else(|| peer.map(|p| p.ip().to_string()))
-        .unwrap_or_else(|| "-".to_owned())
+/// The client's address as logged; `-` when the connection's peer is unknown.
+pub fn client_addr(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    proxies: &TrustedProxies,
+) -> String {
+    peer.map_or_else(
+        || "-".to_owned(),
+        |p| client_ip(headers, p.ip(), proxies).to_string(),
+    )
+}
+
+/// The client's IP address. Forwarding headers are anyone's to write, so they are believed
+/// only from a trusted proxy (`TRUSTED_PROXIES`), and only the parts that proxy wrote:
+/// - a peer that is not a trusted proxy is the client;
+/// - else `X-Real-IP` (nginx sets it to the address it saw) when it is one valid address;
+/// - else `X-Forwarded-For` read from the right, skipping trusted proxies: each proxy
+///   appends the address it saw, so the first other entry is the one the outermost trusted
+///   proxy wrote (what is left of it, such as the first entry, the client wrote itself);
+/// - else the peer.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, proxies: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !proxies.contains(peer) {
+        return peer;
+    }
+    let mut real = headers.get_all("x-real-ip").iter();
+    if let (Some(v), None) = (real.next(), real.next()) {
+        if let Some(ip) = v.to_str().ok().and_then(parse_forwarded_ip) {
+            return ip;
+        }
+    }
+    // Several X-Forwarded-For headers form one list, in order.
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        match parse_forwarded_ip(entry) {
+            Some(ip) if proxies.contains(ip) => continue,
+            Some(ip) => return ip,
+            // Not written by a trusted proxy: nothing to its left can be believed.
+            None => break,
+        }
+    }
+    peer
+}
+
+/// An address as proxies write it: `1.2.3.4`, `2001:db8::1`, and with a port,
+/// `1.2.3.4:5678` or `[2001:db8::1]:5678`.
+fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))?;
+    Some(ip.to_canonical())
 }
 
 /// Middleware: logs `method path status bytes duration client` once the body is done, and
-/// counts the request in `metrics` by its route as matched (never the raw path).
-pub async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// counts the request in the app's metrics by its route as matched (never the raw path).
+pub async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let metrics = state.metrics.clone();
     let start = Instant::now();
     let peer = req
         .extensions()
@@ -67,7 +113,7 @@ pub async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next:
     let line = AccessLine {
         method: req.method().clone(),
         path: loggable_path(req.uri().path()),
-        client: client_addr(req.headers(), peer),
+        client: client_addr(req.headers(), peer, &state.settings.trusted_proxies),
         // Until a response exists: a request whose handler was dropped because the client
         // went away is logged as 499, as nginx does.
         status: StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -221,6 +267,7 @@ impl http_body::Body for LoggedBody {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -235,6 +282,77 @@ mod tests {
         );
         assert_eq!(loggable_path("/storage/u/x"), "/storage/u/x");
     }
+
+    fn client(peer: &str, pairs: &[(&'static str, &'static str)], proxies: &str) -> String {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        let proxies = TrustedProxies::parse(proxies).unwrap();
+        client_ip(&headers, peer.parse().unwrap(), &proxies).to_string()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_says() {
+        let spoof = [
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-real-ip", "203.0.113.8"),
+        ];
+        assert_eq!(client("198.51.100.1", &spoof, LOOPBACK), "198.51.100.1");
+        assert_eq!(client("127.0.0.2", &spoof, LOOPBACK), "127.0.0.2");
+        assert_eq!(
+            client("::ffff:198.51.100.1", &spoof, LOOPBACK),
+            "198.51.100.1"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_believed_for_what_it_wrote() {
+        // nginx: X-Real-IP $remote_addr, X-Forwarded-For $proxy_add_x_forwarded_for.
+        let nginx = [
+            ("x-real-ip", "198.51.100.9"),
+            ("x-forwarded-for", "203.0.113.7, 198.51.100.9"),
+        ];
+        assert_eq!(client("127.0.0.1", &nginx, LOOPBACK), "198.51.100.9");
+        assert_eq!(client("::1", &nginx, LOOPBACK), "198.51.100.9");
+        // Without X-Real-IP (or with a bad one), the right-most entry a client did not write.
+        let xff = [("x-forwarded-for", "203.0.113.7, 198.51.100.9")];
+        assert_eq!(client("127.0.0.1", &xff, LOOPBACK), "198.51.100.9");
+        let bad_real = [
+            ("x-real-ip", "not-an-ip"),
+            ("x-forwarded-for", "203.0.113.7, 198.51.100.9"),
+        ];
+        assert_eq!(client("127.0.0.1", &bad_real, LOOPBACK), "198.51.100.9");
+        let two_real = [("x-real-ip", "203.0.113.7"), ("x-real-ip", "198.51.100.9")];
+        assert_eq!(client("127.0.0.1", &two_real, LOOPBACK), "127.0.0.1");
+        // Trusted proxies in the chain are skipped; ports are dropped.
+        let chain = [
+            ("x-forwarded-for", "203.0.113.7, 198.51.100.9:4711"),
+            ("x-forwarded-for", "10.0.0.5, 10.0.0.6"),
+        ];
+        assert_eq!(
+            client("127.0.0.1", &chain, "127.0.0.1, 10.0.0.0/8"),
+            "198.51.100.9"
+        );
+        let v6 = [("x-forwarded-for", "[2001:db8::7]:443")];
+        assert_eq!(client("127.0.0.1", &v6, LOOPBACK), "2001:db8::7");
+    }
+
+    #[test]
+    fn a_trusted_proxy_without_a_usable_header_is_the_client() {
+        assert_eq!(client("127.0.0.1", &[], LOOPBACK), "127.0.0.1");
+        let only_proxies = [("x-forwarded-for", "127.0.0.1, ::1")];
+        assert_eq!(client("127.0.0.1", &only_proxies, LOOPBACK), "127.0.0.1");
+        // Garbage stops the walk: what is left of it was not written by a trusted proxy.
+        let garbage = [("x-forwarded-for", "203.0.113.7, junk, 127.0.0.1")];
+        assert_eq!(client("127.0.0.1", &garbage, LOOPBACK), "127.0.0.1");
+        let empty = [("x-forwarded-for", ""), ("x-real-ip", "")];
+        assert_eq!(client("127.0.0.1", &empty, LOOPBACK), "127.0.0.1");
+        let headers = HeaderMap::new();
+        assert_eq!(client_addr(&headers, None, &TrustedProxies::default()), "-");
+    }
+
+    const LOOPBACK: &str = TrustedProxies::DEFAULT;
 }
 
 pin_project_lite::pin_project! {

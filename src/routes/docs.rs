@@ -110,7 +110,10 @@ impl Modify for SecuritySchemes {
             "cookie",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 "auth_token",
-                "A user's JWT in the `auth_token` cookie",
+                "A user's JWT in the `auth_token` cookie. A write (not GET, HEAD or \
+                 OPTIONS) with it must come from this service's origin or one allowed by \
+                 CORS (`Origin`), or without `Origin` and not `Sec-Fetch-Site: cross-site` \
+                 or `same-site`; else 403",
             ))),
         );
     }

@@ -60,6 +60,7 @@ async fn bad_values_stop_the_server_naming_the_variable() {
         ("MAX_BODY_MB", "lots"),
         ("PER_USER_QUOTA_GB", "-1"),
         ("AUTH_JWKS_URL", "ftp://keys.example/jwks.json"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, nginx"),
     ];
     for (var, value) in cases {
         let env = [(var, value), ("UPLOAD_ROOT", root.path().to_str().unwrap())];

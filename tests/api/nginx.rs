@@ -197,7 +197,10 @@ async fn through_nginx_over_https() {
     )
     .await;
     let nginx = start_nginx(dir.path(), http_port, https_port, port, root.path());
+    // The client connects from another loopback address than nginx's own, so the access
+    // log shows whose address the server took.
     let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .tls_danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -232,6 +235,7 @@ async fn through_nginx_over_https() {
     let res = http
         .put(url(&format!("/v1/files/part/{id}/0")))
         .header("x-service-token", SERVICE_TOKEN)
+        // A claim of the client's own, which nginx passes on before the address it saw.
         .header("x-forwarded-for", "203.0.113.7")
         .body(data.clone())
         .send()
@@ -344,7 +348,8 @@ async fn through_nginx_over_https() {
     assert_eq!(entries[1].0, "notes.txt");
 
     // The offload: the server sent no file bytes for the public link (nginx did), and the
-    // client address given to nginx reached the server's access log.
+    // address nginx saw (its X-Real-IP), not the one the client claimed, reached the
+    // server's access log.
     let log = server.stdout();
     let storage_lines: Vec<Value> = log
         .lines()
@@ -366,11 +371,15 @@ async fn through_nginx_over_https() {
     assert!(
         log.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|v| v["client"] == "203.0.113.7"
+            .any(|v| v["client"] == "127.0.0.2"
                 && v["path"]
                     .as_str()
                     .is_some_and(|p| p.starts_with("/v1/files/part/"))),
         "the forwarded client address is not in the access log: {log}"
+    );
+    assert!(
+        !log.contains("203.0.113.7"),
+        "the client's own X-Forwarded-For claim was logged: {log}"
     );
     assert!(
         nginx
