@@ -43,7 +43,7 @@ impl Caller {
                     .ok_or_else(|| {
                         ApiError::BadRequest("user_id is required for service calls".to_owned())
                     })?;
-                UserId::parse(named).map_err(|e| ApiError::BadRequest(e.to_string()))
+                Ok(UserId::parse(named)?)
             }
         }
     }
@@ -317,7 +317,7 @@ impl JwtVerifier {
         let id = claim("user_id")
             .or_else(|| claim("sub"))
             .ok_or_else(invalid)?;
-        UserId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))
+        Ok(UserId::parse(&id)?)
     }
 
     async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {

@@ -12,7 +12,8 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema,
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::store::key::{InvalidName, NameFault};
+use crate::store::{Missing, StoreError};
 
 /// The body of every error answer (API.md §6).
 #[derive(Debug, Serialize, ToSchema)]
@@ -335,16 +336,54 @@ pub async fn json_error_bodies(res: Response) -> Response {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(m) => Self::NotFound(m),
-            StoreError::Invalid(m) => Self::BadRequest(m),
+            StoreError::NotFound(Missing::Session) => {
+                Self::NotFound("Upload session not found".to_owned())
+            }
+            StoreError::NotFound(Missing::File) => Self::NotFound("File not found".to_owned()),
+            StoreError::NotFound(Missing::BatchToken) => {
+                Self::NotFound("Download token not found or expired".to_owned())
+            }
+            StoreError::InvalidName(e) => e.into(),
+            StoreError::FolderConflict => {
+                Self::BadRequest("Folder conflicts with an existing file".to_owned())
+            }
             StoreError::SizeMismatch { .. } => Self::BadRequest("Size mismatch".to_owned()),
             StoreError::ShaMismatch => Self::BadRequest("SHA256 mismatch".to_owned()),
-            e @ StoreError::Quota { .. } => Self::TooLarge(e.to_string()),
+            StoreError::Quota {
+                used,
+                quota,
+                requested,
+            } => Self::TooLarge(format!(
+                "Quota exceeded: {used} of {quota} bytes used, {requested} more requested"
+            )),
             StoreError::TooLarge => {
                 Self::TooLarge("Upload exceeds the declared or allowed size".to_owned())
             }
             StoreError::DiskFull => Self::InsufficientStorage,
             StoreError::Io(io) => Self::Internal(io.into()),
         }
+    }
+}
+
+/// A refused name: 400 saying which rule it broke.
+impl From<InvalidName> for ApiError {
+    fn from(e: InvalidName) -> Self {
+        let (what, fault) = match e {
+            InvalidName::UserId(f) => ("Invalid user id", f),
+            InvalidName::FileName(f) => ("Invalid filename", f),
+            InvalidName::Key => return Self::BadRequest("Invalid key".to_owned()),
+            InvalidName::Path => return Self::BadRequest("Invalid path".to_owned()),
+        };
+        let why = match fault {
+            NameFault::Empty => "empty",
+            NameFault::LeadingDot => "may not start with '.'",
+            NameFault::TooLong => "longer than 255 bytes",
+            NameFault::Separator => "contains '/', '\\' or a control character",
+            NameFault::DotDot => "contains '..'",
+            NameFault::Slash => "contains '/' or '\\'",
+            NameFault::Nul => "contains NUL",
+            NameFault::Reserved => "reserved device name",
+        };
+        Self::BadRequest(format!("{what}: {why}"))
     }
 }

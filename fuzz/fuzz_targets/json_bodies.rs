@@ -25,8 +25,8 @@ use fuzz_support::{harness, Harness, HttpInput, BASE, SERVICE_TOKEN, SIGNING_KEY
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use upload_server::signer::{self, Disposition};
-use upload_server::store::key::{Key, UserId};
-use upload_server::store::sessions::{FileSpec, SessionId, SessionInfo};
+use upload_server::store::key::{ClientFileName, FolderPath, Key, UserId};
+use upload_server::store::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
 
 const ENDPOINTS: &[&str] = &[
     "/v1/files/init",
@@ -100,29 +100,30 @@ fn make_session(h: &Harness, user: &str, data: &'static [u8]) -> String {
     h.block_on(async {
         let user = UserId::parse(user).expect("user");
         let spec = FileSpec {
-            name: "a.txt".to_owned(),
+            name: ClientFileName::parse("a.txt").expect("name"),
             size: data.len() as u64,
             mime: Some("text/plain".to_owned()),
         };
         let info = store
             .create_sessions(
                 &user,
-                "single",
+                UploadMode::Single,
                 vec![spec],
-                Some("f".to_owned()),
+                FolderPath::sanitize("f"),
                 Map::new(),
             )
             .await
             .expect("a session")
             .remove(0);
         if !data.is_empty() {
-            let mut part = store.begin_part(&info, 0).await.expect("a part");
+            let zero = PartNumber::new(0).expect("part 0");
+            let mut part = store.begin_part(&info, zero).await.expect("a part");
             part.write(Bytes::from_static(data))
                 .await
                 .expect("part bytes");
-            store.commit_part(&info, 0, part).await.expect("commit");
+            store.commit_part(&info, zero, part).await.expect("commit");
         }
-        info.upload_id
+        info.upload_id.to_string()
     })
 }
 
@@ -130,7 +131,7 @@ fn abort_all(h: &Harness) {
     let store = &h.state.store;
     for id in session_ids(&h.root) {
         h.block_on(async {
-            let info: Option<SessionInfo> = store.session(&id).await.ok();
+            let info: Option<Session> = store.session(&id).await.ok();
             match info {
                 Some(info) => store.abort(&info).await.expect("abort"),
                 None => panic!("a session folder left that is not a live session: {id}"),
@@ -163,7 +164,7 @@ fn check_success(h: &Harness, path: &str, caller: Option<&str>, body: &[u8], sen
             for id in ids {
                 let sid = SessionId::parse(&id).expect("a session id");
                 let info = h.block_on(store.session(&sid)).expect("the session exists");
-                own(&info.user_id);
+                own(info.user_id.as_str());
             }
         }
         "/v1/files/complete" => {

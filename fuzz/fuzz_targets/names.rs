@@ -1,5 +1,5 @@
 //! Folder and file-name sanitising (API.md §3.1, §7): `FolderPath::sanitize`,
-//! `FileName::sanitize` and `validate_client_filename` on any text.
+//! `FileName::sanitize` and `ClientFileName::parse` on any text.
 //!
 //! §7 as invariants: every folder part and the file name hold no `<>:"/\|?*` and no
 //! control character, do not start or end with a dot or a space, are never empty, `.` or
@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use upload_server::store::key::{
-    validate_client_filename, FileName, FolderPath, Key, UserId, MAX_NAME_BYTES,
+    ClientFileName, FileName, InvalidName, FolderPath, Key, UserId, MAX_NAME_BYTES,
 };
 
 fn clean(part: &str, what: &str) {
@@ -99,8 +99,8 @@ fuzz_target!(|data: &[u8]| {
     let (folder_raw, name_raw) = s.split_once('\0').unwrap_or((s, s));
     let folder = check_folder(folder_raw);
     let name = check_name(name_raw);
-    if let Err(e) = validate_client_filename(name_raw) {
-        assert!(e.0.starts_with("Invalid filename"), "{e}");
+    if let Err(e) = ClientFileName::parse(name_raw) {
+        assert!(matches!(e, InvalidName::FileName(_)), "{e}");
     } else {
         assert!(!name_raw.contains(".."), "accepted {name_raw:?}");
         assert!(!name_raw.contains('/') && !name_raw.contains('\\'));

@@ -48,7 +48,7 @@ pub(crate) async fn other_method_on_key(
 
 /// A key from a client: 400 when it is not a file key, 403 when it is not the caller's.
 pub(crate) fn owned_key(caller: &Caller, raw: &str) -> ApiResult<Key> {
-    let key = Key::parse(raw).map_err(|e| ApiError::BadRequest(e.0))?;
+    let key = Key::parse(raw)?;
     if !caller.may_access(key.owner().as_str()) {
         return Err(ApiError::access_denied());
     }

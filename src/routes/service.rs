@@ -226,7 +226,7 @@ async fn generate_token(
         .user_id
         .as_deref()
         .ok_or_else(|| ApiError::BadRequest("user_id is required".to_owned()))?;
-    let user = UserId::parse(user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = UserId::parse(user)?;
     let hours = q.expires_hours.unwrap_or(1.0);
     if !(hours > 0.0 && hours <= MAX_TOKEN_HOURS) {
         return Err(ApiError::BadRequest(format!(

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, FileStore, StoreError};
+use super::{blocking, FileStore, Missing, StoreError};
 
 /// What a token grants.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +47,10 @@ impl FileStore {
         blocking(move || {
             std::fs::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".{token}.tmp"));
-            std::fs::write(&tmp, serde_json::to_vec(&batch).unwrap_or_default())?;
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&batch).map_err(std::io::Error::from)?,
+            )?;
             std::fs::rename(&tmp, &path)?;
             Ok(token)
         })
@@ -56,7 +59,7 @@ impl FileStore {
 
     /// The batch behind a token; unknown, malformed and expired tokens are all not found.
     pub async fn batch(&self, token: &str) -> Result<BatchToken, StoreError> {
-        let not_found = || StoreError::NotFound("Download token not found or expired".to_owned());
+        let not_found = || StoreError::NotFound(Missing::BatchToken);
         if !valid_token(token) {
             return Err(not_found());
         }

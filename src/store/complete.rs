@@ -5,32 +5,34 @@ use std::path::Path;
 
 use super::lock::lock_dir;
 use super::recover::published_data;
-use super::sessions::{self, SessionId};
+use super::sessions::{Session, SessionId};
 use super::{blocking, not_found, CompleteRequest, FileStore, StoreError, Stored};
 
 impl FileStore {
-    /// Joins a session's parts into its file and publishes it (API.md §3.1 complete).
+    /// Joins a session's parts into its file and publishes it (API.md §3.1 complete). The
+    /// session is the one [`FileStore::session`] read (its `session.json` never changes);
+    /// whether it is still live is settled here, by claiming its folder.
     pub async fn complete(
         &self,
-        id: &SessionId,
+        session: &Session,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
+        if session.expired() {
+            return Err(not_found());
+        }
         let this = self.clone();
-        let id = *id;
-        blocking(move || this.complete_blocking(&id, req)).await
+        let session = session.clone();
+        blocking(move || this.complete_blocking(&session, req)).await
     }
 
-    pub(super) fn complete_blocking(
+    fn complete_blocking(
         &self,
-        id: &SessionId,
+        info: &Session,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
+        let id = &info.upload_id;
         let live = self.dirs.live(id);
         let claimed = self.dirs.claimed(id);
-        let info = sessions::read_info(&live)?;
-        if info.expired() {
-            return Err(StoreError::NotFound("Upload session not found".to_owned()));
-        }
         // The folder's lock marks the claim as alive for as long as this complete runs (the
         // kernel drops it if the process dies, whichever host or PID); it also waits for a
         // part being committed. Then, of two completes, only one renames the folder.
@@ -43,7 +45,7 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
             Err(e) => return Err(e.into()),
         }
-        let result = self.publish_claimed(&claimed, &info, req);
+        let result = self.publish_claimed(&claimed, info, req);
         // A failure after the file went into place (the folder's fsync, the ledger's write)
         // must not give the session back: its parts may be that very file (a hard link),
         // and a second complete would store a second copy. The complete took effect.

@@ -2,32 +2,81 @@
 
 use std::fmt;
 
-/// Why a client-supplied name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidName(pub String);
+/// Why a client-supplied name was refused; `error.rs` words it for clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidName {
+    /// Not a valid user id (API.md §2).
+    #[error("invalid user id ({0:?})")]
+    UserId(NameFault),
+    /// Not a valid client file name (API.md §3.1).
+    #[error("invalid file name ({0:?})")]
+    FileName(NameFault),
+    /// Not a file key under `storage/{user}/`.
+    #[error("invalid key")]
+    Key,
+    /// Not a file path under a user's directory.
+    #[error("invalid path")]
+    Path,
+}
+
+/// The rule a name broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameFault {
+    /// Empty, or only white space.
+    Empty,
+    /// Starts with `.` (user ids: `.`, `..` and dot-folders are never served).
+    LeadingDot,
+    /// Longer than 255 bytes.
+    TooLong,
+    /// Contains `/`, `\` or a control character (user ids).
+    Separator,
+    /// Contains `..` (file names).
+    DotDot,
+    /// Contains `/` or `\` (file names).
+    Slash,
+    /// Contains NUL (file names).
+    Nul,
+    /// A device name Windows reserves (`CON`, `LPT1`, ...).
+    Reserved,
+}
 
 /// A user id: exactly one safe path segment (API.md §2).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
+
+impl TryFrom<String> for UserId {
+    type Error = InvalidName;
+    fn try_from(raw: String) -> Result<Self, InvalidName> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> Self {
+        u.0
+    }
+}
 
 impl UserId {
     /// Accepts ids that are one path segment: not empty, not `.`/`..`, no `/`, `\`, NUL or
     /// control characters, at most 255 bytes. E-mail addresses are fine.
     pub fn parse(raw: &str) -> Result<Self, InvalidName> {
-        let bad = |why: &str| Err(InvalidName(format!("Invalid user id: {why}")));
+        let bad = |why| Err(InvalidName::UserId(why));
         if raw.is_empty() {
-            return bad("empty");
+            return bad(NameFault::Empty);
         }
         if raw.starts_with('.') {
             // `.`, `..`, and any dot-folder: those are never served or listed (API.md §4.3).
-            return bad("may not start with '.'");
+            return bad(NameFault::LeadingDot);
         }
         if raw.len() > 255 {
-            return bad("longer than 255 bytes");
+            return bad(NameFault::TooLong);
         }
         if raw.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
-            return bad("contains '/', '\\' or a control character");
+            return bad(NameFault::Separator);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -180,27 +229,53 @@ const RESERVED: &[&str] = &[
 /// `{8 hex}_{name}.meta` fits in 255 bytes.
 pub const MAX_NAME_BYTES: usize = 240;
 
-/// Checks a client file name as init does (API.md §3.1): empty, `..`, `/`, `\` or a reserved
-/// device name → refused. The name is sanitised later by [`FileName::sanitize`].
-pub fn validate_client_filename(raw: &str) -> Result<(), InvalidName> {
-    let bad = |why: &str| Err(InvalidName(format!("Invalid filename: {why}")));
-    if raw.trim().is_empty() {
-        return bad("empty");
+/// A client's file name as init checks it (API.md §3.1): not empty, no `..`, `/`, `\` or
+/// NUL, not a reserved device name. Kept as the client wrote it (the sidecar's original
+/// name); [`FileName::sanitize`] makes the stored name from it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientFileName(String);
+
+impl ClientFileName {
+    /// Checks `raw`.
+    pub fn parse(raw: &str) -> Result<Self, InvalidName> {
+        let bad = |why| Err(InvalidName::FileName(why));
+        if raw.trim().is_empty() {
+            return bad(NameFault::Empty);
+        }
+        if raw.contains("..") {
+            return bad(NameFault::DotDot);
+        }
+        if raw.contains('/') || raw.contains('\\') {
+            return bad(NameFault::Slash);
+        }
+        if raw.contains('\0') {
+            return bad(NameFault::Nul);
+        }
+        let stem = raw.split('.').next().unwrap_or(raw).trim();
+        if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+            return bad(NameFault::Reserved);
+        }
+        Ok(Self(raw.to_owned()))
     }
-    if raw.contains("..") {
-        return bad("contains '..'");
+
+    /// The name as the client wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    if raw.contains('/') || raw.contains('\\') {
-        return bad("contains '/' or '\\'");
+}
+
+impl TryFrom<String> for ClientFileName {
+    type Error = InvalidName;
+    fn try_from(raw: String) -> Result<Self, InvalidName> {
+        Self::parse(&raw)
     }
-    if raw.contains('\0') {
-        return bad("contains NUL");
+}
+
+impl From<ClientFileName> for String {
+    fn from(n: ClientFileName) -> Self {
+        n.0
     }
-    let stem = raw.split('.').next().unwrap_or(raw).trim();
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
-        return bad("reserved device name");
-    }
-    Ok(())
 }
 
 /// A sanitised file name (without prefix): safe as one path segment, never ending in `.meta`.
@@ -262,7 +337,7 @@ impl Key {
     /// `storage/{user}/`: empty, `.` or `..` segments, dot-files, backslashes, control
     /// characters, sidecars (`.meta`).
     pub fn parse(raw: &str) -> Result<Self, InvalidName> {
-        let bad = || InvalidName("Invalid key".to_owned());
+        let bad = || InvalidName::Key;
         let raw = raw.strip_prefix('/').unwrap_or(raw);
         let mut segs = raw.split('/');
         if segs.next() != Some("storage") {
@@ -275,7 +350,7 @@ impl Key {
 
     /// A key from an owner and the path below the owner's directory.
     pub fn from_user_path(owner: &str, path: &str) -> Result<Self, InvalidName> {
-        let bad = || InvalidName("Invalid path".to_owned());
+        let bad = || InvalidName::Path;
         let owner = UserId::parse(owner).map_err(|_| bad())?;
         let rest = path.split('/').map(str::to_owned).collect();
         Self::from_parts(owner, rest).ok_or_else(bad)
@@ -457,10 +532,10 @@ mod tests {
         for bad in [
             "", "  ", "..", "a..b", "a/b", "a\\b", "CON", "con.txt", "LPT1", "nul",
         ] {
-            assert!(validate_client_filename(bad).is_err(), "{bad:?}");
+            assert!(ClientFileName::parse(bad).is_err(), "{bad:?}");
         }
         for ok in ["a.txt", "CONSOLE.txt", "Résumé été.pdf", ".env"] {
-            assert!(validate_client_filename(ok).is_ok(), "{ok:?}");
+            assert!(ClientFileName::parse(ok).is_ok(), "{ok:?}");
         }
     }
 

@@ -6,9 +6,9 @@ use std::io::Write as _;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
-use super::key::{self, UserId};
-use super::sessions::{self, FileSpec, SessionId, SessionInfo};
-use super::{blocking, fsync_dir, FileStore, StoreError};
+use super::key::{FolderPath, UserId};
+use super::sessions::{self, FileSpec, Session, SessionId, UploadMode};
+use super::{blocking, fsync_dir, FileStore, Missing, StoreError};
 
 impl FileStore {
     /// Opens one session per file, reserving their declared sizes against the quota
@@ -16,26 +16,23 @@ impl FileStore {
     pub async fn create_sessions(
         &self,
         user: &UserId,
-        mode: &str,
+        mode: UploadMode,
         files: Vec<FileSpec>,
-        folder: Option<String>,
+        folder: Option<FolderPath>,
         meta: Map<String, Value>,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        for f in &files {
-            key::validate_client_filename(&f.name).map_err(|e| StoreError::Invalid(e.0))?;
-            if f.size > self.max_file {
-                return Err(StoreError::TooLarge);
-            }
+    ) -> Result<Vec<Session>, StoreError> {
+        if files.iter().any(|f| f.size > self.max_file) {
+            return Err(StoreError::TooLarge);
         }
         let created_at = Utc::now();
         let expires_at = created_at
             + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(24));
-        let infos: Vec<SessionInfo> = files
+        let infos: Vec<Session> = files
             .into_iter()
-            .map(|file| SessionInfo {
-                upload_id: SessionId::new().to_string(),
-                user_id: user.as_str().to_owned(),
-                mode: mode.to_owned(),
+            .map(|file| Session {
+                upload_id: SessionId::new(),
+                user_id: user.clone(),
+                mode,
                 file,
                 folder: folder.clone(),
                 meta: meta.clone(),
@@ -58,12 +55,12 @@ impl FileStore {
                     });
                 }
                 for info in &infos {
-                    let id = SessionId::parse(&info.upload_id)?;
-                    let dir = this.dirs.live(&id);
+                    let dir = this.dirs.live(&info.upload_id);
                     std::fs::create_dir(&dir)?;
                     let written = (|| -> std::io::Result<()> {
+                        let json = serde_json::to_vec_pretty(info)?;
                         let mut f = std::fs::File::create(dir.join("session.json"))?;
-                        f.write_all(&serde_json::to_vec_pretty(info).unwrap_or_default())?;
+                        f.write_all(&json)?;
                         f.sync_all()?;
                         fsync_dir(&dir)
                     })();
@@ -73,7 +70,7 @@ impl FileStore {
                     }
                     ledger
                         .reserved
-                        .insert(info.upload_id.clone(), info.file.size);
+                        .insert(info.upload_id.to_string(), info.file.size);
                 }
                 Ok(())
             })
@@ -82,20 +79,18 @@ impl FileStore {
         .inspect_err(|_| {
             // A failure part-way leaves no session behind.
             for info in &out {
-                if let Ok(id) = SessionId::parse(&info.upload_id) {
-                    let _ = std::fs::remove_dir_all(self.dirs.live(&id));
-                }
+                let _ = std::fs::remove_dir_all(self.dirs.live(&info.upload_id));
             }
         })?;
         Ok(out)
     }
 
     /// A live session (not expired), for its owner.
-    pub async fn session(&self, id: &SessionId) -> Result<SessionInfo, StoreError> {
+    pub async fn session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let dir = self.dirs.live(id);
         let info = blocking(move || sessions::read_info(&dir)).await?;
         if info.expired() {
-            return Err(StoreError::NotFound("Upload session not found".to_owned()));
+            return Err(StoreError::NotFound(Missing::Session));
         }
         Ok(info)
     }
@@ -107,10 +102,10 @@ impl FileStore {
     }
 
     /// Removes a session and frees its reservation.
-    pub async fn abort(&self, info: &SessionInfo) -> Result<(), StoreError> {
-        let id = SessionId::parse(&info.upload_id)?;
+    pub async fn abort(&self, info: &Session) -> Result<(), StoreError> {
+        let id = info.upload_id;
         let this = self.clone();
-        let user = info.user_id.clone();
+        let user = info.user_id.as_str().to_owned();
         blocking(move || {
             let dir = this.dirs.live(&id);
             let doomed = this
@@ -120,7 +115,7 @@ impl FileStore {
             match std::fs::rename(&dir, &doomed) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound("Upload session not found".to_owned()))
+                    return Err(StoreError::NotFound(Missing::Session))
                 }
                 Err(e) => return Err(e.into()),
             }

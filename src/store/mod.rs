@@ -44,17 +44,20 @@ use self::quota::Quotas;
 use self::sessions::SessionDirs;
 use self::sidecar::Meta;
 
-/// What can go wrong in the store.
+/// What can go wrong in the store. Typed, not worded: `error.rs` gives clients the words.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No such file or session.
-    #[error("{0}")]
-    NotFound(String),
-    /// A name or request the store refuses.
-    #[error("{0}")]
-    Invalid(String),
+    /// No such thing (or an upload session past its time).
+    #[error("{0:?} not found")]
+    NotFound(Missing),
+    /// A name the store refuses.
+    #[error(transparent)]
+    InvalidName(#[from] key::InvalidName),
+    /// The file's folder (or one of its parents) is an existing file.
+    #[error("folder conflicts with an existing file")]
+    FolderConflict,
     /// The joined parts do not add up to the declared size.
-    #[error("Size mismatch: expected {expected} bytes, got {actual}")]
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch {
         /// Declared at init.
         expected: u64,
@@ -65,7 +68,7 @@ pub enum StoreError {
     #[error("SHA256 mismatch")]
     ShaMismatch,
     /// The user's quota would be passed.
-    #[error("Quota exceeded: {used} of {quota} bytes used, {requested} more requested")]
+    #[error("quota exceeded: {used} of {quota} bytes used, {requested} more requested")]
     Quota {
         /// Bytes in use (stored and reserved).
         used: u64,
@@ -74,15 +77,26 @@ pub enum StoreError {
         /// Bytes asked for.
         requested: u64,
     },
-    /// More bytes than allowed (declared size or `MAX_BODY_MB`).
-    #[error("Upload exceeds the allowed size")]
+    /// More bytes than allowed (declared size, `MAX_BODY_MB` or the staging budget).
+    #[error("upload exceeds the allowed size")]
     TooLarge,
     /// The disk (or the filesystem quota) is full.
-    #[error("Insufficient storage")]
+    #[error("insufficient storage")]
     DiskFull,
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+}
+
+/// What was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// An upload session (unknown, expired, completed or aborted).
+    Session,
+    /// A stored file.
+    File,
+    /// A batch-download token.
+    BatchToken,
 }
 
 impl From<std::io::Error> for StoreError {
@@ -109,9 +123,10 @@ pub struct Stored {
 #[derive(Debug, Clone, Default)]
 pub struct CompleteRequest {
     /// `meta.filename`, overriding the init name.
-    pub filename: Option<String>,
-    /// `meta.folder`, overriding the init folder.
-    pub folder: Option<String>,
+    pub filename: Option<key::ClientFileName>,
+    /// `meta.folder`, overriding the init folder: `Some(None)` puts the file at the user's
+    /// top level.
+    pub folder: Option<Option<key::FolderPath>>,
     /// Expected hex SHA-256, when given.
     pub sha256: Option<String>,
     /// The client's other `meta` fields.
@@ -216,5 +231,5 @@ impl FileStore {
 }
 
 fn not_found() -> StoreError {
-    StoreError::NotFound("Upload session not found".to_owned())
+    StoreError::NotFound(Missing::Session)
 }

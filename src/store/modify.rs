@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::key::Key;
 use super::sidecar::Meta;
-use super::{blocking, FileStore, StoreError};
+use super::{blocking, FileStore, Missing, StoreError};
 
 impl FileStore {
     /// Rewrites a file's sidecar (for example to record a CRC-32 computed later).
@@ -20,12 +20,15 @@ impl FileStore {
             this.quotas.with_ledger(key.owner().as_str(), |_| {
                 drop(this.open_blocking(&key)?);
                 let path = Meta::path_for(&this.data_path(&key));
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let dir = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| std::io::Error::other("a sidecar path without a folder"))?;
                 let tmp = dir.join(format!(".meta-{}.tmp", uuid::Uuid::new_v4().simple()));
                 let written = (|| -> std::io::Result<()> {
                     use std::io::Write as _;
                     let mut f = std::fs::File::create(&tmp)?;
-                    f.write_all(&meta.to_json())?;
+                    f.write_all(&meta.to_json()?)?;
                     f.sync_all()?;
                     std::fs::rename(&tmp, &path)
                 })();
@@ -48,9 +51,9 @@ impl FileStore {
             drop(this.open_blocking(&key)?);
             let data = this.data_path(&key);
             let md = std::fs::symlink_metadata(&data)
-                .map_err(|_| StoreError::NotFound("File not found".to_owned()))?;
+                .map_err(|_| StoreError::NotFound(Missing::File))?;
             if !md.is_file() {
-                return Err(StoreError::NotFound("File not found".to_owned()));
+                return Err(StoreError::NotFound(Missing::File));
             }
             this.quotas.with_ledger(key.owner().as_str(), |ledger| {
                 // The data first goes under a hidden name (gone for readers at once), then
@@ -60,7 +63,7 @@ impl FileStore {
                 match std::fs::rename(&data, &hidden) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(StoreError::NotFound("File not found".to_owned()))
+                        return Err(StoreError::NotFound(Missing::File))
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::key::{self, FolderPath, UserId};
+use super::key::{ClientFileName, FolderPath, UserId};
 use super::lock::lock_dir;
 use super::publish::check_sha;
 use super::sessions::SessionId;
@@ -39,7 +39,7 @@ impl FileStore {
             store: self.clone(),
             user: user.clone(),
             reservation: format!("upload-{id}"),
-            dir: DirGuard(Some(dir)),
+            dir: DirGuard(dir),
             reserved: 0,
             released: false,
         })
@@ -48,13 +48,11 @@ impl FileStore {
 
 /// Removes a work folder on drop unless disarmed.
 #[derive(Debug)]
-struct DirGuard(Option<PathBuf>);
+struct DirGuard(PathBuf);
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -80,13 +78,17 @@ impl Drop for DirectUpload {
         let quotas = self.store.quotas.clone();
         let user = self.user.as_str().to_owned();
         let id = self.reservation.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || {
-                let _ = quotas.with_ledger(&user, |l| {
-                    l.reserved.remove(&id);
-                    Ok(())
-                });
-            });
+        let bytes = self.reserved;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || quotas.release(&user, &id, bytes));
+            }
+            Err(_) => tracing::error!(
+                user,
+                reservation = id,
+                bytes,
+                "no runtime to release a quota reservation; the next reconcile will"
+            ),
         }
     }
 }
@@ -94,7 +96,7 @@ impl Drop for DirectUpload {
 impl DirectUpload {
     /// Starts a file of this upload.
     pub async fn begin_file(&self) -> Result<Sink, StoreError> {
-        let dir = self.dir.0.clone().unwrap_or_default();
+        let dir = self.dir.0.clone();
         Sink::create(
             dir.join(uuid::Uuid::new_v4().simple().to_string()),
             true,
@@ -149,13 +151,12 @@ impl DirectUpload {
     pub async fn publish_file(
         &mut self,
         file: (Written, TempGuard),
-        original_name: String,
+        original_name: ClientFileName,
         folder: Option<FolderPath>,
         declared_mime: Option<String>,
         expected_sha: Option<String>,
         extra: Map<String, Value>,
     ) -> Result<Stored, StoreError> {
-        key::validate_client_filename(&original_name).map_err(|e| StoreError::Invalid(e.0))?;
         let (written, guard) = file;
         check_sha(
             expected_sha.as_deref(),
@@ -163,7 +164,7 @@ impl DirectUpload {
         )?;
         let store = self.store.clone();
         let user = self.user.clone();
-        let dir = self.dir.0.clone().unwrap_or_default();
+        let dir = self.dir.0.clone();
         let reservation = self.reservation.clone();
         let size = written.size;
         let stored = blocking(move || {
@@ -189,13 +190,11 @@ impl DirectUpload {
         let quotas = self.store.quotas.clone();
         let user = self.user.as_str().to_owned();
         let id = self.reservation.clone();
-        let _ = blocking(move || {
-            quotas.with_ledger(&user, |l| {
-                l.reserved.remove(&id);
-                Ok(())
-            })
-        })
-        .await;
+        let bytes = self.reserved;
+        let released = tokio::task::spawn_blocking(move || quotas.release(&user, &id, bytes)).await;
+        if let Err(e) = released {
+            tracing::error!(user = %self.user, reservation = self.reservation, bytes, error = %e, "cannot release a quota reservation; the next reconcile will");
+        }
         self.reserved = 0;
         self.released = true;
     }

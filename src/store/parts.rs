@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::key::UserId;
 use super::lock::{lock_data_file, lock_live_session};
-use super::sessions::{self, SessionId, SessionInfo};
+use super::sessions::{self, PartNumber, Session};
 use super::sink::{Hashes, Sink};
 use super::staging;
 use super::{blocking, fsync_dir, not_found, FileStore, StoreError};
@@ -24,13 +24,13 @@ impl FileStore {
     /// file in the session's folder.
     pub async fn begin_part(
         &self,
-        info: &SessionInfo,
-        number: u32,
+        session: &Session,
+        number: PartNumber,
     ) -> Result<PartUpload, StoreError> {
-        check_part_number(number)?;
-        let id = SessionId::parse(&info.upload_id)?;
+        let number = number.get();
+        let id = session.upload_id;
         let dir = self.dirs.live(&id);
-        let declared = info.file.size;
+        let declared = session.file.size;
         let (room, append) = blocking(move || {
             let _lock = lock_live_session(&dir)?;
             let parts = sessions::read_parts(&dir)?;
@@ -97,14 +97,13 @@ impl FileStore {
     /// record, any other is renamed to `part_{n}`.
     pub async fn commit_part(
         &self,
-        info: &SessionInfo,
-        number: u32,
+        session: &Session,
+        number: PartNumber,
         part: PartUpload,
     ) -> Result<u64, StoreError> {
-        check_part_number(number)?;
-        let id = SessionId::parse(&info.upload_id)?;
-        let dir = self.dirs.live(&id);
-        let declared = info.file.size;
+        let number = number.get();
+        let dir = self.dirs.live(&session.upload_id);
+        let declared = session.file.size;
         // Parts of one session may arrive in parallel: the checks and the renames happen
         // under the session's lock, so committed parts never pass the declared size and a
         // complete never takes a session half-way through a commit.
@@ -165,16 +164,6 @@ impl FileStore {
         })
         .await
     }
-}
-
-pub(super) fn check_part_number(number: u32) -> Result<(), StoreError> {
-    if number > sessions::MAX_PART_NUMBER {
-        return Err(StoreError::Invalid(format!(
-            "partNumber must be between 0 and {}",
-            sessions::MAX_PART_NUMBER
-        )));
-    }
-    Ok(())
 }
 
 /// For part `number` of the session in `dir` (whose lock the caller holds, `parts` read

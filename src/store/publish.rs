@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::key::{self, FileName, FolderPath, Key, UserId};
+use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::lock::lock_data_file;
-use super::sessions::{self, SessionInfo};
+use super::sessions::{self, Session};
 use super::sidecar::{self, Meta};
 use super::sink::{Hashes, TempGuard, Written};
 use super::{
@@ -19,7 +19,7 @@ impl FileStore {
     pub(super) fn publish_claimed(
         &self,
         claimed: &Path,
-        info: &SessionInfo,
+        info: &Session,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
         let parts = sessions::read_parts(claimed)?;
@@ -30,30 +30,24 @@ impl FileStore {
                 actual: total,
             });
         }
-        let user = UserId::parse(&info.user_id).map_err(|e| StoreError::Invalid(e.0))?;
-        let original_name = req
-            .filename
-            .clone()
-            .unwrap_or_else(|| info.file.name.clone());
-        key::validate_client_filename(&original_name).map_err(|e| StoreError::Invalid(e.0))?;
-        let folder = req
-            .folder
-            .as_deref()
-            .or(info.folder.as_deref())
-            .and_then(FolderPath::sanitize);
+        let original_name = req.filename.as_ref().unwrap_or(&info.file.name);
+        let folder = match &req.folder {
+            Some(chosen) => chosen.as_ref(),
+            None => info.folder.as_ref(),
+        };
         let mut extra = info.meta.clone();
         extra.extend(req.extra);
         let publish = |written: Written, tmp: TempGuard| {
             self.publish(
-                &user,
-                folder.as_ref(),
-                &original_name,
+                &info.user_id,
+                folder,
+                original_name,
                 info.file.mime.as_deref(),
                 extra,
                 written,
                 tmp,
                 claimed,
-                &info.upload_id,
+                &info.upload_id.to_string(),
             )
         };
 
@@ -177,7 +171,7 @@ impl FileStore {
         &self,
         user: &UserId,
         folder: Option<&FolderPath>,
-        original_name: &str,
+        original_name: &ClientFileName,
         declared_mime: Option<&str>,
         extra: Map<String, Value>,
         written: Written,
@@ -185,6 +179,7 @@ impl FileStore {
         work_dir: &Path,
         reservation: &str,
     ) -> Result<Stored, StoreError> {
+        let original_name = original_name.as_str();
         let name = FileName::sanitize(original_name);
         let mime = sidecar::guess_mime(original_name, declared_mime);
         let mut meta = Meta {
@@ -206,7 +201,7 @@ impl FileStore {
         let sidecar_tmp = TempGuard::new(work_dir.join(".sidecar"));
         {
             let mut f = std::fs::File::create(sidecar_tmp.path())?;
-            f.write_all(&meta.to_json())?;
+            f.write_all(&meta.to_json()?)?;
             f.sync_all()?;
         }
         let user_dir = self.storage.join(user.as_str());
@@ -216,7 +211,7 @@ impl FileStore {
         };
         std::fs::create_dir_all(&dest_dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-                StoreError::Invalid("Folder conflicts with an existing file".to_owned())
+                StoreError::FolderConflict
             }
             _ => e.into(),
         })?;

@@ -87,7 +87,7 @@ impl Quotas {
                 .join(format!(".{stem}.{}.tmp", uuid::Uuid::new_v4().simple()));
             let written = (|| -> std::io::Result<()> {
                 let mut file = File::create(&tmp)?;
-                file.write_all(&serde_json::to_vec(&ledger).unwrap_or_default())?;
+                file.write_all(&serde_json::to_vec(&ledger)?)?;
                 file.sync_data()?;
                 std::fs::rename(&tmp, &path)
             })();
@@ -98,6 +98,20 @@ impl Quotas {
         }
         drop(lock);
         Ok(out)
+    }
+
+    /// Drops reservation `id` (about `bytes`) from `user`'s ledger. A failure is logged with
+    /// the user and the bytes, never dropped: those bytes stay counted against the quota
+    /// until the next reconcile (at start, and hourly) recounts the ledger.
+    /// Blocking: call from `spawn_blocking`.
+    pub fn release(&self, user: &str, id: &str, bytes: u64) {
+        let released = self.with_ledger(user, |l| {
+            l.reserved.remove(id);
+            Ok(())
+        });
+        if let Err(e) = released {
+            tracing::error!(user, reservation = id, bytes, error = %e, "cannot release a quota reservation; the next reconcile will");
+        }
     }
 
     fn fresh(&self, user: &str) -> Result<Ledger, StoreError> {

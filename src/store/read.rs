@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use super::key::Key;
 use super::pagecache::read_at;
 use super::sidecar::{guess_mime, Meta};
-use super::{blocking, FileStore, StoreError};
+use super::{blocking, FileStore, Missing, StoreError};
 
 /// A stored file as listings and downloads see it.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ impl FileStore {
         wait: Wait,
     ) -> Result<Option<(std::fs::File, FileEntry)>, StoreError> {
         use std::os::unix::fs::MetadataExt as _;
-        let not_found = || StoreError::NotFound("File not found".to_owned());
+        let not_found = || StoreError::NotFound(Missing::File);
         let rel = key.relative_path();
         let file = match self.open_beneath(&rel, wait) {
             Ok(Some(f)) => f,

@@ -46,10 +46,11 @@ impl FileStore {
                             parts.join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
                         if std::fs::rename(&path, &doomed).is_ok() {
                             let _ = std::fs::remove_dir_all(&doomed);
-                            let _ = self.quotas.with_ledger(&info.user_id, |l| {
-                                l.reserved.remove(&info.upload_id);
-                                Ok(())
-                            });
+                            self.quotas.release(
+                                info.user_id.as_str(),
+                                &id.to_string(),
+                                info.file.size,
+                            );
                         }
                     }
                     Ok(_) => {}
@@ -85,10 +86,8 @@ impl FileStore {
         remove_unpaired_sidecar(dir, &self.storage);
         if let Ok(owner) = std::fs::read_to_string(dir.join("owner")) {
             let reservation = format!("upload-{}", name.trim_start_matches(".upload-"));
-            let _ = self.quotas.with_ledger(owner.trim(), |l| {
-                l.reserved.remove(&reservation);
-                Ok(())
-            });
+            // What it reserved is not known here; the reconcile after a sweep recounts it.
+            self.quotas.release(owner.trim(), &reservation, 0);
         }
         let _ = std::fs::remove_dir_all(dir);
     }

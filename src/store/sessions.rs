@@ -22,10 +22,56 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::StoreError;
+use super::key::{ClientFileName, FolderPath, UserId};
+use super::{Missing, StoreError};
 
 /// Highest part number a client may send.
 pub const MAX_PART_NUMBER: u32 = 100_000;
+
+/// A part's number: 0 to [`MAX_PART_NUMBER`] (clients start at 0 or 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartNumber(u32);
+
+impl PartNumber {
+    /// `n` when it is in range.
+    pub fn new(n: u32) -> Option<Self> {
+        (n <= MAX_PART_NUMBER).then_some(Self(n))
+    }
+    /// The number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PartNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How init was asked to lay the upload out (API.md §3.1). Only `parts` of init's answer
+/// depends on it; every mode ends in one session per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadMode {
+    /// One file, usually one part.
+    Single,
+    /// Parts of 1 MiB; init says how many.
+    Chunked,
+    /// Several files, a session each.
+    Batch,
+}
+
+impl UploadMode {
+    /// The mode as clients write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Chunked => "chunked",
+            Self::Batch => "batch",
+        }
+    }
+}
 
 /// A session id: a UUID, parsed so it can only name a folder inside `.parts/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +86,22 @@ impl SessionId {
     pub fn parse(raw: &str) -> Result<Self, StoreError> {
         uuid::Uuid::parse_str(raw.trim())
             .map(Self)
-            .map_err(|_| StoreError::NotFound("Upload session not found".to_owned()))
+            .map_err(|_| StoreError::NotFound(Missing::Session))
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        uuid::Uuid::parse_str(&raw)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -60,7 +121,7 @@ impl std::fmt::Display for SessionId {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileSpec {
     /// The client's file name (checked, not yet sanitised).
-    pub name: String,
+    pub name: ClientFileName,
     /// Declared size in bytes.
     pub size: u64,
     /// Declared MIME type.
@@ -68,20 +129,22 @@ pub struct FileSpec {
     pub mime: Option<String>,
 }
 
-/// What `session.json` holds.
+/// An upload session, parsed once from its `session.json` (the same JSON as before the
+/// fields were typed, so sessions in flight survive an upgrade) and handed to every later
+/// step: parts, status, complete, abort and the sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionInfo {
+pub struct Session {
     /// The session id.
-    pub upload_id: String,
+    pub upload_id: SessionId,
     /// Owner.
-    pub user_id: String,
-    /// `single`, `chunked` or `batch`.
-    pub mode: String,
+    pub user_id: UserId,
+    /// What init was asked for.
+    pub mode: UploadMode,
     /// The file this session receives.
     pub file: FileSpec,
-    /// The folder given at init, as the client wrote it.
-    #[serde(default)]
-    pub folder: Option<String>,
+    /// The folder given at init, sanitised (API.md §7); `None`: the user's top level.
+    #[serde(default, with = "folder_text")]
+    pub folder: Option<FolderPath>,
     /// Fields of init's `meta` (other than the user's), kept for the sidecar.
     #[serde(default)]
     pub meta: Map<String, Value>,
@@ -91,7 +154,32 @@ pub struct SessionInfo {
     pub expires_at: DateTime<Utc>,
 }
 
-impl SessionInfo {
+/// A folder in `session.json` as its text (`a/b`), sanitised again when read: sessions
+/// written before the field was typed hold the client's text.
+mod folder_text {
+    use super::FolderPath;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        f: &Option<FolderPath>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match f {
+            Some(f) => s.serialize_some(&f.as_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<FolderPath>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?
+            .as_deref()
+            .and_then(FolderPath::sanitize))
+    }
+}
+
+impl Session {
     /// Is the session past its time?
     pub fn expired(&self) -> bool {
         Utc::now() >= self.expires_at
@@ -130,11 +218,11 @@ pub fn part_file_name(n: u32) -> String {
 }
 
 /// Reads `session.json` in `dir`.
-pub fn read_info(dir: &Path) -> Result<SessionInfo, StoreError> {
+pub fn read_info(dir: &Path) -> Result<Session, StoreError> {
     let bytes = match std::fs::read(dir.join("session.json")) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
-            return Err(StoreError::NotFound("Upload session not found".to_owned()))
+            return Err(StoreError::NotFound(Missing::Session))
         }
         Err(e) => return Err(e.into()),
     };
@@ -296,7 +384,7 @@ pub fn write_segment(
     let tmp = dir.join(format!(".seg-{n}-{}", uuid::Uuid::new_v4().simple()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(hashes).unwrap_or_default())?;
+        f.write_all(&serde_json::to_vec(hashes)?)?;
         std::fs::rename(&tmp, dir.join(seg.file_name(n)))
     })();
     if written.is_err() {
@@ -381,7 +469,10 @@ pub fn write_sum(part: &Path, written: &super::sink::Written) {
         sha256,
         crc32,
     };
-    let _ = std::fs::write(sum_path(part), serde_json::to_vec(&sum).unwrap_or_default());
+    // Best effort: without it, complete hashes the part again.
+    if let Ok(json) = serde_json::to_vec(&sum) {
+        let _ = std::fs::write(sum_path(part), json);
+    }
 }
 
 /// The hashes of `part` if they were recorded for this very file.

@@ -77,7 +77,7 @@ impl Meta {
     }
 
     /// The sidecar's JSON: client fields first, then the server's, which win.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> std::io::Result<Vec<u8>> {
         let mut map = Map::new();
         for (k, v) in &self.extra {
             if !SERVER_FIELDS.contains(&k.as_str()) {
@@ -99,7 +99,7 @@ impl Meta {
         if let Some(c) = &self.created_at {
             map.insert("created_at".into(), c.clone().into());
         }
-        serde_json::to_vec_pretty(&Value::Object(map)).unwrap_or_default()
+        Ok(serde_json::to_vec_pretty(&Value::Object(map))?)
     }
 }
 
@@ -145,11 +145,11 @@ mod tests {
             created_at: Some("2026-01-01T00:00:00Z".into()),
             extra,
         };
-        let v: Value = serde_json::from_slice(&m.to_json()).unwrap();
+        let v: Value = serde_json::from_slice(&m.to_json().unwrap()).unwrap();
         assert_eq!(v["mime"], "text/plain");
         assert_eq!(v["size"], 5);
         assert_eq!(v["custom"], "yes");
-        let back = Meta::from_json(&m.to_json(), "", "").unwrap();
+        let back = Meta::from_json(&m.to_json().unwrap(), "", "").unwrap();
         assert_eq!(back.crc32, Some(7));
     }
 

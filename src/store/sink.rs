@@ -28,32 +28,29 @@ pub struct Written {
 /// survives an error or a client that went away.
 #[derive(Debug)]
 pub struct TempGuard {
-    path: Option<PathBuf>,
+    path: PathBuf,
+    armed: bool,
 }
 
 impl TempGuard {
     /// Guards `path`.
     pub fn new(path: PathBuf) -> Self {
-        Self { path: Some(path) }
-    }
-    /// Guards nothing (a sink appending to a file that is not its own).
-    fn none() -> Self {
-        Self { path: None }
+        Self { path, armed: true }
     }
     /// The guarded path.
     pub fn path(&self) -> &Path {
-        self.path.as_deref().unwrap_or(Path::new(""))
+        &self.path
     }
     /// Stops guarding: the file stays.
-    pub fn keep(mut self) -> PathBuf {
-        self.path.take().unwrap_or_default()
+    pub fn keep(mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -110,7 +107,9 @@ pub struct Sink {
     pending_len: usize,
     limit: u64,
     sent: u64,
-    guard: TempGuard,
+    /// The file a created sink writes, removed unless kept; `None` for an appending sink
+    /// (the file is not its own).
+    guard: Option<TempGuard>,
 }
 
 /// The file being written and the hashes of what it holds (when asked for).
@@ -137,7 +136,7 @@ impl Sink {
             pending_len: 0,
             limit,
             sent: 0,
-            guard: TempGuard::new(path),
+            guard: Some(TempGuard::new(path)),
         })
     }
 
@@ -152,7 +151,7 @@ impl Sink {
             pending_len: 0,
             limit,
             sent: 0,
-            guard: TempGuard::none(),
+            guard: None,
         }
     }
 
@@ -216,7 +215,14 @@ impl Sink {
     }
 
     /// Writes what is left and fsyncs; the file stays guarded until the caller keeps it.
+    /// For a sink made by [`Sink::create`] (an appending one finishes with
+    /// [`Sink::finish_open`]).
     pub async fn finish(mut self) -> Result<(Written, TempGuard), StoreError> {
+        let guard = self.guard.take().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other(
+                "an appending sink has no file of its own",
+            ))
+        })?;
         self.flush(true).await?;
         let (sha256, crc32) = match self.state.take().and_then(|(_, h)| h).map(Hashes::finish) {
             Some((s, c)) => (Some(s), Some(c)),
@@ -227,7 +233,7 @@ impl Sink {
             sha256,
             crc32,
         };
-        Ok((written, self.guard))
+        Ok((written, guard))
     }
 
     /// Writes what is left and fsyncs, then gives back the bytes written, the hashes (not

@@ -405,6 +405,7 @@ async fn init_takes_a_size_written_with_a_zero_fraction() {
     assert_eq!(body["parts"], 2);
     for size in [json!(1.5), json!("12"), json!(1e300)] {
         let (status, body) = send(app.post("/v1/files/init").as_service().json(&json!({
+            "mode": "single",
             "files": [{ "name": "a.bin", "size": size }],
             "meta": { "user_id": "u1" },
         })))

@@ -224,7 +224,7 @@ async fn through_nginx_over_https() {
     let init: Value = http
         .post(url("/v1/files/init"))
         .header("x-service-token", SERVICE_TOKEN)
-        .json(&json!({ "files": [{ "name": "movie.mp4", "size": size }], "folder": "videos", "meta": { "user_id": "ops" } }))
+        .json(&json!({ "mode": "single", "files": [{ "name": "movie.mp4", "size": size }], "folder": "videos", "meta": { "user_id": "ops" } }))
         .send()
         .await
         .unwrap()

@@ -161,7 +161,7 @@ async fn metadata_and_delete_with_slashes_raw_and_encoded() {
         ("PER_USER_QUOTA_GB", "0.0001"),
     ])
     .await;
-    let too_big = json!({ "files": [{ "name": "x", "size": 60_000 }], "meta": { "user_id": "alice@example.com" } });
+    let too_big = json!({ "mode": "single", "files": [{ "name": "x", "size": 60_000 }], "meta": { "user_id": "alice@example.com" } });
     assert_eq!(
         send(app2.post("/v1/files/init").as_service().json(&too_big))
             .await

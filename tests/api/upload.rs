@@ -294,6 +294,7 @@ async fn user_callers_own_their_sessions() {
     let alice = app.user_token("alice");
     let bob = app.user_token("bob");
     let (s, init) = send(app.post("/v1/files/init").bearer(&alice).json(&json!({
+        "mode": "single",
         "files": [{ "name": "x.txt", "size": 3 }], "meta": { "user_id": "mallory" }
     })))
     .await;
@@ -320,13 +321,13 @@ async fn user_callers_own_their_sessions() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, done) = send(
-        app.post("/v1/files/complete")
-            .bearer(&alice)
-            .json(&json!({ "uploadId": id })),
-    )
+    // A user caller's complete naming someone else is not refused (issue 13): as with the
+    // old service, those fields are ignored and the file is the caller's.
+    let (s, done) = send(app.post("/v1/files/complete").bearer(&alice).json(&json!({
+        "uploadId": id, "meta": { "user_id": "mallory", "user_email": "m@example.com" }
+    })))
     .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::OK, "{done}");
     // The user named in meta is ignored for a user caller: the file is alice's.
     assert!(
         done["key"].as_str().unwrap().starts_with("storage/alice/"),
@@ -350,6 +351,7 @@ async fn hostile_names_are_refused_or_sanitised() {
         "a\0b",
     ] {
         let (s, b) = send(app.post("/v1/files/init").as_service().json(&json!({
+            "mode": "single",
             "files": [{ "name": name, "size": 1 }], "meta": { "user_id": "u1" }
         })))
         .await;
@@ -421,21 +423,41 @@ async fn error_statuses_of_section_3() {
     expect(
         app.post("/v1/files/init")
             .as_service()
-            .json(&json!({ "files": [{ "name": "a", "size": 1 }] })),
+            .json(&json!({ "mode": "single", "files": [{ "name": "a", "size": 1 }] })),
         StatusCode::BAD_REQUEST,
         json!({ "detail": "user_id is required for service calls" }),
     )
     .await;
-    // 422: negative size, unknown mode, missing files, malformed JSON.
-    for body in [
-        json!({ "files": [{ "name": "a", "size": -1 }], "meta": { "user_id": "u" } }),
-        json!({ "mode": "weird", "files": [{ "name": "a", "size": 1 }], "meta": { "user_id": "u" } }),
-        json!({ "meta": { "user_id": "u" } }),
-        json!({ "files": [{ "name": "a", "size": "big" }], "meta": { "user_id": "u" } }),
+    // 422: negative size, unknown or missing mode (required, as the old service had it),
+    // missing files, malformed JSON; the problem's location names the field.
+    for (body, field) in [
+        (
+            json!({ "mode": "single", "files": [{ "name": "a", "size": -1 }], "meta": { "user_id": "u" } }),
+            json!(["body", "files", 0, "size"]),
+        ),
+        (
+            json!({ "mode": "weird", "files": [{ "name": "a", "size": 1 }], "meta": { "user_id": "u" } }),
+            json!(["body", "mode"]),
+        ),
+        (
+            json!({ "files": [{ "name": "a", "size": 1 }], "meta": { "user_id": "u" } }),
+            json!(["body", "mode"]),
+        ),
+        (
+            json!({ "mode": "single", "meta": { "user_id": "u" } }),
+            json!(["body", "files"]),
+        ),
+        (
+            json!({ "mode": "single", "files": [{ "name": "a", "size": "big" }], "meta": { "user_id": "u" } }),
+            Value::Null,
+        ),
     ] {
         let (s, b) = send(app.post("/v1/files/init").as_service().json(&body)).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
         assert!(b["detail"].is_array(), "{b}");
+        if !field.is_null() {
+            assert_eq!(b["detail"][0]["loc"], field, "{body}: {b}");
+        }
     }
     let (s, _) = send(
         app.post("/v1/files/init")
@@ -447,6 +469,7 @@ async fn error_statuses_of_section_3() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // 413: a file over MAX_BODY_MB.
     let (s, _) = send(app.post("/v1/files/init").as_service().json(&json!({
+        "mode": "single",
         "files": [{ "name": "a", "size": 3 * 1024 * 1024 }], "meta": { "user_id": "u" }
     })))
     .await;
@@ -546,6 +569,7 @@ async fn abort_frees_the_reservation() {
     .await;
     let id = init["uploadId"].as_str().unwrap();
     let (s, b) = send(app.post("/v1/files/init").as_service().json(&json!({
+        "mode": "single",
         "files": [{ "name": "b", "size": 10_000 }], "meta": { "user_id": "u" }
     })))
     .await;
@@ -638,6 +662,7 @@ async fn quota_holds_under_concurrent_uploads() {
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let req = app.post("/v1/files/init").as_service().json(&json!({
+            "mode": "single",
             "files": [{ "name": "q", "size": 60_000 }], "meta": { "user_id": "full" }
         }));
         tasks.push(tokio::spawn(
@@ -827,6 +852,7 @@ async fn old_service_files_count_in_the_quota() {
     let alice_used = 10_244 + 2_700 + 37_000;
     let room = 107_374 - alice_used;
     let (s, b) = send(app.post("/v1/files/init").as_service().json(&json!({
+        "mode": "single",
         "files": [{ "name": "x", "size": room + 1 }], "meta": { "user_id": "alice@example.com" }
     })))
     .await;

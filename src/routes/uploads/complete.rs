@@ -11,7 +11,7 @@ use super::{client_fields, meta_user, owned_session};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, ErrorBody};
 use crate::state::AppState;
-use crate::store::key::validate_client_filename;
+use crate::store::key::{ClientFileName, FolderPath};
 use crate::store::CompleteRequest;
 
 /// Finishes an upload (API.md §3.1).
@@ -27,8 +27,8 @@ pub struct CompleteBody {
     /// Hex SHA-256 of the whole file; checked unless absent or empty.
     #[serde(default)]
     sha256: Option<String>,
-    /// `filename` and `folder` override init's; `user_id`/`user_email` must be the
-    /// session's user; other fields go to the sidecar.
+    /// `filename` and `folder` override init's; `user_id`/`user_email`, from a service, must
+    /// be the session's user (a user caller's are ignored); other fields go to the sidecar.
     #[serde(default)]
     #[schema(additional_properties)]
     meta: Option<Map<String, Value>>,
@@ -51,7 +51,7 @@ pub struct Completed {
     security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The file is stored", body = Completed),
-        (status = 400, description = "Size or SHA256 mismatch, a bad file name or session id, or meta naming another user", body = ErrorBody),
+        (status = 400, description = "Size or SHA256 mismatch, a bad file name or session id, or a service's meta naming another user", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such session (or another user's, or already completed)", body = ErrorBody),
         (status = 413, description = "Over the quota", body = ErrorBody),
@@ -63,9 +63,12 @@ pub(crate) async fn complete_upload(
     caller: Caller,
     AppJson(req): AppJson<CompleteBody>,
 ) -> ApiResult<Json<Completed>> {
-    let (id, info) = owned_session(&state, &caller, &req.upload_id).await?;
-    if let Some(named) = meta_user(req.meta.as_ref()) {
-        if named != info.user_id {
+    let info = owned_session(&state, &caller, &req.upload_id).await?;
+    // A service may repeat the session's user and must not name another; a user caller's
+    // `user_id`/`user_email` are ignored, as the old service stored the file under the
+    // token's user whatever they said (API.md §3.1).
+    if let (Caller::Service, Some(named)) = (&caller, meta_user(req.meta.as_ref())) {
+        if named != info.user_id.as_str() {
             return Err(ApiError::BadRequest(
                 "meta names another user than the upload's".to_owned(),
             ));
@@ -78,17 +81,17 @@ pub(crate) async fn complete_upload(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let filename = text("filename").filter(|s| !s.trim().is_empty());
-    if let Some(name) = &filename {
-        validate_client_filename(name).map_err(|e| ApiError::BadRequest(e.0))?;
-    }
+    let filename = text("filename")
+        .filter(|s| !s.trim().is_empty())
+        .map(|name| ClientFileName::parse(&name))
+        .transpose()?;
     let complete = CompleteRequest {
         filename,
-        folder: text("folder"),
+        folder: text("folder").map(|f| FolderPath::sanitize(&f)),
         sha256: req.sha256.clone(),
         extra: client_fields(req.meta.clone()),
     };
-    let stored = state.store.complete(&id, complete).await?;
+    let stored = state.store.complete(&info, complete).await?;
     tracing::info!(target: "activity", event = "upload", user = %info.user_id, key = %stored.key, size = stored.meta.size.unwrap_or(0));
     Ok(Json(Completed {
         key: stored.key.to_string(),

@@ -12,8 +12,8 @@ use super::{client_fields, meta_user};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, ErrorBody};
 use crate::state::AppState;
-use crate::store::key::validate_client_filename;
-use crate::store::sessions::FileSpec;
+use crate::store::key::{ClientFileName, FolderPath};
+use crate::store::sessions::{FileSpec, UploadMode};
 
 /// Bytes a chunked part holds, for the `parts` count of init.
 const CHUNK_SIZE: u64 = 1 << 20;
@@ -37,8 +37,7 @@ pub struct InitFile {
 /// Starts one upload session per file (API.md §3.1).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InitRequest {
-    /// `single` (the default), `chunked` or `batch`.
-    #[serde(default = "default_mode")]
+    /// `single`, `chunked` or `batch`; required, as the old service had it.
     #[schema(schema_with = mode_schema)]
     mode: String,
     /// At least one file.
@@ -75,7 +74,6 @@ pub(crate) fn mode_schema() -> impl Into<RefOr<Schema>> {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(["single", "chunked", "batch"]))
-        .default(Some(Value::from("single")))
 }
 
 /// The sessions init made.
@@ -101,10 +99,6 @@ pub struct InitUpload {
     size: u64,
 }
 
-pub(crate) fn default_mode() -> String {
-    "single".to_owned()
-}
-
 /// Starts an upload: one session per file.
 #[utoipa::path(post, path = "/v1/files/init", tag = "uploads",
     request_body = InitRequest,
@@ -122,13 +116,18 @@ pub(crate) async fn init_upload(
     caller: Caller,
     AppJson(req): AppJson<InitRequest>,
 ) -> ApiResult<Json<InitResponse>> {
-    if !matches!(req.mode.as_str(), "single" | "chunked" | "batch") {
-        return Err(ApiError::validation(
-            &["body", "mode"],
-            "mode must be one of 'single', 'chunked', 'batch'",
-            "enum",
-        ));
-    }
+    let mode = match req.mode.as_str() {
+        "single" => UploadMode::Single,
+        "chunked" => UploadMode::Chunked,
+        "batch" => UploadMode::Batch,
+        _ => {
+            return Err(ApiError::validation(
+                &["body", "mode"],
+                "mode must be one of 'single', 'chunked', 'batch'",
+                "enum",
+            ))
+        }
+    };
     if req.files.is_empty() {
         return Err(ApiError::validation(
             &["body", "files"],
@@ -145,44 +144,38 @@ pub(crate) async fn init_upload(
                 "msg": "size must be 0 or more",
             }]))
         })?;
-        validate_client_filename(&f.name).map_err(|e| ApiError::BadRequest(e.0))?;
         files.push(FileSpec {
-            name: f.name.clone(),
+            name: ClientFileName::parse(&f.name)?,
             size,
             mime: f.mime.clone(),
         });
     }
     let user = caller.acting_for(meta_user(req.meta.as_ref()).as_deref())?;
     let max_size = files.iter().map(|f| f.size).max().unwrap_or(0);
-    let several = files.len() > 1 || req.mode == "batch";
+    let several = files.len() > 1 || mode == UploadMode::Batch;
+    let folder = req.folder.as_deref().and_then(FolderPath::sanitize);
     let sessions = state
         .store
-        .create_sessions(
-            &user,
-            &req.mode,
-            files,
-            req.folder.clone(),
-            client_fields(req.meta),
-        )
+        .create_sessions(&user, mode, files, folder, client_fields(req.meta))
         .await?;
     let first = sessions
         .first()
-        .map(|s| s.upload_id.clone())
-        .unwrap_or_default();
-    tracing::info!(target: "activity", event = "upload_init", user = %user, sessions = sessions.len(), mode = %req.mode);
+        .map(|s| s.upload_id.to_string())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("init made no session")))?;
+    tracing::info!(target: "activity", event = "upload_init", user = %user, sessions = sessions.len(), mode = mode.as_str());
     let uploads = several.then(|| {
         sessions
             .iter()
             .map(|s| InitUpload {
-                upload_id: s.upload_id.clone(),
-                name: s.file.name.clone(),
+                upload_id: s.upload_id.to_string(),
+                name: s.file.name.as_str().to_owned(),
                 size: s.file.size,
             })
             .collect()
     });
     Ok(Json(InitResponse {
         upload_id: first,
-        parts: (req.mode == "chunked").then(|| max_size.div_ceil(CHUNK_SIZE)),
+        parts: (mode == UploadMode::Chunked).then(|| max_size.div_ceil(CHUNK_SIZE)),
         uploads,
     }))
 }

@@ -16,7 +16,7 @@ use super::Routes;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::sessions::{SessionId, SessionInfo};
+use crate::store::sessions::{Session, SessionId};
 
 /// The upload routes.
 pub fn routes() -> Routes {
@@ -59,13 +59,13 @@ pub(crate) async fn owned_session(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> ApiResult<(SessionId, SessionInfo)> {
+) -> ApiResult<Session> {
     let id = SessionId::parse(id)?;
-    let info = state.store.session(&id).await?;
-    if !caller.may_access(&info.user_id) {
+    let session = state.store.session(&id).await?;
+    if !caller.may_access(session.user_id.as_str()) {
         return Err(ApiError::NotFound("Upload session not found".to_owned()));
     }
-    Ok((id, info))
+    Ok(session)
 }
 
 /// A body error: the request body limit (413), a client that stopped sending (408), or

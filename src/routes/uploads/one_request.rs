@@ -16,7 +16,7 @@ use super::{body_error, cause_of_body_error, client_fields};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
 use crate::state::AppState;
-use crate::store::key::{validate_client_filename, FolderPath, Key, UserId};
+use crate::store::key::{ClientFileName, FolderPath, Key, UserId};
 use crate::store::Stored;
 
 /// Query parameters of the one-request upload.
@@ -154,7 +154,7 @@ pub(crate) async fn upload_raw(
     let name = q
         .filename
         .ok_or_else(|| ApiError::validation(&["query", "filename"], "Field required", "missing"))?;
-    validate_client_filename(&name).map_err(|e| ApiError::BadRequest(e.0))?;
+    let name = ClientFileName::parse(&name)?;
     let expected_sha = headers
         .get("x-content-sha256")
         .and_then(|v| v.to_str().ok())
@@ -252,8 +252,7 @@ pub(crate) async fn upload_multipart(
                 Some(u) => u.clone(),
                 None => caller.acting_for(None)?,
             };
-            let file_name = field.file_name().unwrap_or("").to_owned();
-            validate_client_filename(&file_name).map_err(|e| ApiError::BadRequest(e.0))?;
+            let file_name = ClientFileName::parse(field.file_name().unwrap_or(""))?;
             let mime = field.content_type().map(str::to_owned);
             if upload.is_none() {
                 upload = Some(state.store.begin_upload(&owner).await?);

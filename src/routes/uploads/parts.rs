@@ -14,10 +14,10 @@ use crate::bufpool::PooledBuf;
 use crate::error::{ApiError, ApiResult, AppPath, ErrorBody};
 use crate::part_json::{PartJsonError, PartJsonParser};
 use crate::state::AppState;
-use crate::store::sessions::{SessionInfo, MAX_PART_NUMBER};
+use crate::store::sessions::{PartNumber, Session, MAX_PART_NUMBER};
 use crate::store::PartUpload;
 
-pub(crate) fn part_number(raw: &str) -> ApiResult<u32> {
+pub(crate) fn part_number(raw: &str) -> ApiResult<PartNumber> {
     let trimmed = raw.trim();
     let n: i64 = trimmed
         .parse()
@@ -38,7 +38,7 @@ pub(crate) fn part_number(raw: &str) -> ApiResult<u32> {
         })?;
     u32::try_from(n)
         .ok()
-        .filter(|n| *n <= MAX_PART_NUMBER)
+        .and_then(PartNumber::new)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "partNumber must be between 0 and {MAX_PART_NUMBER}"
@@ -109,7 +109,8 @@ pub(crate) async fn upload_part_json(
     const HANDOFF: usize = 512 * 1024;
     const DECODE_ROOM: usize = 1024 * 1024;
     let mut decoded = PooledBuf::with_capacity(DECODE_ROOM);
-    let mut target: Option<(SessionInfo, PartUpload)> = None;
+    // The session, part number and file, once the uploadId and partNumber are known.
+    let mut target: Option<(Session, PartNumber, PartUpload)> = None;
     let mut staged: Option<PartUpload> = None;
     let parse_err = |e: PartJsonError| match e {
         PartJsonError::Syntax(m) => ApiError::validation(&["body"], m, "json_invalid"),
@@ -141,10 +142,10 @@ pub(crate) async fn upload_part_json(
             if target.is_none() && staged.is_none() {
                 match &known {
                     Some((id, n)) => {
-                        let (_, info) = owned_session(&state, &caller, id).await?;
+                        let session = owned_session(&state, &caller, id).await?;
                         let n = part_number(n)?;
-                        let part = state.store.begin_part(&info, n).await?;
-                        target = Some((info, part));
+                        let part = state.store.begin_part(&session, n).await?;
+                        target = Some((session, n, part));
                     }
                     None => {
                         let who = match &caller {
@@ -155,7 +156,7 @@ pub(crate) async fn upload_part_json(
                     }
                 }
             }
-            let sink: &mut PartUpload = if let Some((_, p)) = target.as_mut() {
+            let sink: &mut PartUpload = if let Some((_, _, p)) = target.as_mut() {
                 p
             } else if let Some(p) = staged.as_mut() {
                 p
@@ -181,16 +182,19 @@ pub(crate) async fn upload_part_json(
                     "missing",
                 ));
             }
-            let n = part_number(&n_raw)?;
-            let (info, part) = match (target, staged) {
-                (Some((info, part)), _) => (info, part),
-                (None, Some(part)) => (owned_session(&state, &caller, &id).await?.1, part),
+            let (session, n, part) = match (target, staged) {
+                (Some(known), _) => known,
+                (None, Some(part)) => (
+                    owned_session(&state, &caller, &id).await?,
+                    part_number(&n_raw)?,
+                    part,
+                ),
                 (None, None) => {
                     return Err(ApiError::Internal(anyhow::anyhow!("part without a file")))
                 }
             };
-            let size = state.store.commit_part(&info, n, part).await?;
-            return Ok(Json(PartReceived::new(n, size)));
+            let size = state.store.commit_part(&session, n, part).await?;
+            return Ok(Json(PartReceived::new(n.get(), size)));
         }
     }
 }
@@ -218,14 +222,14 @@ pub(crate) async fn upload_part_raw(
     AppPath((upload_id, number)): AppPath<(String, String)>,
     body: Body,
 ) -> ApiResult<Json<PartReceived>> {
-    let (_, info) = owned_session(&state, &caller, &upload_id).await?;
+    let session = owned_session(&state, &caller, &upload_id).await?;
     let n = part_number(&number)?;
-    let mut part = state.store.begin_part(&info, n).await?;
+    let mut part = state.store.begin_part(&session, n).await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| body_error(&e))?;
         part.write(chunk).await?;
     }
-    let size = state.store.commit_part(&info, n, part).await?;
-    Ok(Json(PartReceived::new(n, size)))
+    let size = state.store.commit_part(&session, n, part).await?;
+    Ok(Json(PartReceived::new(n.get(), size)))
 }

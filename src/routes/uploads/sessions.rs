@@ -16,7 +16,7 @@ use crate::state::AppState;
 pub struct SessionStatus {
     upload_id: String,
     /// `single`, `chunked` or `batch`.
-    mode: String,
+    mode: &'static str,
     /// The file this session receives.
     files: Vec<SessionFile>,
     /// The folder given at init.
@@ -63,20 +63,20 @@ pub(crate) async fn session_status(
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let (id, info) = owned_session(&state, &caller, &upload_id).await?;
-    let parts = state.store.session_parts(&id).await?;
+    let info = owned_session(&state, &caller, &upload_id).await?;
+    let parts = state.store.session_parts(&info.upload_id).await?;
     let received: u64 = parts.iter().map(|(_, s)| s).sum();
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Ok(Json(SessionStatus {
-        upload_id: info.upload_id,
-        mode: info.mode,
+        upload_id: info.upload_id.to_string(),
+        mode: info.mode.as_str(),
         files: vec![SessionFile {
-            name: info.file.name,
+            name: info.file.name.into(),
             size: info.file.size,
             mime: info.file.mime,
         }],
-        folder: info.folder,
+        folder: info.folder.map(|f| f.as_string()),
         parts: parts
             .iter()
             .map(|&(part_number, size)| SessionPart { part_number, size })
@@ -110,7 +110,7 @@ pub(crate) async fn abort_session(
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
 ) -> ApiResult<Json<StatusWord>> {
-    let (_, info) = owned_session(&state, &caller, &upload_id).await?;
+    let info = owned_session(&state, &caller, &upload_id).await?;
     state.store.abort(&info).await?;
     tracing::info!(target: "activity", event = "upload_abort", user = %info.user_id, upload_id = %info.upload_id);
     Ok(Json(StatusWord { status: "aborted" }))
