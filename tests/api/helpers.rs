@@ -317,22 +317,23 @@ pub(crate) fn accepted() -> (StatusCode, Value) {
 // ---------------------------------------------------------------------------------------
 // The real binary as a child process.
 
-/// A port that was free a moment ago.
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// The `upload-server` binary with a clean environment (`PATH` only, plus `env`); its
-/// stdout and stderr go to files so nothing can block on a full pipe.
+/// stdout and stderr go to files so nothing can block on a full pipe. Started with
+/// `PORT=0`, it binds a free port and reports it on stderr (`upload-server: listening on
+/// ADDR`), which [`Server::wait_ready`] reads: no port is chosen here and bound again later.
 pub(crate) struct Server {
     pub(crate) child: Child,
+    /// `http://ADDR`, once [`Server::wait_ready`] has read the address; empty before.
     pub(crate) base: String,
     logs: TempDir,
 }
 
-/// Starts the binary; does not wait for it to listen.
-pub(crate) fn launch(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
+/// The line `main.rs` writes to stderr once it listens.
+const LISTENING: &str = "upload-server: listening on ";
+
+/// Starts the binary; does not wait for it to listen. `env` (or the env file it is given)
+/// should say `PORT=0`, unless the test holds the port it names.
+pub(crate) fn launch(env: &[(&str, &str)], args: &[&str]) -> Server {
     let logs = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_upload-server"));
     cmd.env_clear()
@@ -346,14 +347,14 @@ pub(crate) fn launch(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
     }
     Server {
         child: cmd.spawn().unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
+        base: String::new(),
         logs,
     }
 }
 
-/// Starts the binary and waits until `/healthz` answers on `port`.
-pub(crate) async fn start_server(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
-    let mut server = launch(env, args, port);
+/// Starts the binary and waits until `/healthz` answers on the port it reports.
+pub(crate) async fn start_server(env: &[(&str, &str)], args: &[&str]) -> Server {
+    let mut server = launch(env, args);
     server.wait_ready().await;
     server
 }
@@ -364,7 +365,21 @@ impl Server {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
+        assert!(
+            !self.base.is_empty(),
+            "the server's address is not known yet"
+        );
         format!("{}{path}", self.base)
+    }
+
+    /// `HOST:PORT` the server listens on.
+    pub(crate) fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// The port the server listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.addr().rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub(crate) fn stdout(&self) -> String {
@@ -375,7 +390,8 @@ impl Server {
         std::fs::read_to_string(self.logs.path().join("stderr")).unwrap()
     }
 
-    /// Waits until `/healthz` answers 200; panics with the child's output if it dies first.
+    /// Reads the address the server reports, then waits until `/healthz` answers 200 there;
+    /// panics with the child's output if it dies first.
     pub(crate) async fn wait_ready(&mut self) {
         let http = client();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -387,14 +403,30 @@ impl Server {
                     self.stdout()
                 );
             }
-            if let Ok(res) = http.get(self.url("/healthz")).send().await {
-                if res.status() == StatusCode::OK {
-                    return;
+            if self.base.is_empty() {
+                // Only a whole line counts: the file may end in the middle of one.
+                let stderr = self.stderr();
+                let reported = stderr
+                    .split_inclusive('\n')
+                    .filter(|l| l.ends_with('\n'))
+                    .find_map(|l| l.trim_end().strip_prefix(LISTENING));
+                if let Some(addr) = reported {
+                    let addr: std::net::SocketAddr = addr
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{LISTENING}{addr:?}: {e}"));
+                    self.base = format!("http://{addr}");
+                }
+            }
+            if !self.base.is_empty() {
+                if let Ok(res) = http.get(self.url("/healthz")).send().await {
+                    if res.status() == StatusCode::OK {
+                        return;
+                    }
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "upload-server did not answer on {}; stderr: {}",
+                "upload-server did not answer (address {:?}); stderr: {}",
                 self.base,
                 self.stderr()
             );
@@ -449,7 +481,7 @@ pub(crate) async fn run_to_exit(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> (ExitStatus, String, String) {
-    let mut server = launch(env, &[], free_port());
+    let mut server = launch(env, &[]);
     let status = server.wait_exit(limit).await;
     (status, server.stdout(), server.stderr())
 }

@@ -88,6 +88,13 @@ fn derive_site(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) ->
     site
 }
 
+/// A port that was free a moment ago, for nginx's listeners: nginx cannot report a port it
+/// chose, so these may race another process (the upload server itself binds port 0).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 fn start_nginx(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) -> Nginx {
     let ok = Command::new("openssl")
         .args([
@@ -178,13 +185,13 @@ async fn through_nginx_over_https() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let (http_port, https_port, port) = (free_port(), free_port(), free_port());
+    let (http_port, https_port) = (free_port(), free_port());
     let public = format!("https://127.0.0.1:{https_port}");
-    let (root_s, port_s) = (root.path().to_str().unwrap().to_owned(), port.to_string());
+    let root_s = root.path().to_str().unwrap().to_owned();
     let server = start_server(
         &[
             ("UPLOAD_ROOT", root_s.as_str()),
-            ("PORT", port_s.as_str()),
+            ("PORT", "0"),
             ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
             ("UPLOAD_SIGNING_KEY", SIGNING_KEY),
             ("PUBLIC_BASE_URL", public.as_str()),
@@ -193,10 +200,15 @@ async fn through_nginx_over_https() {
             ("RUST_LOG", "info"),
         ],
         &[],
-        port,
     )
     .await;
-    let nginx = start_nginx(dir.path(), http_port, https_port, port, root.path());
+    let nginx = start_nginx(
+        dir.path(),
+        http_port,
+        https_port,
+        server.port(),
+        root.path(),
+    );
     // The client connects from another loopback address than nginx's own, so the access
     // log shows whose address the server took.
     let http = reqwest::Client::builder()

@@ -353,23 +353,14 @@ async fn a_cut_append_leaves_nothing_that_counts() {
 async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     let root = tempfile::tempdir().unwrap();
     let root_s = root.path().to_str().unwrap().to_owned();
-    let env = |port: &str| {
-        vec![
-            ("UPLOAD_ROOT".to_owned(), root_s.clone()),
-            ("PORT".to_owned(), port.to_owned()),
-            ("AUTH_SERVICE_TOKEN".to_owned(), SERVICE_TOKEN.to_owned()),
-            ("UPLOAD_SIGNING_KEY".to_owned(), SIGNING_KEY.to_owned()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ]
-    };
-    let start = |port: u16| {
-        let env = env(&port.to_string());
-        async move {
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            start_server(&env, &[], port).await
-        }
-    };
+    let env = [
+        ("UPLOAD_ROOT", root_s.as_str()),
+        ("PORT", "0"),
+        ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
+        ("UPLOAD_SIGNING_KEY", SIGNING_KEY),
+        ("RUST_LOG", "warn"),
+    ];
+    let start = || start_server(&env, &[]);
     let http = client();
     let call = |req: reqwest::RequestBuilder| async move {
         let res = req
@@ -385,8 +376,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     let data = pattern(4 * PART + 9, 12);
     let chunks: Vec<Vec<u8>> = data.chunks(PART).map(<[u8]>::to_vec).collect();
 
-    let port = free_port();
-    let mut server = start(port).await;
+    let mut server = start().await;
     let (s, init) = call(http.post(server.url("/v1/files/init")).json(&json!({
         "mode": "chunked", "files": [{ "name": "r.bin", "size": data.len() }], "meta": { "user_id": "u" }
     })))
@@ -403,8 +393,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     }
     // A graceful restart between parts.
     server.stop().await;
-    let port = free_port();
-    let mut server = start(port).await;
+    let mut server = start().await;
     let (s, b) = call(put(&server, 2)).await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
@@ -434,8 +423,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     drop(tx);
     let _ = cut.await;
 
-    let port = free_port();
-    let server = start(port).await;
+    let server = start().await;
     let (s, status) = call(http.get(server.url(&format!("/v1/files/uploads/{id}")))).await;
     assert_eq!(s, StatusCode::OK, "{status}");
     assert_eq!(status["receivedBytes"], 3 * PART, "{status}");
