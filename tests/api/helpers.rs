@@ -24,7 +24,8 @@ pub(crate) const KID: &str = "streamline-rsa-1";
 /// (API.md §3.2), so "accepted" and "refused" are told apart by status and body.
 pub(crate) const PROBE: &str = "/v1/files/uploads/00000000-0000-4000-8000-000000000000";
 
-/// An RSA key pair made by the `openssl` CLI.
+/// An RSA key pair made in the process, written as PKCS#8 / SPKI PEM files (the app reads
+/// `JWT_PRIVATE_KEY_PATH` and `JWT_PUBLIC_KEY_PATH`).
 pub(crate) struct KeyPair {
     pub(crate) private_path: PathBuf,
     pub(crate) public_path: PathBuf,
@@ -32,38 +33,44 @@ pub(crate) struct KeyPair {
     pub(crate) public_pem: String,
 }
 
+/// The OS random source, for `rsa`'s key generation (the `rand_core` version `rsa` takes is
+/// not the one `getrandom` 0.3 serves).
+struct OsRandom;
+
+impl rsa::rand_core::TryRng for OsRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(getrandom::u32().unwrap())
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(getrandom::u64().unwrap())
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        getrandom::fill(dst).unwrap();
+        Ok(())
+    }
+}
+
+impl rsa::rand_core::TryCryptoRng for OsRandom {}
+
 impl KeyPair {
     fn generate(dir: &Path, name: &str) -> Self {
+        use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+        let key = rsa::PrivateKey::new(&mut OsRandom, 2048).unwrap();
+        let private_pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let public_pem = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
         let private_path = dir.join(format!("{name}-private.pem"));
         let public_path = dir.join(format!("{name}-public.pem"));
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("the openssl CLI is needed to make test keys");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let private = private_path.to_str().unwrap();
-        let public = public_path.to_str().unwrap();
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            private,
-        ]);
-        run(&["pkey", "-in", private, "-pubout", "-out", public]);
+        std::fs::write(&private_path, &private_pem).unwrap();
+        std::fs::write(&public_path, &public_pem).unwrap();
         Self {
-            private_pem: std::fs::read_to_string(&private_path).unwrap(),
-            public_pem: std::fs::read_to_string(&public_path).unwrap(),
             private_path,
             public_path,
+            private_pem,
+            public_pem,
         }
     }
 
