@@ -321,6 +321,58 @@ pub(crate) fn accepted() -> (StatusCode, Value) {
     )
 }
 
+/// A tmpfs mounted by [`mount_tmpfs`], unmounted when dropped.
+pub(crate) struct Tmpfs(PathBuf);
+
+/// Mounts a tmpfs of `size` (`mount`'s syntax: `4m`) on `dir`, for tests of full disks and
+/// read-only roots. Needs mount rights (root, as in CI): without them the test named `test`
+/// is skipped with a note, unless `CI` is set, where it fails (CI runs as root; a test it
+/// skips would pass without testing anything).
+pub(crate) fn mount_tmpfs(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: cannot mount a tmpfs ({why}); CI must run it as root"
+            );
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here (not root?): {why}");
+            None
+        }
+    }
+}
+
+impl Tmpfs {
+    /// `mount -o remount,{options}`: `ro` or `rw`.
+    pub(crate) fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o remount,{options}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: the app's server task may still hold the root open.
+        let _ = Command::new("umount").arg("--lazy").arg(&self.0).status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The real binary as a child process.
 

@@ -905,31 +905,10 @@ async fn expired_sessions_are_swept_and_release_quota() {
 #[tokio::test]
 async fn full_disk_gives_507_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=4m",
-            "tmpfs",
-            dir.path().to_str().unwrap(),
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!(
-            "SKIPPED full_disk_gives_507_and_leaves_nothing: cannot mount a tmpfs here (not root?)"
-        );
+    let Some(_tmpfs) = mount_tmpfs(dir.path(), "4m", "full_disk_gives_507_and_leaves_nothing")
+    else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.path().to_path_buf());
+    };
     let app = spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
     // Two sessions hold 1.5 MiB of parts each: 3 of the 4 MiB are used.
     let part = pattern(1536 * 1024, 4);
