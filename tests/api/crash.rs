@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::upload::files_under;
 
 const SIZE: usize = 200 * 1024 * 1024;
 const PART: usize = 8 * 1024 * 1024;
@@ -46,7 +45,7 @@ async fn kill_during_complete(delay: Option<Duration>) -> (&'static str, Duratio
     let data: Vec<u8> = (0..SIZE)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
         .collect();
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = sha_hex(&data);
     let (s, init) = call(
         &http,
         http.post(server.url("/v1/files/init")).json(&json!({
@@ -150,7 +149,7 @@ async fn kill_during_complete(delay: Option<Duration>) -> (&'static str, Duratio
         list["files"][0]["key"].as_str().unwrap().to_owned()
     };
     let stored = std::fs::read(root.path().join(&key)).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&stored)), sha);
+    assert_eq!(sha_hex(&stored), sha);
     let meta: Value =
         serde_json::from_slice(&std::fs::read(root.path().join(format!("{key}.meta"))).unwrap())
             .unwrap();

@@ -1,5 +1,7 @@
-//! The one test helper (STYLE.md §2.5): the real app on `127.0.0.1:0`, callers as request
-//! decorations, token minting, and the real binary as a child process.
+//! The one test helper (STYLE.md §2.5): the real app on `127.0.0.1:0`, callers as values
+//! with one method per endpoint (`app.as_user("u1").upload_file(..)`, `app.as_service()`,
+//! `app.anonymous()`), the small helpers every module uses, token minting, and the real
+//! binary as a child process.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -84,14 +86,13 @@ impl KeyPair {
         use rsa::pkcs8::DecodePublicKey as _;
         use rsa::traits::PublicKeyParts as _;
         let key = rsa::PublicKey::from_public_key_pem(&self.public_pem).unwrap();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         json!({
             "kty": "RSA",
             "use": "sig",
             "alg": "RS256",
             "kid": kid,
-            "n": b64.encode(key.n_bytes()),
-            "e": b64.encode(key.e_bytes()),
+            "n": b64url(&key.n_bytes()),
+            "e": b64url(&key.e_bytes()),
         })
     }
 }
@@ -225,6 +226,238 @@ impl TestApp {
     /// A valid user token for `user_id`, an hour long.
     pub(crate) fn user_token(&self, user_id: &str) -> String {
         self.mint(json!({ "user_id": user_id, "exp": now() + 3600 }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Callers as values, with one method per endpoint (STYLE.md §2.5).
+
+impl TestApp {
+    /// A user caller: `Authorization: Bearer` with a valid token for `user_id`.
+    pub(crate) fn as_user(&self, user_id: &str) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::Bearer(self.user_token(user_id)),
+            user: None,
+        }
+    }
+
+    /// The service caller (`X-Service-Token`); name the user it acts for with
+    /// [`Caller::acting_for`].
+    pub(crate) fn as_service(&self) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::Service,
+            user: None,
+        }
+    }
+
+    /// A caller without credentials.
+    pub(crate) fn anonymous(&self) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::None,
+            user: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    Service,
+    Bearer(String),
+    None,
+}
+
+/// Someone calling the app: its requests carry the caller's credentials, and, for a service
+/// acting for a user, name that user where the endpoint takes one (API.md §2).
+#[derive(Clone)]
+pub(crate) struct Caller<'a> {
+    app: &'a TestApp,
+    auth: Auth,
+    /// The user a service acts for (`meta.user_id` / `?user_id=`).
+    user: Option<String>,
+}
+
+impl<'a> Caller<'a> {
+    /// The same caller acting for `user` (what a service must name; a user caller is always
+    /// itself, and the app ignores the name).
+    pub(crate) fn acting_for(mut self, user: &str) -> Self {
+        self.user = Some(user.to_owned());
+        self
+    }
+
+    /// Any request, with the caller's credentials.
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.app.request(method, path);
+        match &self.auth {
+            Auth::Service => req.as_service(),
+            Auth::Bearer(jwt) => req.bearer(jwt),
+            Auth::None => req,
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub(crate) fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    /// `POST /v1/files/init` (API.md §3.1) for `files` in `mode`; asserts 200 and returns
+    /// the body.
+    pub(crate) async fn init(&self, files: Value, mode: &str, folder: Option<&str>) -> Value {
+        let mut body = json!({ "mode": mode, "files": files, "folder": folder });
+        if let Some(user) = &self.user {
+            body["meta"] = json!({ "user_id": user });
+        }
+        let (status, body) = send(self.post("/v1/files/init").json(&body)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// `PUT /v1/files/part/{id}/{n}`: a raw part.
+    pub(crate) async fn put_part(&self, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
+        send(
+            self.request(Method::PUT, &format!("/v1/files/part/{id}/{n}"))
+                .body(data.to_vec()),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/part`: a base64 JSON part, serialised by `serde_json` (keys sorted,
+    /// so `chunkBase64` comes before `uploadId` and the part is staged first).
+    pub(crate) async fn json_part(&self, id: &str, n: i64, data: &[u8]) -> (StatusCode, Value) {
+        send(
+            self.post("/v1/files/part")
+                .json(&json!({ "uploadId": id, "partNumber": n, "chunkBase64": b64(data) })),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/part` with the fields in the old SDK's order, `uploadId` first: the
+    /// part can then go straight to its session.
+    pub(crate) async fn sdk_part(&self, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
+        let chunk = b64(data);
+        send(
+            self.post("/v1/files/part")
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"uploadId":"{id}","partNumber":{n},"chunkBase64":"{chunk}"}}"#
+                )),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/complete` for session `id`, with the fields of `extra` added.
+    pub(crate) async fn complete(&self, id: &str, extra: Value) -> (StatusCode, Value) {
+        let mut body = json!({ "uploadId": id });
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        send(self.post("/v1/files/complete").json(&body)).await
+    }
+
+    /// `GET /v1/files/uploads/{id}`: the session's state.
+    pub(crate) async fn session(&self, id: &str) -> (StatusCode, Value) {
+        send(self.get(&format!("/v1/files/uploads/{id}"))).await
+    }
+
+    /// `DELETE /v1/files/uploads/{id}`: aborts the session.
+    pub(crate) async fn abort(&self, id: &str) -> (StatusCode, Value) {
+        send(self.request(Method::DELETE, &format!("/v1/files/uploads/{id}"))).await
+    }
+
+    /// Uploads `data` as `name` in three steps (init, one raw part, complete with its
+    /// SHA-256); asserts each answers 200 and returns the complete body.
+    pub(crate) async fn upload_file(&self, name: &str, folder: Option<&str>, data: &[u8]) -> Value {
+        let init = self
+            .init(
+                json!([{ "name": name, "size": data.len() }]),
+                "single",
+                folder,
+            )
+            .await;
+        let id = init["uploadId"].as_str().unwrap();
+        let (s, b) = self.put_part(id, 0, data).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = self.complete(id, json!({ "sha256": sha_hex(data) })).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b
+    }
+
+    /// `POST /v1/files/batch-download` with `body`; asserts 200 and returns the token.
+    pub(crate) async fn batch_token(&self, body: Value) -> String {
+        let (s, b) = send(self.post("/v1/files/batch-download").json(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["token"].as_str().unwrap().to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers, written once.
+
+/// Bytes that differ at every offset, so a misplaced part shows.
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
+        .collect()
+}
+
+/// SHA-256 as lowercase hex.
+pub(crate) fn sha_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Standard base64, padded (JSON parts).
+pub(crate) fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// base64url without padding (JWT segments, JWK numbers).
+pub(crate) fn b64url(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// Every regular file under `dir`, relative, sorted.
+pub(crate) fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies a tree, making it writable (the fixtures are read-only).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+            let mut perm = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&dest, perm).unwrap();
+        }
     }
 }
 
@@ -547,10 +780,12 @@ pub(crate) async fn run_to_exit(
 
 /// A response header as text, `""` when absent.
 pub(crate) fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
-    res.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
+    header_opt(res, name).unwrap_or("")
+}
+
+/// A response header as text, `None` when absent.
+pub(crate) fn header_opt<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    res.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body, over a raw connection (for

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::batch::check_all_readers;
 use crate::helpers::*;
@@ -232,7 +231,7 @@ async fn through_nginx_over_https() {
     let data: Vec<u8> = (0..size)
         .map(|i| (i as u32).wrapping_mul(2_246_822_519).to_le_bytes()[2])
         .collect();
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = sha_hex(&data);
     let init: Value = http
         .post(url("/v1/files/init"))
         .header("x-service-token", SERVICE_TOKEN)
@@ -289,7 +288,7 @@ async fn through_nginx_over_https() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-length"], size.to_string().as_str());
     let body = res.bytes().await.unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&body)), sha);
+    assert_eq!(sha_hex(&body), sha);
 
     // A signed URL (made with PUBLIC_BASE_URL, so it points at nginx).
     let signed: Value = http
