@@ -142,6 +142,9 @@ pub struct Settings {
     pub trusted_origins: TrustedOrigins,
     /// `TRUSTED_PROXIES`: peers whose `X-Real-IP` and `X-Forwarded-For` are believed.
     pub trusted_proxies: TrustedProxies,
+    /// `SIDECAR_CACHE_SECS`: how long a sidecar read for a download is trusted without
+    /// reading it again (a sidecar edited by hand is served within this time); 0 = no cache.
+    pub sidecar_cache: Duration,
 }
 
 /// Every variable the service reads.
@@ -175,6 +178,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "REQUEST_HEADER_TIMEOUT_SECS",
     "KEEPALIVE_TIMEOUT_SECS",
     "TRUSTED_PROXIES",
+    "SIDECAR_CACHE_SECS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -209,6 +213,7 @@ struct Raw {
     request_header_timeout_secs: Option<String>,
     keepalive_timeout_secs: Option<String>,
     trusted_proxies: Option<String>,
+    sidecar_cache_secs: Option<String>,
 }
 
 impl Settings {
@@ -450,6 +455,17 @@ impl Settings {
             raw.keepalive_timeout_secs.as_deref(),
             75,
         )?;
+        let sidecar_cache: u64 = parse_num(
+            "SIDECAR_CACHE_SECS",
+            raw.sidecar_cache_secs.as_deref(),
+            10u64,
+        )?;
+        if sidecar_cache > 86_400 {
+            return Err(ConfigError::new(
+                "SIDECAR_CACHE_SECS",
+                "must be between 0 and 86400 seconds",
+            ));
+        }
         let (trusted_origins, trusted_proxies) = trust_settings(
             &public_base_url,
             &cors_origins,
@@ -478,6 +494,7 @@ impl Settings {
             keepalive_timeout: Duration::from_secs(keepalive_timeout),
             trusted_origins,
             trusted_proxies,
+            sidecar_cache: Duration::from_secs(sidecar_cache),
         })
     }
 
@@ -686,6 +703,19 @@ mod tests {
         assert_eq!(s.request_body_rate_window, Duration::from_secs(30));
         assert_eq!(s.request_header_timeout, Duration::from_secs(30));
         assert_eq!(s.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(s.sidecar_cache, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_sidecar_cache_lifetime_is_a_setting() {
+        let s = settings(&[("SIDECAR_CACHE_SECS", "0")]).unwrap();
+        assert_eq!(s.sidecar_cache, Duration::ZERO);
+        let s = settings(&[("SIDECAR_CACHE_SECS", "1")]).unwrap();
+        assert_eq!(s.sidecar_cache, Duration::from_secs(1));
+        for bad in ["-1", "1.5", "86401"] {
+            let e = settings(&[("SIDECAR_CACHE_SECS", bad)]).unwrap_err();
+            assert_eq!(e.var, "SIDECAR_CACHE_SECS", "{bad}");
+        }
     }
 
     #[test]

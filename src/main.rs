@@ -90,7 +90,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "listening");
+    // One plain line whatever RUST_LOG and LOG_FORMAT say, for whoever started the server
+    // with PORT=0 (the tests) to learn the port taken.
+    eprintln!("upload-server: listening on {bound}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = upload_server::server::serve(listener, app, timeouts, async move {
         stop_signal().await;

@@ -63,6 +63,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.quota_bytes,
         settings.upload_session_ttl,
         settings.max_body_bytes,
+        settings.sidecar_cache,
     )
     .with_context(|| format!("UPLOAD_ROOT: cannot prepare {}", root.display()))?;
     // Recover what a crash left (claimed sessions, half uploads) and recount the quotas

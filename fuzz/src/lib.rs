@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use axum::body::Body;
@@ -140,12 +139,37 @@ pub fn harness() -> &'static Harness {
     H.get_or_init(Harness::build)
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("the openssl CLI makes the fuzz JWT keys");
-    assert!(out.status.success(), "openssl {args:?} failed");
+/// The OS random source, for `rsa`'s key generation (the `rand_core` version `rsa` takes is
+/// not the one `getrandom` 0.3 serves).
+struct OsRandom;
+
+impl rsa::rand_core::TryRng for OsRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(getrandom::u32().expect("OS randomness"))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(getrandom::u64().expect("OS randomness"))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        getrandom::fill(dst).expect("OS randomness");
+        Ok(())
+    }
+}
+
+impl rsa::rand_core::TryCryptoRng for OsRandom {}
+
+/// A 2048-bit RSA key pair written as `{private}` (PKCS#8 PEM) and `{public}` (SPKI PEM).
+fn write_key_pair(private: &Path, public: &Path) {
+    use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+    let key = rsa::PrivateKey::new(&mut OsRandom, 2048).expect("an RSA key");
+    let private_pem = key.to_pkcs8_pem(LineEnding::LF).expect("private PEM");
+    let public_pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("public PEM");
+    std::fs::write(private, private_pem.as_bytes()).expect("private key file");
+    std::fs::write(public, public_pem).expect("public key file");
 }
 
 impl Harness {
@@ -161,18 +185,10 @@ impl Harness {
         std::fs::create_dir_all(&keys).expect("keys dir");
         let key_file = |n: &str| keys.join(n).to_str().unwrap_or_default().to_owned();
         for name in ["main", "stranger"] {
-            let private = key_file(&format!("{name}-private.pem"));
-            let public = key_file(&format!("{name}-public.pem"));
-            openssl(&[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &private,
-            ]);
-            openssl(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+            write_key_pair(
+                &keys.join(format!("{name}-private.pem")),
+                &keys.join(format!("{name}-public.pem")),
+            );
         }
         // The old service's files and sidecars, as it left them (some without a sidecar).
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join(OLD_ROOT), &root);

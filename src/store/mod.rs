@@ -145,6 +145,8 @@ pub struct FileStore {
     list_cache: std::sync::Arc<list::ListCache>,
     /// Sidecars of files being served (see `read::MetaCache`).
     meta_cache: std::sync::Arc<read::MetaCache>,
+    /// How long a cached sidecar is trusted (`SIDECAR_CACHE_SECS`).
+    sidecar_ttl: Duration,
     /// `UPLOAD_ROOT`, open once: every read resolves below it with `openat2`.
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
     /// Bytes of JSON parts staged before their session is known.
@@ -174,12 +176,14 @@ fn random_prefix() -> String {
 }
 
 impl FileStore {
-    /// A store over `root`, creating its folders.
+    /// A store over `root`, creating its folders; a sidecar read for a download is trusted
+    /// for `sidecar_ttl` before it is read again.
     pub fn open(
         root: &Path,
         quota_bytes: u64,
         session_ttl: Duration,
         max_file: u64,
+        sidecar_ttl: Duration,
     ) -> std::io::Result<Self> {
         let storage = root.join("storage");
         let parts = root.join(".parts");
@@ -202,6 +206,7 @@ impl FileStore {
             max_file,
             list_cache: std::sync::Arc::default(),
             meta_cache: std::sync::Arc::default(),
+            sidecar_ttl,
             staging: std::sync::Arc::default(),
         })
     }

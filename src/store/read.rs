@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -53,7 +53,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// Sidecars of files being served, by the data file's identity, so a hot file costs one
 /// `openat2` per request, not two. An entry is used only while the data file keeps its inode,
-/// size and modification time, and for [`META_TTL`] at most: what a download needs from a
+/// size and modification time, and for the store's `sidecar_ttl` (`SIDECAR_CACHE_SECS`) at most: what a download needs from a
 /// sidecar (type, original name) never changes after publish, and a sidecar edited by hand is
 /// seen within that time.
 #[derive(Debug, Default)]
@@ -70,9 +70,6 @@ struct CachedMeta {
     loaded: std::time::Instant,
     meta: Meta,
 }
-
-/// How long a cached sidecar is trusted.
-const META_TTL: Duration = Duration::from_secs(10);
 
 /// Most sidecars kept; past it the cache starts again.
 const META_CACHE_MAX: usize = 50_000;
@@ -246,7 +243,7 @@ impl FileStore {
                         c.mtime == stamp
                             && c.size == md.len()
                             && c.key == *key
-                            && c.loaded.elapsed() < META_TTL
+                            && c.loaded.elapsed() < self.sidecar_ttl
                     })
                     .map(|c| c.meta.clone())
             });

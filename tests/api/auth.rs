@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    accepted, expect, keys, mint_with, now, rs256, send, spawn_app, spawn_app_with, As, KID, PROBE,
-    SERVICE_TOKEN,
+    accepted, b64url, expect, keys, mint_with, now, rs256, send, spawn_app, spawn_app_with, As,
+    KID, PROBE, SERVICE_TOKEN,
 };
 
 const GENERATE: &str = "/v1/files/generate-token?user_id=u1&expires_hours=1";
@@ -22,10 +21,6 @@ const OLD_DEFAULT_TOKEN: &str = "ee6d52ece4fa6c4c8836820d2eb7feeb6c78cbf2e2661ef
 
 fn invalid_token() -> Value {
     json!({ "detail": "Invalid token" })
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[tokio::test]
@@ -174,7 +169,11 @@ async fn an_unsigned_alg_none_jwt_is_refused() {
         r#"{"alg":"none","typ":"JWT"}"#.to_owned(),
         format!(r#"{{"alg":"none","typ":"JWT","kid":"{KID}"}}"#),
     ] {
-        let token = format!("{}.{}.", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let token = format!(
+            "{}.{}.",
+            b64url(header.as_bytes()),
+            b64url(claims.as_bytes())
+        );
         expect(
             app.get(PROBE).bearer(&token),
             StatusCode::UNAUTHORIZED,
@@ -216,9 +215,11 @@ async fn a_jwt_signed_by_another_key_is_refused() {
     // A well-signed token altered afterwards is refused too.
     let good = app.user_token("u1");
     let mut parts: Vec<&str> = good.split('.').collect();
-    let forged = b64(json!({ "user_id": "u2", "exp": now() + 3600 })
-        .to_string()
-        .as_bytes());
+    let forged = b64url(
+        json!({ "user_id": "u2", "exp": now() + 3600 })
+            .to_string()
+            .as_bytes(),
+    );
     parts[1] = &forged;
     let tampered = parts.join(".");
     expect(

@@ -7,10 +7,8 @@ use std::process::Command;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::upload::{copy_dir, pattern, upload_file};
 
 fn tool(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,21 +74,6 @@ pub(crate) fn check_all_readers(zip: &Path) -> Vec<(String, usize, String)> {
         .collect()
 }
 
-pub(crate) async fn make_token(app: &TestApp, body: Value) -> String {
-    let (s, b) = send(
-        app.post("/v1/files/batch-download")
-            .as_service()
-            .json(&body),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    b["token"].as_str().unwrap().to_owned()
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 #[tokio::test]
 async fn archives_open_everywhere_with_exact_length_and_ranges() {
     let root = tempfile::tempdir().unwrap();
@@ -100,20 +83,36 @@ async fn archives_open_everywhere_with_exact_length_and_ranges() {
     );
     let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
     let a = pattern(300_000, 1);
-    let ka = upload_file(&app, "u1", "a.bin", None, &a).await["key"]
+    let ka = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("a.bin", None, &a)
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let kb = upload_file(&app, "u1", "a.bin", Some("other"), b"second a").await["key"]
+    let kb = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("a.bin", Some("other"), b"second a")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
     // Sidecars with hostile original names.
-    let kc = upload_file(&app, "u1", "c.txt", None, b"passwd?").await["key"]
+    let kc = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("c.txt", None, b"passwd?")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let kd = upload_file(&app, "u1", "d.txt", None, b"windows").await["key"]
+    let kd = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("d.txt", None, b"windows")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -126,7 +125,10 @@ async fn archives_open_everywhere_with_exact_length_and_ranges() {
     // An old file without crc32 in its sidecar, and the one without any sidecar.
     let old = "storage/user123/documents/7b897611_Résumé été.pdf";
     let hand = "storage/user123/legacy/placed-by-hand.png";
-    let token = make_token(&app, json!({ "keys": [ka, kb, kc, kd, old, hand, ka] })).await;
+    let token = app
+        .as_service()
+        .batch_token(json!({ "keys": [ka, kb, kc, kd, old, hand, ka] }))
+        .await;
     // The missing CRC was recorded.
     let m: Value =
         serde_json::from_slice(&std::fs::read(root.path().join(format!("{old}.meta"))).unwrap())
@@ -169,8 +171,8 @@ async fn archives_open_everywhere_with_exact_length_and_ranges() {
         );
     }
     assert_eq!(names[4], "Résumé été.pdf");
-    assert_eq!(entries[0].2, sha(&a));
-    assert_eq!(entries[1].2, sha(b"second a"));
+    assert_eq!(entries[0].2, sha_hex(&a));
+    assert_eq!(entries[1].2, sha_hex(b"second a"));
     assert_eq!(entries[4].1, 5009);
     assert_eq!(entries[5].1, 208);
 
@@ -236,7 +238,11 @@ async fn archives_open_everywhere_with_exact_length_and_ranges() {
 #[tokio::test]
 async fn tokens_validate_survive_restarts_and_expire() {
     let app = spawn_app_with(&[("BATCH_TOKEN_TTL", "2")]).await;
-    let k = upload_file(&app, "u1", "one.txt", None, b"hello").await["key"]
+    let k = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("one.txt", None, b"hello")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -348,16 +354,27 @@ async fn compressed_archives() {
     let text = "the same words again and again "
         .repeat(20_000)
         .into_bytes();
-    let kt = upload_file(&app, "u1", "words.txt", None, &text).await["key"]
+    let kt = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("words.txt", None, &text)
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
     let img = pattern(50_000, 3);
-    let ki = upload_file(&app, "u1", "photo.jpg", None, &img).await["key"]
+    let ki = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("photo.jpg", None, &img)
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let token = make_token(&app, json!({ "keys": [kt, ki], "compress": true })).await;
+    let token = app
+        .as_service()
+        .batch_token(json!({ "keys": [kt, ki], "compress": true }))
+        .await;
     let res = app
         .get(&format!("/v1/files/batch-download/{token}"))
         .header("range", "bytes=0-10")
@@ -381,23 +398,40 @@ async fn compressed_archives() {
     let zip = dir.path().join("c.zip");
     std::fs::write(&zip, &body).unwrap();
     let entries = check_all_readers(&zip);
-    assert_eq!(entries[0], ("words.txt".to_owned(), text.len(), sha(&text)));
-    assert_eq!(entries[1], ("photo.jpg".to_owned(), img.len(), sha(&img)));
+    assert_eq!(
+        entries[0],
+        ("words.txt".to_owned(), text.len(), sha_hex(&text))
+    );
+    assert_eq!(
+        entries[1],
+        ("photo.jpg".to_owned(), img.len(), sha_hex(&img))
+    );
 }
 
 #[tokio::test]
 async fn a_file_swapped_for_a_symlink_is_never_read_into_an_archive() {
     let root = tempfile::tempdir().unwrap();
     let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
-    let ka = upload_file(&app, "u1", "a.txt", None, b"public!").await["key"]
+    let ka = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("a.txt", None, b"public!")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let kb = upload_file(&app, "u1", "b.txt", None, b"kept").await["key"]
+    let kb = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("b.txt", None, b"kept")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let token = make_token(&app, json!({ "keys": [ka, kb] })).await;
+    let token = app
+        .as_service()
+        .batch_token(json!({ "keys": [ka, kb] }))
+        .await;
     // Something outside storage/ of the same size, and the first file replaced by a link to it.
     let secret = root.path().join("secret.txt");
     std::fs::write(&secret, b"SECRET!").unwrap();

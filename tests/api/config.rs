@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{client, free_port, keys, run_to_exit, start_server, Server};
+use crate::helpers::{client, keys, run_to_exit, start_server, Server};
 
 const GENERATE: &str = "/v1/files/generate-token?user_id=u1&expires_hours=1";
 
@@ -69,7 +69,7 @@ async fn bad_values_stop_the_server_naming_the_variable() {
     }
 }
 
-/// A minimal env file for a server on `port`.
+/// A minimal env file for a server on `port` (0: any free port, which the server reports).
 fn env_file_text(port: u16, root: &std::path::Path, token: &str) -> String {
     format!(
         "# upload.env, systemd EnvironmentFile style\n\
@@ -98,11 +98,10 @@ async fn generate_with(server: &Server, token: &str) -> StatusCode {
 #[tokio::test]
 async fn the_env_file_option_configures_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let file = dir.path().join("upload.env");
-    std::fs::write(&file, env_file_text(port, dir.path(), "file-token")).unwrap();
+    std::fs::write(&file, env_file_text(0, dir.path(), "file-token")).unwrap();
 
-    let mut server = start_server(&[], &["--env-file", file.to_str().unwrap()], port).await;
+    let mut server = start_server(&[], &["--env-file", file.to_str().unwrap()]).await;
 
     assert_eq!(generate_with(&server, "file-token").await, StatusCode::OK);
     assert_eq!(
@@ -116,11 +115,10 @@ async fn the_env_file_option_configures_the_server() {
 #[tokio::test]
 async fn upload_env_file_works_like_the_option() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let file = dir.path().join("upload.env");
-    std::fs::write(&file, env_file_text(port, dir.path(), "file-token")).unwrap();
+    std::fs::write(&file, env_file_text(0, dir.path(), "file-token")).unwrap();
 
-    let mut server = start_server(&[("UPLOAD_ENV_FILE", file.to_str().unwrap())], &[], port).await;
+    let mut server = start_server(&[("UPLOAD_ENV_FILE", file.to_str().unwrap())], &[]).await;
 
     assert_eq!(generate_with(&server, "file-token").await, StatusCode::OK);
     server.stop().await;
@@ -129,45 +127,38 @@ async fn upload_env_file_works_like_the_option() {
 #[tokio::test]
 async fn the_process_environment_wins_over_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (file_port, env_port) = (free_port(), free_port());
+    // The file names a port this test holds: a server that took it would fail to listen.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file_port = held.local_addr().unwrap().port();
     let file = dir.path().join("upload.env");
     std::fs::write(&file, env_file_text(file_port, dir.path(), "file-token")).unwrap();
-    let env_port_text = env_port.to_string();
 
     let mut server = start_server(
-        &[
-            ("PORT", env_port_text.as_str()),
-            ("AUTH_SERVICE_TOKEN", "env-token"),
-        ],
+        &[("PORT", "0"), ("AUTH_SERVICE_TOKEN", "env-token")],
         &["--env-file", file.to_str().unwrap()],
-        env_port,
     )
     .await;
+    assert_ne!(server.port(), file_port);
 
     assert_eq!(generate_with(&server, "env-token").await, StatusCode::OK);
     assert_eq!(
         generate_with(&server, "file-token").await,
         StatusCode::UNAUTHORIZED
     );
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(),
-        "something listens on the file's port {file_port}"
-    );
     server.stop().await;
+    drop(held);
 }
 
 #[tokio::test]
 async fn env_file_values_are_not_expanded() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let file = dir.path().join("upload.env");
-    let text = env_file_text(port, dir.path(), "ab$HOME");
+    let text = env_file_text(0, dir.path(), "ab$HOME");
     std::fs::write(&file, text).unwrap();
 
     let mut server = start_server(
         &[("HOME", "/home/tester")],
         &["--env-file", file.to_str().unwrap()],
-        port,
     )
     .await;
 
@@ -185,14 +176,12 @@ async fn env_file_values_are_not_expanded() {
 #[tokio::test]
 async fn secrets_never_reach_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let port_text = port.to_string();
     let service_token = "svc-secret-7c1e0b9a44d2";
     let signing_key = "sign-secret-93f7aa01c5e8";
     let wrong_token = "typo-secret-51d0be77";
     let mut server = start_server(
         &[
-            ("PORT", port_text.as_str()),
+            ("PORT", "0"),
             ("UPLOAD_ROOT", dir.path().to_str().unwrap()),
             ("AUTH_SERVICE_TOKEN", service_token),
             ("UPLOAD_SIGNING_KEY", signing_key),
@@ -207,7 +196,6 @@ async fn secrets_never_reach_the_output() {
             ("RUST_LOG", "debug"),
         ],
         &[],
-        port,
     )
     .await;
     let http = client();
@@ -260,24 +248,16 @@ async fn secrets_never_reach_the_output() {
 async fn a_signing_key_is_generated_once_and_kept_private() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("uploads");
-    let env = |port: &str| {
-        vec![
-            ("PORT".to_owned(), port.to_owned()),
-            ("UPLOAD_ROOT".to_owned(), root.to_str().unwrap().to_owned()),
-            ("AUTH_SERVICE_TOKEN".to_owned(), "t".to_owned()),
-        ]
-    };
-    let start = |port: u16| {
-        let env = env(&port.to_string());
-        async move {
-            let pairs: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            start_server(&pairs, &[], port).await
-        }
-    };
+    let root_s = root.to_str().unwrap();
+    let env = [
+        ("PORT", "0"),
+        ("UPLOAD_ROOT", root_s),
+        ("AUTH_SERVICE_TOKEN", "t"),
+    ];
+    let start = || start_server(&env, &[]);
     let key_path = root.join(".signing_key");
 
-    let mut first = start(free_port()).await;
+    let mut first = start().await;
     let meta = std::fs::metadata(&key_path).expect("no UPLOAD_ROOT/.signing_key");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let key = std::fs::read_to_string(&key_path).unwrap();
@@ -290,7 +270,7 @@ async fn a_signing_key_is_generated_once_and_kept_private() {
     );
     assert!(!output.contains(key.trim()), "the generated key was logged");
 
-    let mut second = start(free_port()).await;
+    let mut second = start().await;
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
     assert_eq!(
         std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,

@@ -9,15 +9,15 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::upload::files_under;
 
 const SIZE: usize = 200 * 1024 * 1024;
 const PART: usize = 8 * 1024 * 1024;
 
-fn env<'a>(root: &'a str, port: &'a str) -> Vec<(&'a str, &'a str)> {
+/// The binary's settings over `root`, on any free port.
+fn env(root: &str) -> Vec<(&str, &str)> {
     vec![
         ("UPLOAD_ROOT", root),
-        ("PORT", port),
+        ("PORT", "0"),
         ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
         ("UPLOAD_SIGNING_KEY", SIGNING_KEY),
         ("RUST_LOG", "warn"),
@@ -40,14 +40,12 @@ async fn call(http: &reqwest::Client, req: reqwest::RequestBuilder) -> (StatusCo
 async fn kill_during_complete(delay: Option<Duration>) -> (&'static str, Duration) {
     let root = tempfile::tempdir().unwrap();
     let root_s = root.path().to_str().unwrap().to_owned();
-    let port = free_port();
-    let port_s = port.to_string();
-    let mut server = start_server(&env(&root_s, &port_s), &[], port).await;
+    let mut server = start_server(&env(&root_s), &[]).await;
     let http = client();
     let data: Vec<u8> = (0..SIZE)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
         .collect();
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = sha_hex(&data);
     let (s, init) = call(
         &http,
         http.post(server.url("/v1/files/init")).json(&json!({
@@ -109,9 +107,7 @@ async fn kill_during_complete(delay: Option<Duration>) -> (&'static str, Duratio
         );
     }
 
-    let port2 = free_port();
-    let port2_s = port2.to_string();
-    let server = start_server(&env(&root_s, &port2_s), &[], port2).await;
+    let server = start_server(&env(&root_s), &[]).await;
     let (s, list) = call(&http, http.get(server.url("/v1/files/all?user_id=crash"))).await;
     assert_eq!(s, StatusCode::OK);
     let files = list["files"].as_array().unwrap().clone();
@@ -153,7 +149,7 @@ async fn kill_during_complete(delay: Option<Duration>) -> (&'static str, Duratio
         list["files"][0]["key"].as_str().unwrap().to_owned()
     };
     let stored = std::fs::read(root.path().join(&key)).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&stored)), sha);
+    assert_eq!(sha_hex(&stored), sha);
     let meta: Value =
         serde_json::from_slice(&std::fs::read(root.path().join(format!("{key}.meta"))).unwrap())
             .unwrap();
@@ -218,9 +214,7 @@ async fn a_kill_while_a_finished_complete_cleans_up_gives_no_second_copy() {
         let logs = tempfile::tempdir().unwrap();
         let kp_log = logs.path().join("killpoint.log");
         let root_s = root.path().to_str().unwrap().to_owned();
-        let port = free_port();
-        let port_s = port.to_string();
-        let mut vars = env(&root_s, &port_s);
+        let mut vars = env(&root_s);
         let shim = killpoint_shim().to_str().unwrap().to_owned();
         let kp_log_s = kp_log.to_str().unwrap().to_owned();
         vars.extend([
@@ -230,7 +224,7 @@ async fn a_kill_while_a_finished_complete_cleans_up_gives_no_second_copy() {
             ("KP_AFTER", "1"),
             ("KP_LOG", kp_log_s.as_str()),
         ]);
-        let mut server = start_server(&vars, &[], port).await;
+        let mut server = start_server(&vars, &[]).await;
         let http = client();
         let part = 1000usize;
         let (s, init) = call(
@@ -263,9 +257,7 @@ async fn a_kill_while_a_finished_complete_cleans_up_gives_no_second_copy() {
         let _ = server.child.kill();
         server.child.wait().unwrap();
 
-        let port2 = free_port();
-        let port2_s = port2.to_string();
-        let server = start_server(&env(&root_s, &port2_s), &[], port2).await;
+        let server = start_server(&env(&root_s), &[]).await;
         let (s, list) = call(&http, http.get(server.url("/v1/files/all?user_id=kp"))).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(list["total_count"], 1, "{parts} part(s): {list}");
@@ -322,18 +314,14 @@ async fn a_killed_one_request_upload_gives_its_reservation_back_with_its_folder(
     use tokio::io::AsyncWriteExt as _;
     let root = tempfile::tempdir().unwrap();
     let root_s = root.path().to_str().unwrap().to_owned();
-    let port = free_port();
-    let port_s = port.to_string();
-    let mut vars = env(&root_s, &port_s);
+    let mut vars = env(&root_s);
     // A 10.7 MB quota; sweeps every 1.8 s.
     vars.extend([
         ("PER_USER_QUOTA_GB", "0.01"),
         ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
     ]);
-    let mut server = start_server(&vars, &[], port).await;
-    let mut sock = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut server = start_server(&vars, &[]).await;
+    let mut sock = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let head = format!(
         "POST /v1/files/upload?user_id=q&filename=cut.bin HTTP/1.1\r\nHost: x\r\n\
          X-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: 5000000\r\n\r\n"
@@ -369,14 +357,12 @@ async fn a_killed_one_request_upload_gives_its_reservation_back_with_its_folder(
         .set_modified(std::time::SystemTime::now() - Duration::from_secs(55))
         .unwrap();
 
-    let port2 = free_port();
-    let port2_s = port2.to_string();
-    let mut env2 = env(&root_s, &port2_s);
+    let mut env2 = env(&root_s);
     env2.extend([
         ("PER_USER_QUOTA_GB", "0.01"),
         ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
     ]);
-    let server = start_server(&env2, &[], port2).await;
+    let server = start_server(&env2, &[]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while work[0].exists() {
         assert!(
@@ -423,11 +409,9 @@ async fn start_with_killpoint(
     exclude: &str,
     kp_log: &std::path::Path,
 ) -> Server {
-    let port = free_port();
-    let port_s = port.to_string();
     let shim = killpoint_shim().to_str().unwrap().to_owned();
     let kp_log_s = kp_log.to_str().unwrap().to_owned();
-    let mut vars = env(root, &port_s);
+    let mut vars = env(root);
     vars.extend([
         ("LD_PRELOAD", shim.as_str()),
         ("KP_OP", op),
@@ -435,7 +419,7 @@ async fn start_with_killpoint(
         ("KP_EXCLUDE", exclude),
         ("KP_LOG", kp_log_s.as_str()),
     ]);
-    start_server(&vars, &[], port).await
+    start_server(&vars, &[]).await
 }
 
 /// The request was cut by the kill point, which left exactly one lone sidecar (the case
@@ -471,9 +455,7 @@ fn lone_sidecars(storage: &std::path::Path) -> Vec<String> {
 /// none listed, no lone sidecar on disk, a ledger that counts nothing.
 async fn restart_and_check_no_lone_sidecar(root: &std::path::Path) {
     let root_s = root.to_str().unwrap().to_owned();
-    let port = free_port();
-    let port_s = port.to_string();
-    let server = start_server(&env(&root_s, &port_s), &[], port).await;
+    let server = start_server(&env(&root_s), &[]).await;
     let http = client();
     let storage = root.join("storage");
     let lone = lone_sidecars(&storage);

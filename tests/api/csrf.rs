@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use upload_server::auth::CROSS_SITE_REFUSED;
 
 use crate::helpers::*;
-use crate::upload::files_under;
 
 const EVIL: &str = "https://evil.example";
 const UPLOAD: &str = "/v1/files/upload?filename=note.txt";

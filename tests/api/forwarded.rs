@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::Value;
 
-use crate::helpers::{client, free_port, start_server};
+use crate::helpers::{client, start_server};
 
 /// The `client` of the JSON access line for `path`.
 fn logged_client(log: &str, path: &str) -> String {
@@ -20,17 +20,14 @@ fn logged_client(log: &str, path: &str) -> String {
 #[tokio::test]
 async fn the_logged_client_is_not_what_the_client_claims() {
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let port_s = port.to_string();
     let mut server = start_server(
         &[
             ("UPLOAD_ROOT", root.path().to_str().unwrap()),
-            ("PORT", &port_s),
+            ("PORT", "0"),
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "info"),
         ],
         &[],
-        port,
     )
     .await;
     let direct = client();

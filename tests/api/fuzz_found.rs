@@ -4,7 +4,6 @@
 use reqwest::StatusCode;
 
 use crate::helpers::*;
-use crate::upload::{pattern, upload_file};
 
 /// Target `range`, input `GET {P1}\nRange: bytes=0-`: a range of an empty file was the
 /// range 0-0, and the answer a 500 (the one byte could not be read). No range of an empty
@@ -12,7 +11,11 @@ use crate::upload::{pattern, upload_file};
 #[tokio::test]
 async fn a_range_of_an_empty_file_is_416_not_500() {
     let app = spawn_app().await;
-    let key = upload_file(&app, "u1", "empty.bin", None, b"").await["key"]
+    let key = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("empty.bin", None, b"")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -20,6 +23,7 @@ async fn a_range_of_an_empty_file_is_416_not_500() {
     for range in ["bytes=0-", "bytes=0-0", "bytes=-5"] {
         for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
             let res = app
+                .anonymous()
                 .request(method.clone(), &path)
                 .header("range", range)
                 .send()
@@ -33,7 +37,7 @@ async fn a_range_of_an_empty_file_is_416_not_500() {
             assert_eq!(header(&res, "content-range"), "bytes */0", "{range}");
         }
     }
-    let res = app.get(&path).send().await.unwrap();
+    let res = app.anonymous().get(&path).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.bytes().await.unwrap().is_empty());
 }
@@ -44,11 +48,16 @@ async fn a_range_of_an_empty_file_is_416_not_500() {
 async fn a_suffix_longer_than_the_file_is_all_of_it() {
     let app = spawn_app().await;
     let data = pattern(208, 3);
-    let key = upload_file(&app, "u1", "small.bin", None, &data).await["key"]
+    let key = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("small.bin", None, &data)
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
     let res = app
+        .anonymous()
         .get(&format!("/{key}"))
         .header("range", "bytes=-300")
         .send()
@@ -65,13 +74,22 @@ async fn a_suffix_longer_than_the_file_is_all_of_it() {
 async fn a_long_name_cut_on_a_dot_does_not_end_in_one() {
     let app = spawn_app().await;
     let name = format!("{}.{}", "x".repeat(239), "y".repeat(30));
-    let key = upload_file(&app, "u1", &name, None, b"data").await["key"]
+    let key = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file(&name, None, b"data")
+        .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
     let stored = key.rsplit('/').next().unwrap();
     assert_eq!(stored.len(), "1a2b3c4d_".len() + 239, "{stored}");
     assert!(stored.ends_with('x'), "{stored}");
-    let res = app.get(&format!("/{key}")).send().await.unwrap();
+    let res = app
+        .anonymous()
+        .get(&format!("/{key}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{send, spawn_app, TestApp};
+use crate::helpers::{mount_tmpfs, send, spawn_app, spawn_app_with, TestApp};
 
 const HEALTH_PATHS: [&str; 2] = ["/healthz", "/v1/files/healthz"];
 
@@ -89,24 +89,45 @@ async fn health_is_unhealthy_when_the_root_is_gone() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// A root that refuses writes is unhealthy: by mode 0500 where permission bits stop the
+/// test's user, and by a read-only mount, which stops root too (CI runs as root).
 #[tokio::test]
 async fn health_is_unhealthy_on_a_read_only_root() {
     use std::os::unix::fs::PermissionsExt as _;
     let app = spawn_app().await;
     let root = app.root.path().to_owned();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o500)).unwrap();
-    // Permission bits do not stop root (CAP_DAC_OVERRIDE): then there is nothing to test.
+    // Permission bits do not stop root (CAP_DAC_OVERRIDE): then only the mount below counts.
     let canary = root.join("canary");
     if std::fs::write(&canary, b"x").is_ok() {
         std::fs::remove_file(&canary).unwrap();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
-        eprintln!("skipped: running with permission to write anywhere");
-        return;
+        eprintln!("mode 0500 does not stop this user: only the read-only mount is tested");
+    } else {
+        assert_unhealthy(&app, "root mode 0500").await;
     }
-
-    assert_unhealthy(&app, "root mode 0500").await;
-
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A read-only mount refuses every writer, root included.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = mount_tmpfs(dir.path(), "1m", "health_is_unhealthy_on_a_read_only_root")
+    else {
+        return;
+    };
+    let app = spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
+    let (status, body) = send(app.get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "before the remount: {body}");
+    tmpfs.remount("ro");
+    assert!(
+        std::fs::write(dir.path().join("canary"), b"x").is_err(),
+        "the read-only mount took a write"
+    );
+
+    assert_unhealthy(&app, "root on a read-only mount").await;
+
+    // Writable again, healthy again without a restart.
+    tmpfs.remount("rw");
+    let (status, body) = send(app.get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "after the remount: {body}");
 }
 
 /// A full disk leaves the instance healthy (reads, listings and deletes still work; uploads
@@ -115,25 +136,14 @@ async fn health_is_unhealthy_on_a_read_only_root() {
 #[tokio::test]
 async fn health_stays_healthy_on_a_full_disk_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED health_stays_healthy_on_a_full_disk: cannot mount a tmpfs (not root?)");
+    let Some(_tmpfs) = mount_tmpfs(
+        dir.path(),
+        "1m",
+        "health_stays_healthy_on_a_full_disk_and_says_so",
+    ) else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.path().to_path_buf());
-    let app =
-        crate::helpers::spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
+    };
+    let app = spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
     let filler = dir.path().join("filler");
     let full = std::fs::write(&filler, vec![0u8; 2 << 20]);
     assert_eq!(full.unwrap_err().raw_os_error(), Some(28), "not full");

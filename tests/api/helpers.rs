@@ -1,5 +1,7 @@
-//! The one test helper (STYLE.md §2.5): the real app on `127.0.0.1:0`, callers as request
-//! decorations, token minting, and the real binary as a child process.
+//! The one test helper (STYLE.md §2.5): the real app on `127.0.0.1:0`, callers as values
+//! with one method per endpoint (`app.as_user("u1").upload_file(..)`, `app.as_service()`,
+//! `app.anonymous()`), the small helpers every module uses, token minting, and the real
+//! binary as a child process.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +26,8 @@ pub(crate) const KID: &str = "streamline-rsa-1";
 /// (API.md §3.2), so "accepted" and "refused" are told apart by status and body.
 pub(crate) const PROBE: &str = "/v1/files/uploads/00000000-0000-4000-8000-000000000000";
 
-/// An RSA key pair made by the `openssl` CLI.
+/// An RSA key pair made in the process, written as PKCS#8 / SPKI PEM files (the app reads
+/// `JWT_PRIVATE_KEY_PATH` and `JWT_PUBLIC_KEY_PATH`).
 pub(crate) struct KeyPair {
     pub(crate) private_path: PathBuf,
     pub(crate) public_path: PathBuf,
@@ -32,38 +35,44 @@ pub(crate) struct KeyPair {
     pub(crate) public_pem: String,
 }
 
+/// The OS random source, for `rsa`'s key generation (the `rand_core` version `rsa` takes is
+/// not the one `getrandom` 0.3 serves).
+struct OsRandom;
+
+impl rsa::rand_core::TryRng for OsRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(getrandom::u32().unwrap())
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(getrandom::u64().unwrap())
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        getrandom::fill(dst).unwrap();
+        Ok(())
+    }
+}
+
+impl rsa::rand_core::TryCryptoRng for OsRandom {}
+
 impl KeyPair {
     fn generate(dir: &Path, name: &str) -> Self {
+        use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+        let key = rsa::PrivateKey::new(&mut OsRandom, 2048).unwrap();
+        let private_pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let public_pem = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
         let private_path = dir.join(format!("{name}-private.pem"));
         let public_path = dir.join(format!("{name}-public.pem"));
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("the openssl CLI is needed to make test keys");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let private = private_path.to_str().unwrap();
-        let public = public_path.to_str().unwrap();
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            private,
-        ]);
-        run(&["pkey", "-in", private, "-pubout", "-out", public]);
+        std::fs::write(&private_path, &private_pem).unwrap();
+        std::fs::write(&public_path, &public_pem).unwrap();
         Self {
-            private_pem: std::fs::read_to_string(&private_path).unwrap(),
-            public_pem: std::fs::read_to_string(&public_path).unwrap(),
             private_path,
             public_path,
+            private_pem,
+            public_pem,
         }
     }
 
@@ -77,14 +86,13 @@ impl KeyPair {
         use rsa::pkcs8::DecodePublicKey as _;
         use rsa::traits::PublicKeyParts as _;
         let key = rsa::PublicKey::from_public_key_pem(&self.public_pem).unwrap();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         json!({
             "kty": "RSA",
             "use": "sig",
             "alg": "RS256",
             "kid": kid,
-            "n": b64.encode(key.n_bytes()),
-            "e": b64.encode(key.e_bytes()),
+            "n": b64url(&key.n_bytes()),
+            "e": b64url(&key.e_bytes()),
         })
     }
 }
@@ -221,6 +229,238 @@ impl TestApp {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Callers as values, with one method per endpoint (STYLE.md §2.5).
+
+impl TestApp {
+    /// A user caller: `Authorization: Bearer` with a valid token for `user_id`.
+    pub(crate) fn as_user(&self, user_id: &str) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::Bearer(self.user_token(user_id)),
+            user: None,
+        }
+    }
+
+    /// The service caller (`X-Service-Token`); name the user it acts for with
+    /// [`Caller::acting_for`].
+    pub(crate) fn as_service(&self) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::Service,
+            user: None,
+        }
+    }
+
+    /// A caller without credentials.
+    pub(crate) fn anonymous(&self) -> Caller<'_> {
+        Caller {
+            app: self,
+            auth: Auth::None,
+            user: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    Service,
+    Bearer(String),
+    None,
+}
+
+/// Someone calling the app: its requests carry the caller's credentials, and, for a service
+/// acting for a user, name that user where the endpoint takes one (API.md §2).
+#[derive(Clone)]
+pub(crate) struct Caller<'a> {
+    app: &'a TestApp,
+    auth: Auth,
+    /// The user a service acts for (`meta.user_id` / `?user_id=`).
+    user: Option<String>,
+}
+
+impl<'a> Caller<'a> {
+    /// The same caller acting for `user` (what a service must name; a user caller is always
+    /// itself, and the app ignores the name).
+    pub(crate) fn acting_for(mut self, user: &str) -> Self {
+        self.user = Some(user.to_owned());
+        self
+    }
+
+    /// Any request, with the caller's credentials.
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.app.request(method, path);
+        match &self.auth {
+            Auth::Service => req.as_service(),
+            Auth::Bearer(jwt) => req.bearer(jwt),
+            Auth::None => req,
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub(crate) fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    /// `POST /v1/files/init` (API.md §3.1) for `files` in `mode`; asserts 200 and returns
+    /// the body.
+    pub(crate) async fn init(&self, files: Value, mode: &str, folder: Option<&str>) -> Value {
+        let mut body = json!({ "mode": mode, "files": files, "folder": folder });
+        if let Some(user) = &self.user {
+            body["meta"] = json!({ "user_id": user });
+        }
+        let (status, body) = send(self.post("/v1/files/init").json(&body)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// `PUT /v1/files/part/{id}/{n}`: a raw part.
+    pub(crate) async fn put_part(&self, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
+        send(
+            self.request(Method::PUT, &format!("/v1/files/part/{id}/{n}"))
+                .body(data.to_vec()),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/part`: a base64 JSON part, serialised by `serde_json` (keys sorted,
+    /// so `chunkBase64` comes before `uploadId` and the part is staged first).
+    pub(crate) async fn json_part(&self, id: &str, n: i64, data: &[u8]) -> (StatusCode, Value) {
+        send(
+            self.post("/v1/files/part")
+                .json(&json!({ "uploadId": id, "partNumber": n, "chunkBase64": b64(data) })),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/part` with the fields in the old SDK's order, `uploadId` first: the
+    /// part can then go straight to its session.
+    pub(crate) async fn sdk_part(&self, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
+        let chunk = b64(data);
+        send(
+            self.post("/v1/files/part")
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"uploadId":"{id}","partNumber":{n},"chunkBase64":"{chunk}"}}"#
+                )),
+        )
+        .await
+    }
+
+    /// `POST /v1/files/complete` for session `id`, with the fields of `extra` added.
+    pub(crate) async fn complete(&self, id: &str, extra: Value) -> (StatusCode, Value) {
+        let mut body = json!({ "uploadId": id });
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        send(self.post("/v1/files/complete").json(&body)).await
+    }
+
+    /// `GET /v1/files/uploads/{id}`: the session's state.
+    pub(crate) async fn session(&self, id: &str) -> (StatusCode, Value) {
+        send(self.get(&format!("/v1/files/uploads/{id}"))).await
+    }
+
+    /// `DELETE /v1/files/uploads/{id}`: aborts the session.
+    pub(crate) async fn abort(&self, id: &str) -> (StatusCode, Value) {
+        send(self.request(Method::DELETE, &format!("/v1/files/uploads/{id}"))).await
+    }
+
+    /// Uploads `data` as `name` in three steps (init, one raw part, complete with its
+    /// SHA-256); asserts each answers 200 and returns the complete body.
+    pub(crate) async fn upload_file(&self, name: &str, folder: Option<&str>, data: &[u8]) -> Value {
+        let init = self
+            .init(
+                json!([{ "name": name, "size": data.len() }]),
+                "single",
+                folder,
+            )
+            .await;
+        let id = init["uploadId"].as_str().unwrap();
+        let (s, b) = self.put_part(id, 0, data).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = self.complete(id, json!({ "sha256": sha_hex(data) })).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b
+    }
+
+    /// `POST /v1/files/batch-download` with `body`; asserts 200 and returns the token.
+    pub(crate) async fn batch_token(&self, body: Value) -> String {
+        let (s, b) = send(self.post("/v1/files/batch-download").json(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["token"].as_str().unwrap().to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers, written once.
+
+/// Bytes that differ at every offset, so a misplaced part shows.
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
+        .collect()
+}
+
+/// SHA-256 as lowercase hex.
+pub(crate) fn sha_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Standard base64, padded (JSON parts).
+pub(crate) fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// base64url without padding (JWT segments, JWK numbers).
+pub(crate) fn b64url(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// Every regular file under `dir`, relative, sorted.
+pub(crate) fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies a tree, making it writable (the fixtures are read-only).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+            let mut perm = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&dest, perm).unwrap();
+        }
+    }
+}
+
 /// An RS256 header naming `kid`.
 pub(crate) fn rs256(kid: &str) -> Header {
     let mut header = Header::new(Algorithm::RS256);
@@ -314,25 +554,78 @@ pub(crate) fn accepted() -> (StatusCode, Value) {
     )
 }
 
+/// A tmpfs mounted by [`mount_tmpfs`], unmounted when dropped.
+pub(crate) struct Tmpfs(PathBuf);
+
+/// Mounts a tmpfs of `size` (`mount`'s syntax: `4m`) on `dir`, for tests of full disks and
+/// read-only roots. Needs mount rights (root, as in CI): without them the test named `test`
+/// is skipped with a note, unless `CI` is set, where it fails (CI runs as root; a test it
+/// skips would pass without testing anything).
+pub(crate) fn mount_tmpfs(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: cannot mount a tmpfs ({why}); CI must run it as root"
+            );
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here (not root?): {why}");
+            None
+        }
+    }
+}
+
+impl Tmpfs {
+    /// `mount -o remount,{options}`: `ro` or `rw`.
+    pub(crate) fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o remount,{options}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: the app's server task may still hold the root open.
+        let _ = Command::new("umount").arg("--lazy").arg(&self.0).status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The real binary as a child process.
 
-/// A port that was free a moment ago.
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// The `upload-server` binary with a clean environment (`PATH` only, plus `env`); its
-/// stdout and stderr go to files so nothing can block on a full pipe.
+/// stdout and stderr go to files so nothing can block on a full pipe. Started with
+/// `PORT=0`, it binds a free port and reports it on stderr (`upload-server: listening on
+/// ADDR`), which [`Server::wait_ready`] reads: no port is chosen here and bound again later.
 pub(crate) struct Server {
     pub(crate) child: Child,
+    /// `http://ADDR`, once [`Server::wait_ready`] has read the address; empty before.
     pub(crate) base: String,
     logs: TempDir,
 }
 
-/// Starts the binary; does not wait for it to listen.
-pub(crate) fn launch(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
+/// The line `main.rs` writes to stderr once it listens.
+const LISTENING: &str = "upload-server: listening on ";
+
+/// Starts the binary; does not wait for it to listen. `env` (or the env file it is given)
+/// should say `PORT=0`, unless the test holds the port it names.
+pub(crate) fn launch(env: &[(&str, &str)], args: &[&str]) -> Server {
     let logs = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_upload-server"));
     cmd.env_clear()
@@ -346,14 +639,14 @@ pub(crate) fn launch(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
     }
     Server {
         child: cmd.spawn().unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
+        base: String::new(),
         logs,
     }
 }
 
-/// Starts the binary and waits until `/healthz` answers on `port`.
-pub(crate) async fn start_server(env: &[(&str, &str)], args: &[&str], port: u16) -> Server {
-    let mut server = launch(env, args, port);
+/// Starts the binary and waits until `/healthz` answers on the port it reports.
+pub(crate) async fn start_server(env: &[(&str, &str)], args: &[&str]) -> Server {
+    let mut server = launch(env, args);
     server.wait_ready().await;
     server
 }
@@ -364,7 +657,21 @@ impl Server {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
+        assert!(
+            !self.base.is_empty(),
+            "the server's address is not known yet"
+        );
         format!("{}{path}", self.base)
+    }
+
+    /// `HOST:PORT` the server listens on.
+    pub(crate) fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// The port the server listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.addr().rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub(crate) fn stdout(&self) -> String {
@@ -375,7 +682,8 @@ impl Server {
         std::fs::read_to_string(self.logs.path().join("stderr")).unwrap()
     }
 
-    /// Waits until `/healthz` answers 200; panics with the child's output if it dies first.
+    /// Reads the address the server reports, then waits until `/healthz` answers 200 there;
+    /// panics with the child's output if it dies first.
     pub(crate) async fn wait_ready(&mut self) {
         let http = client();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -387,14 +695,30 @@ impl Server {
                     self.stdout()
                 );
             }
-            if let Ok(res) = http.get(self.url("/healthz")).send().await {
-                if res.status() == StatusCode::OK {
-                    return;
+            if self.base.is_empty() {
+                // Only a whole line counts: the file may end in the middle of one.
+                let stderr = self.stderr();
+                let reported = stderr
+                    .split_inclusive('\n')
+                    .filter(|l| l.ends_with('\n'))
+                    .find_map(|l| l.trim_end().strip_prefix(LISTENING));
+                if let Some(addr) = reported {
+                    let addr: std::net::SocketAddr = addr
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{LISTENING}{addr:?}: {e}"));
+                    self.base = format!("http://{addr}");
+                }
+            }
+            if !self.base.is_empty() {
+                if let Ok(res) = http.get(self.url("/healthz")).send().await {
+                    if res.status() == StatusCode::OK {
+                        return;
+                    }
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "upload-server did not answer on {}; stderr: {}",
+                "upload-server did not answer (address {:?}); stderr: {}",
                 self.base,
                 self.stderr()
             );
@@ -449,17 +773,19 @@ pub(crate) async fn run_to_exit(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> (ExitStatus, String, String) {
-    let mut server = launch(env, &[], free_port());
+    let mut server = launch(env, &[]);
     let status = server.wait_exit(limit).await;
     (status, server.stdout(), server.stderr())
 }
 
 /// A response header as text, `""` when absent.
 pub(crate) fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
-    res.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
+    header_opt(res, name).unwrap_or("")
+}
+
+/// A response header as text, `None` when absent.
+pub(crate) fn header_opt<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    res.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body, over a raw connection (for

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::batch::check_all_readers;
 use crate::helpers::*;
@@ -86,6 +85,13 @@ fn derive_site(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) ->
         assert!(site.contains(must), "the site lost {must:?}");
     }
     site
+}
+
+/// A port that was free a moment ago, for nginx's listeners: nginx cannot report a port it
+/// chose, so these may race another process (the upload server itself binds port 0).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 fn start_nginx(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) -> Nginx {
@@ -178,13 +184,13 @@ async fn through_nginx_over_https() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let (http_port, https_port, port) = (free_port(), free_port(), free_port());
+    let (http_port, https_port) = (free_port(), free_port());
     let public = format!("https://127.0.0.1:{https_port}");
-    let (root_s, port_s) = (root.path().to_str().unwrap().to_owned(), port.to_string());
+    let root_s = root.path().to_str().unwrap().to_owned();
     let server = start_server(
         &[
             ("UPLOAD_ROOT", root_s.as_str()),
-            ("PORT", port_s.as_str()),
+            ("PORT", "0"),
             ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
             ("UPLOAD_SIGNING_KEY", SIGNING_KEY),
             ("PUBLIC_BASE_URL", public.as_str()),
@@ -193,10 +199,15 @@ async fn through_nginx_over_https() {
             ("RUST_LOG", "info"),
         ],
         &[],
-        port,
     )
     .await;
-    let nginx = start_nginx(dir.path(), http_port, https_port, port, root.path());
+    let nginx = start_nginx(
+        dir.path(),
+        http_port,
+        https_port,
+        server.port(),
+        root.path(),
+    );
     // The client connects from another loopback address than nginx's own, so the access
     // log shows whose address the server took.
     let http = reqwest::Client::builder()
@@ -220,7 +231,7 @@ async fn through_nginx_over_https() {
     let data: Vec<u8> = (0..size)
         .map(|i| (i as u32).wrapping_mul(2_246_822_519).to_le_bytes()[2])
         .collect();
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = sha_hex(&data);
     let init: Value = http
         .post(url("/v1/files/init"))
         .header("x-service-token", SERVICE_TOKEN)
@@ -277,7 +288,7 @@ async fn through_nginx_over_https() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-length"], size.to_string().as_str());
     let body = res.bytes().await.unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&body)), sha);
+    assert_eq!(sha_hex(&body), sha);
 
     // A signed URL (made with PUBLIC_BASE_URL, so it points at nginx).
     let signed: Value = http

@@ -8,31 +8,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::upload::{complete, files_under, init_as_service, json_part, pattern, put_part};
-
-/// A base64 JSON part with its fields in the old SDK's order, `uploadId` first: the part
-/// can then go straight to its session. (`json_part` sends `chunkBase64` first, as
-/// `serde_json` sorts keys: such a part is decoded to a staging file first.)
-async fn sdk_part(app: &TestApp, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
-    send(
-        app.post("/v1/files/part")
-            .as_service()
-            .header("content-type", "application/json")
-            .body(format!(
-                r#"{{"uploadId":"{id}","partNumber":{n},"chunkBase64":"{b64}"}}"#
-            )),
-    )
-    .await
-}
-
-fn sha_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
 
 /// The files in a live session's folder, other than `session.json`, by kind: segment
 /// records, part files, and whether the data file is there.
@@ -70,14 +47,15 @@ fn assert_stored(root: &Path, done: &Value, data: &[u8]) {
 
 /// A chunked session for `data` as user `u`; its id.
 async fn init(app: &TestApp, data: &[u8]) -> String {
-    let init = init_as_service(
-        app,
-        "u",
-        json!([{ "name": "f.bin", "size": data.len() }]),
-        "chunked",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(
+            json!([{ "name": "f.bin", "size": data.len() }]),
+            "chunked",
+            None,
+        )
+        .await;
     init["uploadId"].as_str().unwrap().to_owned()
 }
 
@@ -98,28 +76,26 @@ async fn parts_in_order_are_appended_and_complete_publishes_them_as_they_are() {
         let n = i as u32 + 1;
         let chunk = &data[w[0]..w[1]];
         if i % 2 == 0 {
-            ok(put_part(&app, &id, n, chunk).await);
+            ok(app.as_service().put_part(&id, n, chunk).await);
         } else {
-            ok(sdk_part(&app, &id, n, chunk).await);
+            ok(app.as_service().sdk_part(&id, n, chunk).await);
         }
     }
     let (segs, parts, has_data) = session_files(root, &id);
     assert_eq!(segs.len(), 4, "{segs:?} {parts:?}");
     assert!(parts.is_empty(), "{parts:?}");
     assert!(has_data);
-    let (s, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (s, status) = app.as_service().session(&id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], data.len());
     assert_eq!(status["parts"][1], json!({ "partNumber": 2, "size": 1 }));
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
     assert!(files_under(&root.join(".parts")).is_empty());
-    assert_eq!(
-        send(app.get(&format!("/v1/files/uploads/{id}")).as_service())
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(app.as_service().session(&id).await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -133,14 +109,17 @@ async fn parts_out_of_order_are_joined() {
     // JSON whose chunk comes before its uploadId, so it is staged first).
     for n in [2usize, 0, 3, 1] {
         if n == 3 {
-            ok(json_part(&app, &id, 3, chunks[n]).await);
+            ok(app.as_service().json_part(&id, 3, chunks[n]).await);
         } else {
-            ok(put_part(&app, &id, n as u32, chunks[n]).await);
+            ok(app.as_service().put_part(&id, n as u32, chunks[n]).await);
         }
     }
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (1, 3), "{segs:?} {parts:?}");
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
     assert!(files_under(&root.join(".parts")).is_empty());
 }
@@ -157,35 +136,41 @@ async fn a_part_sent_again_after_it_was_appended_replaces_it() {
     let wrong = pattern(1 << 20, 99);
     for (n, c) in chunks.iter().enumerate() {
         let c: &[u8] = if n == 1 { &wrong } else { c };
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
-    ok(sdk_part(&app, &id, 1, chunks[1]).await);
+    ok(app.as_service().sdk_part(&id, 1, chunks[1]).await);
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (3, 1), "{segs:?} {parts:?}");
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
 
     // The last part sent again, shorter then whole; no SHA given: the CRC and the
     // returned SHA-256 are still those of the bytes stored.
     let id = init(&app, &data).await;
     for (n, c) in chunks.iter().enumerate() {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
-    ok(put_part(&app, &id, 3, &chunks[3][..10]).await);
-    let (s, b) = complete(&app, &id, json!({})).await;
+    ok(app.as_service().put_part(&id, 3, &chunks[3][..10]).await);
+    let (s, b) = app.as_service().complete(&id, json!({})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    ok(put_part(&app, &id, 3, chunks[3]).await);
-    let done = ok(complete(&app, &id, json!({})).await);
+    ok(app.as_service().put_part(&id, 3, chunks[3]).await);
+    let done = ok(app.as_service().complete(&id, json!({})).await);
     assert_stored(root, &done, &data);
 
     // The first part sent again before the others: the rest still lands right.
     let id = init(&app, &data).await;
-    ok(put_part(&app, &id, 0, &wrong).await);
-    ok(put_part(&app, &id, 0, chunks[0]).await);
+    ok(app.as_service().put_part(&id, 0, &wrong).await);
+    ok(app.as_service().put_part(&id, 0, chunks[0]).await);
     for (n, c) in chunks.iter().enumerate().skip(1) {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
     assert!(files_under(&root.join(".parts")).is_empty());
 }
@@ -197,9 +182,12 @@ async fn a_sha_mismatch_keeps_appended_parts_for_a_later_complete() {
     let data = pattern(3 * 1024 * 1024 + 5, 8);
     let id = init(&app, &data).await;
     for (n, c) in data.chunks(1 << 20).enumerate() {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
-    let (s, b) = complete(&app, &id, json!({ "sha256": sha_hex(b"something else") })).await;
+    let (s, b) = app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(b"something else") }))
+        .await;
     assert_eq!(
         (s, b),
         (
@@ -208,12 +196,15 @@ async fn a_sha_mismatch_keeps_appended_parts_for_a_later_complete() {
         )
     );
     assert!(files_under(&root.join("storage")).is_empty());
-    let (s, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (s, status) = app.as_service().session(&id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], data.len());
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (4, 0));
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
 }
 
@@ -227,18 +218,21 @@ async fn an_empty_segment_record_still_counts_and_complete_joins() {
     let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
     let id = init(&app, &data).await;
     for (n, c) in chunks.iter().enumerate().take(2) {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
     let (segs, _, _) = session_files(root, &id);
     std::fs::write(root.join(".parts").join(&id).join(&segs[1]), b"").unwrap();
     for (n, c) in chunks.iter().enumerate().skip(2) {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (2, 2), "{segs:?} {parts:?}");
-    let (_, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (_, status) = app.as_service().session(&id).await;
     assert_eq!(status["receivedBytes"], data.len());
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
 }
 
@@ -250,7 +244,7 @@ async fn concurrent_completes_of_appended_parts_have_one_winner() {
     for _ in 0..3 {
         let id = init(&app, &data).await;
         for (n, c) in data.chunks(1 << 20).enumerate() {
-            ok(put_part(&app, &id, n as u32, c).await);
+            ok(app.as_service().put_part(&id, n as u32, c).await);
         }
         let sha = sha_hex(&data);
         let calls = (0..4).map(|_| {
@@ -295,14 +289,17 @@ async fn a_part_arriving_while_another_is_appended_goes_to_its_own_file() {
     let slow = tokio::spawn(send(slow));
     tx.send(Ok(chunks[0][..1000].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    ok(put_part(&app, &id, 2, &chunks[2]).await);
-    ok(put_part(&app, &id, 1, &chunks[1]).await);
+    ok(app.as_service().put_part(&id, 2, &chunks[2]).await);
+    ok(app.as_service().put_part(&id, 1, &chunks[1]).await);
     tx.send(Ok(chunks[0][1000..].to_vec())).await.unwrap();
     drop(tx);
     ok(slow.await.unwrap());
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (1, 2), "{segs:?} {parts:?}");
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
 }
 
@@ -314,7 +311,7 @@ async fn a_cut_append_leaves_nothing_that_counts() {
     let data = pattern(3 * 1024 * 1024, 11);
     let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
     let id = init(&app, &data).await;
-    ok(put_part(&app, &id, 0, chunks[0]).await);
+    ok(app.as_service().put_part(&id, 0, chunks[0]).await);
     // Part 1 (2 MiB announced) cut off after its first write batch reached the data file.
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -336,16 +333,19 @@ async fn a_cut_append_leaves_nothing_that_counts() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(sock);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (_, status) = app.as_service().session(&id).await;
     assert_eq!(status["receivedBytes"], 1 << 20, "{status}");
     // The data file is cut back to the one part.
     assert_eq!(std::fs::metadata(&data_file).unwrap().len(), 1 << 20);
     for (n, c) in chunks.iter().enumerate().skip(1) {
-        ok(put_part(&app, &id, n as u32, c).await);
+        ok(app.as_service().put_part(&id, n as u32, c).await);
     }
     let (segs, parts, _) = session_files(root, &id);
     assert_eq!((segs.len(), parts.len()), (3, 0));
-    let done = ok(complete(&app, &id, json!({ "sha256": sha_hex(&data) })).await);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
     assert_stored(root, &done, &data);
 }
 
@@ -353,23 +353,14 @@ async fn a_cut_append_leaves_nothing_that_counts() {
 async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     let root = tempfile::tempdir().unwrap();
     let root_s = root.path().to_str().unwrap().to_owned();
-    let env = |port: &str| {
-        vec![
-            ("UPLOAD_ROOT".to_owned(), root_s.clone()),
-            ("PORT".to_owned(), port.to_owned()),
-            ("AUTH_SERVICE_TOKEN".to_owned(), SERVICE_TOKEN.to_owned()),
-            ("UPLOAD_SIGNING_KEY".to_owned(), SIGNING_KEY.to_owned()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ]
-    };
-    let start = |port: u16| {
-        let env = env(&port.to_string());
-        async move {
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            start_server(&env, &[], port).await
-        }
-    };
+    let env = [
+        ("UPLOAD_ROOT", root_s.as_str()),
+        ("PORT", "0"),
+        ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
+        ("UPLOAD_SIGNING_KEY", SIGNING_KEY),
+        ("RUST_LOG", "warn"),
+    ];
+    let start = || start_server(&env, &[]);
     let http = client();
     let call = |req: reqwest::RequestBuilder| async move {
         let res = req
@@ -385,8 +376,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     let data = pattern(4 * PART + 9, 12);
     let chunks: Vec<Vec<u8>> = data.chunks(PART).map(<[u8]>::to_vec).collect();
 
-    let port = free_port();
-    let mut server = start(port).await;
+    let mut server = start().await;
     let (s, init) = call(http.post(server.url("/v1/files/init")).json(&json!({
         "mode": "chunked", "files": [{ "name": "r.bin", "size": data.len() }], "meta": { "user_id": "u" }
     })))
@@ -403,8 +393,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     }
     // A graceful restart between parts.
     server.stop().await;
-    let port = free_port();
-    let mut server = start(port).await;
+    let mut server = start().await;
     let (s, b) = call(put(&server, 2)).await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
@@ -434,8 +423,7 @@ async fn appending_carries_on_after_a_restart_and_a_kill_mid_part() {
     drop(tx);
     let _ = cut.await;
 
-    let port = free_port();
-    let server = start(port).await;
+    let server = start().await;
     let (s, status) = call(http.get(server.url(&format!("/v1/files/uploads/{id}")))).await;
     assert_eq!(s, StatusCode::OK, "{status}");
     assert_eq!(status["receivedBytes"], 3 * PART, "{status}");

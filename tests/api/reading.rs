@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::helpers::*;
-use crate::upload::{copy_dir, pattern, upload_file};
 
 /// An app over a copy of the old service's tree.
 async fn app_with_old_data(extra: &[(&str, &str)]) -> (TestApp, tempfile::TempDir) {
@@ -70,7 +69,10 @@ async fn listing_covers_old_and_new_files() {
         "storage/user123/documents/7b897611_Résumé été.pdf"
     );
     // New uploads come first (newest first), folders filter subfolders too.
-    upload_file(&app, "user123", "new.txt", Some("documents/sub"), b"new").await;
+    app.as_service()
+        .acting_for("user123")
+        .upload_file("new.txt", Some("documents/sub"), b"new")
+        .await;
     let (_, l) = send(
         app.get("/v1/files/all?user_id=user123&folder=documents")
             .as_service(),
@@ -199,7 +201,11 @@ async fn metadata_and_delete_with_slashes_raw_and_encoded() {
 async fn public_links_ranges_and_conditionals() {
     let app = spawn_app().await;
     let data = pattern(100_000, 7);
-    let done = upload_file(&app, "u1", "clip.mp4", Some("videos"), &data).await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("clip.mp4", Some("videos"), &data)
+        .await;
     let path = format!("/{}", done["key"].as_str().unwrap());
     let res = get_with(&app, &path, &[]).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -320,7 +326,11 @@ async fn large_files_stream_whole_and_in_ranges_from_cache_or_disk() {
     let app = spawn_app().await;
     // Larger than what is read whole before answering, and not a multiple of any chunk.
     let data = pattern(3 * 1024 * 1024 + 12_345, 3);
-    let done = upload_file(&app, "u1", "movie.mp4", None, &data).await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("movie.mp4", None, &data)
+        .await;
     let key = done["key"].as_str().unwrap().to_owned();
     let path = format!("/{key}");
     let on_disk = app.root.path().join(&key);
@@ -422,7 +432,11 @@ async fn script_capable_files_are_sandboxed() {
         ("x.xhtml", b"<html/>"),
         ("a.js", b"alert(1)"),
     ] {
-        let done = upload_file(&app, "u1", name, None, body).await;
+        let done = app
+            .as_service()
+            .acting_for("u1")
+            .upload_file(name, None, body)
+            .await;
         let res = get_with(&app, &format!("/{}", done["key"].as_str().unwrap()), &[]).await;
         assert_eq!(header(&res, "content-security-policy"), "sandbox", "{name}");
         assert_eq!(header(&res, "x-content-type-options"), "nosniff", "{name}");
@@ -682,7 +696,10 @@ async fn issuing_signed_urls() {
 async fn listing_while_files_come_and_go() {
     let app = spawn_app().await;
     for i in 0..20 {
-        upload_file(&app, "busy", &format!("keep{i}.txt"), Some("f"), b"k").await;
+        app.as_service()
+            .acting_for("busy")
+            .upload_file(&format!("keep{i}.txt"), Some("f"), b"k")
+            .await;
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
@@ -722,10 +739,15 @@ async fn listing_while_files_come_and_go() {
     assert!(churn.await.unwrap() > 0);
 }
 
+/// A sidecar edited by hand is served once `SIDECAR_CACHE_SECS` (here 1 s) has passed.
 #[tokio::test]
-async fn a_sidecar_edited_by_hand_is_served_within_ten_seconds() {
-    let app = spawn_app().await;
-    let done = upload_file(&app, "u1", "notes.txt", None, b"hello").await;
+async fn a_sidecar_edited_by_hand_is_served_once_the_cache_lifetime_has_passed() {
+    let app = spawn_app_with(&[("SIDECAR_CACHE_SECS", "1")]).await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("notes.txt", None, b"hello")
+        .await;
     let key = done["key"].as_str().unwrap().to_owned();
     let path = format!("/{key}");
     let res = get_with(&app, &path, &[]).await;
@@ -742,9 +764,9 @@ async fn a_sidecar_edited_by_hand_is_served_within_ten_seconds() {
             break;
         }
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(12),
-            "the old type was still served after 12 s"
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "the old type was still served after 3 s"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

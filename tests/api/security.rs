@@ -4,13 +4,11 @@
 
 use std::path::Path;
 
-use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::batch::{check_all_readers, make_token};
+use crate::batch::check_all_readers;
 use crate::helpers::*;
-use crate::upload::{files_under, pattern, upload_file};
 
 /// 1 MiB, as `PER_USER_QUOTA_GB`.
 const ONE_MIB_QUOTA: &str = "0.0009765625";
@@ -110,8 +108,8 @@ async fn multipart_keeps_only_its_own_text_fields_within_64_kib() {
 
 /// A JSON part whose data comes before its `uploadId`.
 fn chunk_first(id: &str, data: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
-    format!(r#"{{"chunkBase64":"{b64}","partNumber":0,"uploadId":"{id}"}}"#)
+    let chunk = b64(data);
+    format!(r#"{{"chunkBase64":"{chunk}","partNumber":0,"uploadId":"{id}"}}"#)
 }
 
 #[tokio::test]
@@ -229,14 +227,11 @@ async fn names_show_what_they_are() {
     let root = tempfile::tempdir().unwrap();
     let app = spawn_app_with(&[("UPLOAD_ROOT", root.path().to_str().unwrap())]).await;
     // U+202E before `gnp.exe` shows it as `exe.png`; U+2066..2069 and U+200B hide the same way.
-    let done = upload_file(
-        &app,
-        "u1",
-        "\u{202E}gnp.exe",
-        Some("\u{2066}in\u{200B}box"),
-        b"MZ",
-    )
-    .await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("\u{202E}gnp.exe", Some("\u{2066}in\u{200B}box"), b"MZ")
+        .await;
     let key = done["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("storage/u1/inbox/"), "{key}");
     assert!(key.ends_with("_gnp.exe"), "{key}");
@@ -261,9 +256,20 @@ async fn names_show_what_they_are() {
     );
 
     // ZIP entries that differ only in case would overwrite each other on Windows and macOS.
-    let ka = upload_file(&app, "u1", "a.txt", None, b"lower").await;
-    let kb = upload_file(&app, "u1", "A.TXT", None, b"upper").await;
-    let token = make_token(&app, json!({ "keys": [ka["key"], kb["key"], key] })).await;
+    let ka = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("a.txt", None, b"lower")
+        .await;
+    let kb = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("A.TXT", None, b"upper")
+        .await;
+    let token = app
+        .as_service()
+        .batch_token(json!({ "keys": [ka["key"], kb["key"], key] }))
+        .await;
     let zip = app
         .get(&format!("/v1/files/batch-download/{token}"))
         .send()

@@ -6,15 +6,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::helpers::{free_port, keys, read_response, start_server, Server, SERVICE_TOKEN};
+use crate::helpers::{keys, read_response, start_server, Server, SERVICE_TOKEN};
 
 async fn start() -> (Server, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let port_text = port.to_string();
     let server = start_server(
         &[
-            ("PORT", port_text.as_str()),
+            ("PORT", "0"),
             ("UPLOAD_ROOT", root.path().to_str().unwrap()),
             ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN),
             (
@@ -23,7 +21,6 @@ async fn start() -> (Server, tempfile::TempDir) {
             ),
         ],
         &[],
-        port,
     )
     .await;
     (server, root)
@@ -58,7 +55,7 @@ async fn assert_refused(port: &str) {
 #[tokio::test]
 async fn sigterm_lets_a_request_with_a_slow_body_finish() {
     let (mut server, _root) = start().await;
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let addr = server.addr().to_owned();
     let port = addr.rsplit(':').next().unwrap().to_owned();
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream.write_all(request_head().as_bytes()).await.unwrap();
@@ -80,7 +77,7 @@ async fn sigterm_lets_a_request_with_a_slow_body_finish() {
 #[tokio::test]
 async fn sigterm_lets_a_request_with_slow_headers_finish() {
     let (mut server, _root) = start().await;
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let addr = server.addr().to_owned();
     let port = addr.rsplit(':').next().unwrap().to_owned();
     let head = request_head();
     let (first, rest) = head.split_at(head.find("X-Service-Token").unwrap());
@@ -118,7 +115,7 @@ async fn sigterm_on_an_idle_server_exits_0_quickly() {
 #[tokio::test]
 async fn sigterm_closes_idle_connections_at_once() {
     let (mut server, _root) = start().await;
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let addr = server.addr().to_owned();
     // One kept alive after a request, one that never sent a byte.
     let mut kept = TcpStream::connect(&addr).await.unwrap();
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

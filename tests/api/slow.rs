@@ -10,7 +10,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::upload::{files_under, init_as_service};
 
 /// Body limits short enough for a test: 64 B/s averaged over 2 s windows, 20 s idle.
 const SLOW_BODY_ENV: &[(&str, &str)] = &[
@@ -115,14 +114,11 @@ fn assert_cut_for_rate(what: &str, answer: &str, took: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_below_the_minimum_rate_is_cut_off_and_leaves_nothing() {
     let app = spawn_app_with(SLOW_BODY_ENV).await;
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a.bin", "size": 1000 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a.bin", "size": 1000 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap().to_owned();
     let a = addr(&app);
     // 1 byte every 250 ms: 4 B/s, never idle for long, far below 64 B/s.
@@ -138,7 +134,7 @@ async fn a_body_below_the_minimum_rate_is_cut_off_and_leaves_nothing() {
 
     // Nothing left: the part's session holds no bytes, no work folder, no reservation
     // beyond the session's own, nothing stored.
-    let (s, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (s, status) = app.as_service().session(&id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], 0);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -162,14 +158,11 @@ async fn a_body_below_the_minimum_rate_is_cut_off_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_above_the_minimum_rate_is_stored() {
     let app = spawn_app_with(SLOW_BODY_ENV).await;
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a.bin", "size": 2000 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a.bin", "size": 2000 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap().to_owned();
     let a = addr(&app);
     // 100 bytes every 200 ms: 500 B/s for 4 s, two windows and more.

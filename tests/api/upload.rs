@@ -3,116 +3,10 @@
 
 use std::path::Path;
 
-use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn sha_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// Bytes that differ at every offset, so a misplaced part shows.
-pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
-        .collect()
-}
-
-/// `init` as a service for `user`; returns the body.
-pub(crate) async fn init_as_service(
-    app: &TestApp,
-    user: &str,
-    files: Value,
-    mode: &str,
-    folder: Option<&str>,
-) -> Value {
-    let (status, body) = send(app.post("/v1/files/init").as_service().json(
-        &json!({ "mode": mode, "files": files, "folder": folder, "meta": { "user_id": user } }),
-    ))
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
-pub(crate) async fn put_part(app: &TestApp, id: &str, n: u32, data: &[u8]) -> (StatusCode, Value) {
-    send(
-        app.request(reqwest::Method::PUT, &format!("/v1/files/part/{id}/{n}"))
-            .as_service()
-            .body(data.to_vec()),
-    )
-    .await
-}
-
-pub(crate) async fn json_part(app: &TestApp, id: &str, n: i64, data: &[u8]) -> (StatusCode, Value) {
-    send(
-        app.post("/v1/files/part")
-            .as_service()
-            .json(&json!({ "uploadId": id, "partNumber": n, "chunkBase64": b64(data) })),
-    )
-    .await
-}
-
-pub(crate) async fn complete(app: &TestApp, id: &str, extra: Value) -> (StatusCode, Value) {
-    let mut body = json!({ "uploadId": id });
-    if let Value::Object(m) = extra {
-        for (k, v) in m {
-            body[k] = v;
-        }
-    }
-    send(app.post("/v1/files/complete").as_service().json(&body)).await
-}
-
-/// Uploads `data` for `user` in three steps with raw parts; returns the complete body.
-pub(crate) async fn upload_file(
-    app: &TestApp,
-    user: &str,
-    name: &str,
-    folder: Option<&str>,
-    data: &[u8],
-) -> Value {
-    let init = init_as_service(
-        app,
-        user,
-        json!([{ "name": name, "size": data.len() }]),
-        "single",
-        folder,
-    )
-    .await;
-    let id = init["uploadId"].as_str().unwrap();
-    let (s, b) = put_part(app, id, 0, data).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = complete(app, id, json!({ "sha256": sha_hex(data) })).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    b
-}
-
-/// Every regular file under `dir`, relative, sorted.
-pub(crate) fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn key_path(app: &TestApp, key: &str) -> std::path::PathBuf {
     app.root.path().join(key)
@@ -140,7 +34,11 @@ fn assert_key_shape(key: &str, prefix: &str, name: &str) {
 async fn single_mode_with_raw_part() {
     let app = spawn_app().await;
     let data = pattern(5000, 1);
-    let done = upload_file(&app, "u1", "a.txt", Some("docs"), &data).await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file("a.txt", Some("docs"), &data)
+        .await;
     let key = done["key"].as_str().unwrap();
     assert_key_shape(key, "storage/u1/docs/", "a.txt");
     assert_eq!(done["size"], 5000);
@@ -155,7 +53,10 @@ async fn single_mode_with_raw_part() {
     assert_eq!(meta["crc32"], crc32fast::hash(&data));
     assert!(chrono::DateTime::parse_from_rfc3339(meta["created_at"].as_str().unwrap()).is_ok());
     // The session is gone: completing again is 404.
-    let id_gone = complete(&app, "00000000-0000-4000-8000-000000000001", json!({})).await;
+    let id_gone = app
+        .as_service()
+        .complete("00000000-0000-4000-8000-000000000001", json!({}))
+        .await;
     assert_eq!(id_gone.0, StatusCode::NOT_FOUND);
 }
 
@@ -163,32 +64,33 @@ async fn single_mode_with_raw_part() {
 async fn chunked_mode_out_of_order_replaced_and_numbered_from_one() {
     let app = spawn_app().await;
     let data = pattern(3 * 1024 * 1024 + 17, 2);
-    let init = init_as_service(
-        &app,
-        "u1",
-        json!([{ "name": "v.mp4", "size": data.len(), "mime": "video/mp4" }]),
-        "chunked",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u1")
+        .init(
+            json!([{ "name": "v.mp4", "size": data.len(), "mime": "video/mp4" }]),
+            "chunked",
+            None,
+        )
+        .await;
     assert_eq!(init["parts"], 4, "{init}");
     assert!(init.get("uploads").is_none());
     let id = init["uploadId"].as_str().unwrap();
     let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
     // Numbered from 1, sent out of order, one part first sent wrong then replaced.
-    json_part(&app, id, 3, &chunks[2][..100]).await;
+    app.as_service().json_part(id, 3, &chunks[2][..100]).await;
     for (i, c) in chunks.iter().enumerate().rev() {
         let n = i as u32 + 1;
         let (s, b) = if i % 2 == 0 {
-            put_part(&app, id, n, c).await
+            app.as_service().put_part(id, n, c).await
         } else {
-            json_part(&app, id, n as i64, c).await
+            app.as_service().json_part(id, n as i64, c).await
         };
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["partNumber"], n);
         assert_eq!(b["status"], "success");
     }
-    let (s, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (s, status) = app.as_service().session(id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], data.len());
     assert_eq!(status["expectedBytes"], data.len());
@@ -198,7 +100,10 @@ async fn chunked_mode_out_of_order_replaced_and_numbered_from_one() {
         json!({ "partNumber": 1, "size": 1 << 20 })
     );
     assert_eq!(status["mode"], "chunked");
-    let (s, b) = complete(&app, id, json!({ "sha256": sha_hex(&data) })).await;
+    let (s, b) = app
+        .as_service()
+        .complete(id, json!({ "sha256": sha_hex(&data) }))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["mime"], "video/mp4");
     assert_eq!(
@@ -211,13 +116,7 @@ async fn chunked_mode_out_of_order_replaced_and_numbered_from_one() {
 async fn batch_mode_one_session_per_file() {
     let app = spawn_app().await;
     let files = [pattern(10, 3), pattern(20_000, 4), Vec::new()];
-    let init = init_as_service(
-        &app,
-        "u2",
-        json!([{ "name": "a.bin", "size": 10 }, { "name": "b.png", "size": 20_000 }, { "name": "empty.txt", "size": 0 }]),
-        "batch",
-        Some("main/pictures"),
-    )
+    let init = app.as_service().acting_for("u2").init(json!([{ "name": "a.bin", "size": 10 }, { "name": "b.png", "size": 20_000 }, { "name": "empty.txt", "size": 0 }]), "batch", Some("main/pictures"))
     .await;
     let uploads = init["uploads"].as_array().unwrap();
     assert_eq!(uploads.len(), 3);
@@ -227,10 +126,10 @@ async fn batch_mode_one_session_per_file() {
     for (u, data) in uploads.iter().zip(&files) {
         let id = u["uploadId"].as_str().unwrap();
         if !data.is_empty() {
-            let (s, _) = put_part(&app, id, 0, data).await;
+            let (s, _) = app.as_service().put_part(id, 0, data).await;
             assert_eq!(s, StatusCode::OK);
         }
-        let (s, b) = complete(&app, id, json!({})).await;
+        let (s, b) = app.as_service().complete(id, json!({})).await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let key = b["key"].as_str().unwrap();
         assert!(key.starts_with("storage/u2/main/pictures/"), "{key}");
@@ -291,9 +190,9 @@ async fn old_python_sdk_sequence() {
 #[tokio::test]
 async fn user_callers_own_their_sessions() {
     let app = spawn_app().await;
-    let alice = app.user_token("alice");
-    let bob = app.user_token("bob");
-    let (s, init) = send(app.post("/v1/files/init").bearer(&alice).json(&json!({
+    let alice = app.as_user("alice");
+    let bob = app.as_user("bob");
+    let (s, init) = send(alice.post("/v1/files/init").json(&json!({
         "mode": "single",
         "files": [{ "name": "x.txt", "size": 3 }], "meta": { "user_id": "mallory" }
     })))
@@ -302,31 +201,25 @@ async fn user_callers_own_their_sessions() {
     let id = init["uploadId"].as_str().unwrap();
     let not_found = json!({ "detail": "Upload session not found" });
     for req in [
-        app.get(&format!("/v1/files/uploads/{id}")).bearer(&bob),
-        app.request(reqwest::Method::DELETE, &format!("/v1/files/uploads/{id}"))
-            .bearer(&bob),
-        app.request(reqwest::Method::PUT, &format!("/v1/files/part/{id}/0"))
-            .bearer(&bob)
+        bob.get(&format!("/v1/files/uploads/{id}")),
+        bob.request(reqwest::Method::DELETE, &format!("/v1/files/uploads/{id}")),
+        bob.request(reqwest::Method::PUT, &format!("/v1/files/part/{id}/0"))
             .body("abc"),
-        app.post("/v1/files/complete")
-            .bearer(&bob)
+        bob.post("/v1/files/complete")
             .json(&json!({ "uploadId": id })),
     ] {
         expect(req, StatusCode::NOT_FOUND, not_found.clone()).await;
     }
-    let (s, _) = send(
-        app.request(reqwest::Method::PUT, &format!("/v1/files/part/{id}/0"))
-            .bearer(&alice)
-            .body("abc"),
-    )
-    .await;
+    let (s, _) = alice.put_part(id, 0, b"abc").await;
     assert_eq!(s, StatusCode::OK);
     // A user caller's complete naming someone else is not refused (issue 13): as with the
     // old service, those fields are ignored and the file is the caller's.
-    let (s, done) = send(app.post("/v1/files/complete").bearer(&alice).json(&json!({
-        "uploadId": id, "meta": { "user_id": "mallory", "user_email": "m@example.com" }
-    })))
-    .await;
+    let (s, done) = alice
+        .complete(
+            id,
+            json!({ "meta": { "user_id": "mallory", "user_email": "m@example.com" } }),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{done}");
     // The user named in meta is ignored for a user caller: the file is alice's.
     assert!(
@@ -373,7 +266,11 @@ async fn hostile_names_are_refused_or_sanitised() {
         ("ctl\u{7}.txt", Some("a\\b"), "ctl_.txt"),
     ];
     for (name, folder, stored) in cases {
-        let done = upload_file(&app, "u1", name, folder, b"xyz").await;
+        let done = app
+            .as_service()
+            .acting_for("u1")
+            .upload_file(name, folder, b"xyz")
+            .await;
         let key = done["key"].as_str().unwrap().to_owned();
         let want_folder = match folder {
             None => String::new(),
@@ -394,7 +291,11 @@ async fn hostile_names_are_refused_or_sanitised() {
     }
     // A 300-byte name is cut to 240 bytes keeping its extension, so the sidecar name fits.
     let long = format!("{}.mp4", "é".repeat(148));
-    let done = upload_file(&app, "u1", &long, None, b"v").await;
+    let done = app
+        .as_service()
+        .acting_for("u1")
+        .upload_file(&long, None, b"v")
+        .await;
     let key = done["key"].as_str().unwrap();
     let file_name = key.rsplit('/').next().unwrap();
     assert!(
@@ -408,7 +309,7 @@ async fn hostile_names_are_refused_or_sanitised() {
         "%2e%2e",
         "00000000-0000-4000-8000-000000000000%00",
     ] {
-        let (s, _) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+        let (s, _) = app.as_service().session(id).await;
         assert!(
             s == StatusCode::NOT_FOUND || s == StatusCode::BAD_REQUEST,
             "{id}: {s}"
@@ -475,14 +376,11 @@ async fn error_statuses_of_section_3() {
     .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
 
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "f.bin", "size": 10 }]),
-        "chunked",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "f.bin", "size": 10 }]), "chunked", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap();
     // 400: bad base64, part number out of range.
     let (s, b) = send(
@@ -492,9 +390,9 @@ async fn error_statuses_of_section_3() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    let (s, _) = json_part(&app, id, 100_001, b"x").await;
+    let (s, _) = app.as_service().json_part(id, 100_001, b"x").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = json_part(&app, id, -1, b"x").await;
+    let (s, _) = app.as_service().json_part(id, -1, b"x").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // 422: a part body without its fields.
     let (s, _) = send(
@@ -505,27 +403,39 @@ async fn error_statuses_of_section_3() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // 404: unknown session.
-    let (s, _) = put_part(&app, "7e1d1c3a-0000-4000-8000-000000000000", 0, b"x").await;
+    let (s, _) = app
+        .as_service()
+        .put_part("7e1d1c3a-0000-4000-8000-000000000000", 0, b"x")
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // 413: parts past the declared size, by one part or by two.
-    let (s, _) = put_part(&app, id, 0, &[1u8; 11]).await;
+    let (s, _) = app.as_service().put_part(id, 0, &[1u8; 11]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(put_part(&app, id, 0, &[1u8; 6]).await.0, StatusCode::OK);
     assert_eq!(
-        json_part(&app, id, 1, &[2u8; 5]).await.0,
+        app.as_service().put_part(id, 0, &[1u8; 6]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.as_service().json_part(id, 1, &[2u8; 5]).await.0,
         StatusCode::PAYLOAD_TOO_LARGE
     );
     // 400: size mismatch (a part missing), and nothing is stored.
     assert_eq!(
-        complete(&app, id, json!({})).await,
+        app.as_service().complete(id, json!({})).await,
         (
             StatusCode::BAD_REQUEST,
             json!({ "detail": "Size mismatch" })
         )
     );
-    assert_eq!(json_part(&app, id, 2, &[2u8; 4]).await.0, StatusCode::OK);
+    assert_eq!(
+        app.as_service().json_part(id, 2, &[2u8; 4]).await.0,
+        StatusCode::OK
+    );
     // 400: SHA mismatch keeps the parts; a corrected part then completes.
-    let (s, b) = complete(&app, id, json!({ "sha256": "00".repeat(32) })).await;
+    let (s, b) = app
+        .as_service()
+        .complete(id, json!({ "sha256": "00".repeat(32) }))
+        .await;
     assert_eq!(
         (s, b),
         (
@@ -534,19 +444,26 @@ async fn error_statuses_of_section_3() {
         )
     );
     assert!(files_under(&app.root.path().join("storage")).is_empty());
-    let (s, b) = complete(&app, id, json!({ "meta": { "user_id": "someone-else" } })).await;
+    let (s, b) = app
+        .as_service()
+        .complete(id, json!({ "meta": { "user_id": "someone-else" } }))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     let mut want = vec![1u8; 6];
     want.extend([2u8; 4]);
-    let (s, b) = complete(
-        &app,
-        id,
-        json!({ "sha256": sha_hex(&want), "meta": { "user_id": "u" } }),
-    )
-    .await;
+    let (s, b) = app
+        .as_service()
+        .complete(
+            id,
+            json!({ "sha256": sha_hex(&want), "meta": { "user_id": "u" } }),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     // 404 after.
-    assert_eq!(complete(&app, id, json!({})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.as_service().complete(id, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
     // Nothing but the file and its sidecar is left.
     assert_eq!(files_under(&app.root.path().join("storage")).len(), 2);
     assert!(
@@ -559,14 +476,11 @@ async fn error_statuses_of_section_3() {
 #[tokio::test]
 async fn abort_frees_the_reservation() {
     let app = spawn_app_with(&[("PER_USER_QUOTA_GB", "0.0001")]).await; // 107,374 bytes
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a", "size": 100_000 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a", "size": 100_000 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap();
     let (s, b) = send(app.post("/v1/files/init").as_service().json(&json!({
         "mode": "single",
@@ -579,26 +493,13 @@ async fn abort_frees_the_reservation() {
         detail.contains("100000") && detail.contains("107374") && detail.contains("10000"),
         "{detail}"
     );
-    let (s, b) = send(
-        app.request(reqwest::Method::DELETE, &format!("/v1/files/uploads/{id}"))
-            .as_service(),
-    )
-    .await;
+    let (s, b) = app.as_service().abort(id).await;
     assert_eq!((s, b), (StatusCode::OK, json!({ "status": "aborted" })));
-    assert_eq!(
-        send(app.get(&format!("/v1/files/uploads/{id}")).as_service())
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
-    init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "b", "size": 100_000 }]),
-        "single",
-        None,
-    )
-    .await;
+    assert_eq!(app.as_service().session(id).await.0, StatusCode::NOT_FOUND);
+    app.as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "b", "size": 100_000 }]), "single", None)
+        .await;
 }
 
 #[tokio::test]
@@ -607,7 +508,10 @@ async fn quota_holds_under_concurrent_uploads() {
     let app = spawn_app_with(&[("PER_USER_QUOTA_GB", "0.001")]).await;
     let quota = 1_073_741u64;
     let big = pattern((quota as usize) * 9 / 10, 9);
-    upload_file(&app, "full", "big.bin", None, &big).await;
+    app.as_service()
+        .acting_for("full")
+        .upload_file("big.bin", None, &big)
+        .await;
     // Four uploads that each fit in the last 10%, but not two together, through both the
     // three-step and the one-request routes.
     let piece = pattern(70_000, 10);
@@ -677,7 +581,10 @@ async fn quota_holds_under_concurrent_uploads() {
     }
     assert!(granted <= 1, "{granted} inits granted");
     // Another user is not affected.
-    upload_file(&app, "other", "big.bin", None, &big).await;
+    app.as_service()
+        .acting_for("other")
+        .upload_file("big.bin", None, &big)
+        .await;
     // Nothing half-written stays behind from the refused uploads.
     assert!(
         files_under(&app.root.path().join(".parts"))
@@ -805,14 +712,11 @@ async fn one_request_uploads() {
 async fn a_part_cut_off_mid_body_leaves_nothing() {
     use tokio::io::AsyncWriteExt as _;
     let app = spawn_app().await;
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a", "size": 100_000 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a", "size": 100_000 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap();
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -824,7 +728,7 @@ async fn a_part_cut_off_mid_body_leaves_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     drop(sock);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (s, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (s, status) = app.as_service().session(id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], 0, "{status}");
     assert_eq!(
@@ -864,31 +768,10 @@ async fn old_service_files_count_in_the_quota() {
             .contains(&alice_used.to_string()),
         "{b}"
     );
-    init_as_service(
-        &app,
-        "alice@example.com",
-        json!([{ "name": "x", "size": room }]),
-        "single",
-        None,
-    )
-    .await;
-}
-
-/// Copies a tree, making it writable (the fixtures are read-only).
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-            let mut perm = std::fs::metadata(&dest).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
-            std::fs::set_permissions(&dest, perm).unwrap();
-        }
-    }
+    app.as_service()
+        .acting_for("alice@example.com")
+        .init(json!([{ "name": "x", "size": room }]), "single", None)
+        .await;
 }
 
 #[tokio::test]
@@ -899,98 +782,69 @@ async fn expired_sessions_are_swept_and_release_quota() {
         ("PER_USER_QUOTA_GB", "0.0001"),
     ])
     .await;
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a", "size": 100_000 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a", "size": 100_000 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap().to_owned();
-    assert_eq!(put_part(&app, &id, 0, &[1u8; 10]).await.0, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     assert_eq!(
-        send(app.get(&format!("/v1/files/uploads/{id}")).as_service())
-            .await
-            .0,
-        StatusCode::NOT_FOUND
+        app.as_service().put_part(&id, 0, &[1u8; 10]).await.0,
+        StatusCode::OK
     );
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert_eq!(app.as_service().session(&id).await.0, StatusCode::NOT_FOUND);
     assert!(!app.root.path().join(".parts").join(&id).exists());
-    init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "b", "size": 100_000 }]),
-        "single",
-        None,
-    )
-    .await;
+    app.as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "b", "size": 100_000 }]), "single", None)
+        .await;
 }
 
 /// 507 on a full disk: a 4 MiB tmpfs as the root. Needs mount rights (root in CI).
 #[tokio::test]
 async fn full_disk_gives_507_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=4m",
-            "tmpfs",
-            dir.path().to_str().unwrap(),
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!(
-            "SKIPPED full_disk_gives_507_and_leaves_nothing: cannot mount a tmpfs here (not root?)"
-        );
+    let Some(_tmpfs) = mount_tmpfs(dir.path(), "4m", "full_disk_gives_507_and_leaves_nothing")
+    else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.path().to_path_buf());
+    };
     let app = spawn_app_with(&[("UPLOAD_ROOT", dir.path().to_str().unwrap())]).await;
     // Two sessions hold 1.5 MiB of parts each: 3 of the 4 MiB are used.
     let part = pattern(1536 * 1024, 4);
     let mut ids = Vec::new();
     for name in ["other", "small"] {
-        let init = init_as_service(
-            &app,
-            "u",
-            json!([{ "name": name, "size": part.len() }]),
-            "single",
-            None,
-        )
-        .await;
+        let init = app
+            .as_service()
+            .acting_for("u")
+            .init(
+                json!([{ "name": name, "size": part.len() }]),
+                "single",
+                None,
+            )
+            .await;
         let id = init["uploadId"].as_str().unwrap().to_owned();
         if name == "other" {
-            assert_eq!(put_part(&app, &id, 0, &part).await.0, StatusCode::OK);
+            assert_eq!(
+                app.as_service().put_part(&id, 0, &part).await.0,
+                StatusCode::OK
+            );
         } else {
             // Two parts sent out of order: completing it means joining them into a new
             // file (parts sent in order would be published as they lie, without a copy).
             let (a, b) = part.split_at(part.len() / 2);
-            assert_eq!(put_part(&app, &id, 1, b).await.0, StatusCode::OK);
-            assert_eq!(put_part(&app, &id, 0, a).await.0, StatusCode::OK);
+            assert_eq!(app.as_service().put_part(&id, 1, b).await.0, StatusCode::OK);
+            assert_eq!(app.as_service().put_part(&id, 0, a).await.0, StatusCode::OK);
         }
         ids.push(id);
     }
     let big = pattern(3 << 20, 3);
     // A raw part that cannot be written.
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a", "size": big.len() }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a", "size": big.len() }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap();
     expect(
         app.request(reqwest::Method::PUT, &format!("/v1/files/part/{id}/0"))
@@ -1009,7 +863,7 @@ async fn full_disk_gives_507_and_leaves_nothing() {
     .await;
     assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
     // A complete whose joined copy does not fit.
-    let (s, _) = complete(&app, &ids[1], json!({})).await;
+    let (s, _) = app.as_service().complete(&ids[1], json!({})).await;
     assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
     assert!(
         files_under(&dir.path().join("storage")).is_empty(),
@@ -1024,7 +878,10 @@ async fn full_disk_gives_507_and_leaves_nothing() {
         StatusCode::OK
     );
     // A single part becomes the file without a copy, so its complete needs no space.
-    let (s, other) = complete(&app, &ids[0], json!({ "sha256": sha_hex(&part) })).await;
+    let (s, other) = app
+        .as_service()
+        .complete(&ids[0], json!({ "sha256": sha_hex(&part) }))
+        .await;
     assert_eq!(s, StatusCode::OK, "{other}");
     // Space freed: the parts were kept, so the same complete now succeeds.
     let (s, _) = send(
@@ -1036,7 +893,10 @@ async fn full_disk_gives_507_and_leaves_nothing() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, b) = complete(&app, &ids[1], json!({ "sha256": sha_hex(&part) })).await;
+    let (s, b) = app
+        .as_service()
+        .complete(&ids[1], json!({ "sha256": sha_hex(&part) }))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let leftovers: Vec<String> = files_under(&dir.path().join(".parts"));
     assert_eq!(leftovers, vec![format!("{id}/session.json")]);
@@ -1046,14 +906,11 @@ async fn full_disk_gives_507_and_leaves_nothing() {
 async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let app = spawn_app_with(&[("REQUEST_BODY_TIMEOUT_SECS", "1")]).await;
-    let init = init_as_service(
-        &app,
-        "u",
-        json!([{ "name": "a", "size": 100 }]),
-        "single",
-        None,
-    )
-    .await;
+    let init = app
+        .as_service()
+        .acting_for("u")
+        .init(json!([{ "name": "a", "size": 100 }]), "single", None)
+        .await;
     let id = init["uploadId"].as_str().unwrap();
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -1076,7 +933,7 @@ async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
         text.contains(r#"{"detail":"Request body timeout"}"#),
         "{text}"
     );
-    let (_, status) = send(app.get(&format!("/v1/files/uploads/{id}")).as_service()).await;
+    let (_, status) = app.as_service().session(id).await;
     assert_eq!(status["receivedBytes"], 0);
     assert_eq!(
         files_under(&app.root.path().join(".parts")),
@@ -1090,7 +947,10 @@ async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
 async fn stalled_uploads_do_not_starve_other_requests() {
     use tokio::io::AsyncWriteExt as _;
     let app = spawn_app().await;
-    upload_file(&app, "u", "before.txt", None, b"x").await;
+    app.as_service()
+        .acting_for("u")
+        .upload_file("before.txt", None, b"x")
+        .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut socks = Vec::new();
     for i in 0..600 {
@@ -1110,7 +970,10 @@ async fn stalled_uploads_do_not_starve_other_requests() {
     let (s, l) = send(app.get("/v1/files/all?user_id=u").as_service()).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(l["total_count"], 1);
-    upload_file(&app, "v", "during.txt", None, b"still works").await;
+    app.as_service()
+        .acting_for("v")
+        .upload_file("during.txt", None, b"still works")
+        .await;
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "{:?}",
