@@ -51,6 +51,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 # lt A B -> success when A < B (floats)
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+# le A B -> success when A <= B (floats)
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 # verdict CONDITION-COMMAND... -> PASS or FAIL
 verdict() { if "$@"; then echo PASS; else echo FAIL; fi; }
 

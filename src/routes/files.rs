@@ -114,15 +114,15 @@ pub(crate) async fn list_files(
 ) -> ApiResult<Json<FileList>> {
     let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
     let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
-    let entries = state
+    let listing = state
         .store
         .list(&user, folder.as_ref().map(FolderPath::segments))
         .await?;
-    let total_size: u64 = entries.iter().map(|e| e.size).sum();
-    let total_count = entries.len();
+    let total_count = listing.files.len();
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(usize::MAX);
-    let files = entries
+    let files = listing
+        .files
         .iter()
         .skip(offset)
         .take(limit)
@@ -138,7 +138,7 @@ pub(crate) async fn list_files(
     Ok(Json(FileList {
         files,
         total_count,
-        total_size,
+        total_size: listing.total_size,
     }))
 }
 

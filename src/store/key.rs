@@ -390,6 +390,19 @@ impl Key {
         (self.rest.len() > 1).then(|| self.rest[..self.rest.len() - 1].join("/"))
     }
 
+    /// Orders keys as their text (`storage/{user}/...`) would be ordered, without building
+    /// it: listings sort thousands of keys whose `created_at` ties.
+    pub fn cmp_text(&self, other: &Self) -> std::cmp::Ordering {
+        fn text(k: &Key) -> impl Iterator<Item = u8> + '_ {
+            k.owner.as_str().bytes().chain(
+                k.rest
+                    .iter()
+                    .flat_map(|seg| std::iter::once(b'/').chain(seg.bytes())),
+            )
+        }
+        text(self).cmp(text(other))
+    }
+
     /// The path relative to `UPLOAD_ROOT`.
     pub fn relative_path(&self) -> std::path::PathBuf {
         let mut p = std::path::PathBuf::from("storage");
@@ -501,6 +514,32 @@ mod tests {
             assert!(n.len() <= MAX_NAME_BYTES, "{n}");
             assert!(!n.ends_with(['.', ' ']), "{n:?}");
             assert!(!n.to_ascii_lowercase().ends_with(".meta"), "{n:?}");
+        }
+    }
+
+    #[test]
+    fn keys_compare_as_their_text() {
+        let keys: Vec<Key> = [
+            "storage/u1/a/b.txt",
+            "storage/u1/a.b",
+            "storage/u1/a/b",
+            "storage/u10/x",
+            "storage/u1/ab",
+            "storage/u1/a",
+            "storage/u1/é",
+            "storage/u1/z/a",
+        ]
+        .iter()
+        .map(|k| Key::parse(k).unwrap())
+        .collect();
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(
+                    a.cmp_text(b),
+                    a.to_string().cmp(&b.to_string()),
+                    "{a} vs {b}"
+                );
+            }
         }
     }
 

@@ -12,11 +12,42 @@ use super::read::{meta_from, FileEntry, MAX_SIDECAR};
 use super::{blocking, FileStore, StoreError};
 
 /// Listing cache: a folder's files and subfolders, valid while the folder's mtime is
-/// unchanged (every publish, delete and sidecar update is a rename or unlink in it).
+/// unchanged (every publish, delete and sidecar update is a rename or unlink in it); and
+/// the sorted listings built from them, valid while every folder they walked is unchanged,
+/// so a page of a large listing costs what it returns, not a sort of the whole list.
 #[derive(Debug, Default)]
 pub(super) struct ListCache {
     dirs: Mutex<CacheMap>,
+    sorted: Mutex<SortedMap>,
 }
+
+#[derive(Debug, Default)]
+struct SortedMap {
+    listings: HashMap<(UserId, Vec<String>), SortedListing>,
+    /// Entries in all kept listings: with [`CACHE_FILES`], the memory bound.
+    files: usize,
+}
+
+/// A user's files (under one folder, or all), newest first.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The files, newest first; ties by key.
+    pub files: Arc<Vec<Arc<FileEntry>>>,
+    /// Their bytes together.
+    pub total_size: u64,
+}
+
+#[derive(Debug)]
+struct SortedListing {
+    /// The mtime of each folder walked, in walk order: the listing is valid while the same
+    /// walk finds the same mtimes (a folder added, removed or renamed changes its parent's).
+    walked: Vec<(i64, i64)>,
+    listing: Listing,
+}
+
+/// Most sorted listings kept; past it (or past [`CACHE_FILES`] entries in them) they start
+/// again.
+const CACHE_LISTINGS: usize = 1_000;
 
 #[derive(Debug, Default)]
 struct CacheMap {
@@ -109,38 +140,78 @@ const CACHE_DIRS: usize = 100_000;
 const CACHE_FILES: usize = 200_000;
 
 impl FileStore {
-    /// Every file of `user`, newest first; with `folder`, only that folder and its
-    /// subfolders.
+    /// Every file of `user`, newest first (ties by key); with `folder`, only that folder and
+    /// its subfolders.
     pub async fn list(
         &self,
         user: &UserId,
         folder: Option<&[String]>,
-    ) -> Result<Vec<Arc<FileEntry>>, StoreError> {
+    ) -> Result<Listing, StoreError> {
         let this = self.clone();
         let user = user.clone();
         let folder: Vec<String> = folder.map(<[String]>::to_vec).unwrap_or_default();
-        blocking(move || {
-            let mut out = Vec::new();
-            let mut stack: Vec<Vec<String>> = vec![folder];
-            while let Some(rel) = stack.pop() {
-                let Some(cached) = this.read_dir_cached(&user, &rel)? else {
-                    continue;
-                };
-                out.extend(cached.files.iter().cloned());
-                for sub in cached.subdirs.iter() {
-                    let mut r = rel.clone();
-                    r.push(sub.clone());
-                    stack.push(r);
+        blocking(move || this.list_blocking(user, folder)).await
+    }
+
+    fn list_blocking(&self, user: UserId, folder: Vec<String>) -> Result<Listing, StoreError> {
+        let mut dirs = Vec::new();
+        let mut walked = Vec::new();
+        let mut all_settled = true;
+        let mut stack: Vec<Vec<String>> = vec![folder.clone()];
+        while let Some(rel) = stack.pop() {
+            let Some((cached, settled)) = self.read_dir_cached(&user, &rel)? else {
+                continue;
+            };
+            all_settled &= settled;
+            walked.push(cached.mtime);
+            for sub in cached.subdirs.iter() {
+                let mut r = rel.clone();
+                r.push(sub.clone());
+                stack.push(r);
+            }
+            dirs.push(cached);
+        }
+        let id = (user, folder);
+        if let Ok(sorted) = self.list_cache.sorted.lock() {
+            if let Some(hit) = sorted.listings.get(&id).filter(|s| s.walked == walked) {
+                return Ok(hit.listing.clone());
+            }
+        }
+        let mut files: Vec<Arc<FileEntry>> =
+            Vec::with_capacity(dirs.iter().map(|d| d.files.len()).sum());
+        for d in &dirs {
+            files.extend(d.files.iter().cloned());
+        }
+        files.sort_unstable_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.key.cmp_text(&b.key))
+        });
+        let listing = Listing {
+            total_size: files.iter().map(|e| e.size).sum(),
+            files: Arc::new(files),
+        };
+        if all_settled {
+            if let Ok(mut sorted) = self.list_cache.sorted.lock() {
+                let n = listing.files.len();
+                if sorted.listings.len() >= CACHE_LISTINGS || sorted.files + n > CACHE_FILES {
+                    sorted.listings.clear();
+                    sorted.files = 0;
+                }
+                sorted.files += n;
+                let old = sorted.listings.insert(
+                    id,
+                    SortedListing {
+                        walked,
+                        listing: listing.clone(),
+                    },
+                );
+                if let Some(old) = old {
+                    sorted.files = sorted.files.saturating_sub(old.listing.files.len());
                 }
             }
-            out.sort_by(|a, b| {
-                b.created_at
-                    .cmp(&a.created_at)
-                    .then_with(|| a.key.to_string().cmp(&b.key.to_string()))
-            });
-            Ok(out)
-        })
-        .await
+        }
+        Ok(listing)
     }
 
     /// Fills the listing cache from disk, user by user, until it holds about half of what it
@@ -163,7 +234,7 @@ impl FileStore {
             };
             let mut stack: Vec<Vec<String>> = vec![Vec::new()];
             while let Some(rel) = stack.pop() {
-                let Ok(Some(dir)) = self.read_dir_cached(&user, &rel) else {
+                let Ok(Some((dir, _))) = self.read_dir_cached(&user, &rel) else {
                     continue;
                 };
                 files += dir.files.len();
@@ -177,12 +248,13 @@ impl FileStore {
         files
     }
 
-    /// One folder's files and subfolders, from the cache while the folder is unchanged.
+    /// One folder's files and subfolders, from the cache while the folder is unchanged, and
+    /// whether its mtime is old enough to be trusted ([`RACY`]).
     fn read_dir_cached(
         &self,
         user: &UserId,
         rel: &[String],
-    ) -> Result<Option<CachedDir>, StoreError> {
+    ) -> Result<Option<(CachedDir, bool)>, StoreError> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         let mut path = PathBuf::from("storage");
         path.push(user.as_str());
@@ -219,7 +291,7 @@ impl FileStore {
         if let Ok(cache) = self.list_cache.dirs.lock() {
             if let Some(c) = cache.dirs.get(&path) {
                 if c.mtime == mtime {
-                    return Ok(Some(c.clone()));
+                    return Ok(Some((c.clone(), true)));
                 }
             }
         }
@@ -282,18 +354,102 @@ impl FileStore {
             subdirs: Arc::new(subdirs),
         };
         if !settled {
-            return Ok(Some(cached));
+            return Ok(Some((cached, false)));
         }
         if let Ok(mut cache) = self.list_cache.dirs.lock() {
             if cache.dirs.len() >= CACHE_DIRS || cache.files + cached.files.len() > CACHE_FILES {
                 cache.dirs.clear();
                 cache.files = 0;
+                // The sorted listings hold the same entries: they go too, so memory stays
+                // bounded by the file count.
+                if let Ok(mut sorted) = self.list_cache.sorted.lock() {
+                    sorted.listings.clear();
+                    sorted.files = 0;
+                }
             }
             cache.files += cached.files.len();
             if let Some(old) = cache.dirs.insert(path, cached.clone()) {
                 cache.files = cache.files.saturating_sub(old.files.len());
             }
         }
-        Ok(Some(cached))
+        Ok(Some((cached, true)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::path::Path;
+
+    /// Sets a folder's mtime `secs_ago` seconds back: older than [`RACY`], so it is cached.
+    fn age(dir: &Path, secs_ago: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = rustix::fs::Timespec {
+            tv_sec: now - secs_ago,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            dir,
+            &times,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sorted_listing_is_kept_while_its_folders_are_unchanged() {
+        let root = tempfile::tempdir().unwrap();
+        let store = FileStore::open(
+            root.path(),
+            1 << 30,
+            Duration::from_secs(3600),
+            1 << 30,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let top = root.path().join("storage/u1");
+        let sub = top.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        // Sidecars that share one created_at: the order falls to the keys.
+        let put = |dir: &Path, name: &str| {
+            std::fs::write(dir.join(name), b"x").unwrap();
+            std::fs::write(
+                dir.join(format!("{name}.meta")),
+                br#"{"original_name":"x","created_at":"2025-01-01T00:00:00Z"}"#,
+            )
+            .unwrap();
+        };
+        put(&top, "b");
+        put(&sub, "a");
+        age(&sub, 3600);
+        age(&top, 3600);
+        let keys = |l: &Listing| -> Vec<String> { l.files.iter().map(|e| e.key.to_string()).collect() };
+        let first = store.list(&user, None).await.unwrap();
+        assert_eq!(keys(&first), ["storage/u1/b", "storage/u1/sub/a"]);
+        let again = store.list(&user, None).await.unwrap();
+        assert!(Arc::ptr_eq(&first.files, &again.files), "kept, not sorted again");
+
+        // A file added in a subfolder changes only that folder's mtime: seen at once.
+        put(&sub, "0");
+        age(&sub, 1800);
+        let after = store.list(&user, None).await.unwrap();
+        assert_eq!(
+            keys(&after),
+            ["storage/u1/b", "storage/u1/sub/0", "storage/u1/sub/a"]
+        );
+        assert_eq!(after.total_size, 3);
+        // A listing of one folder is kept apart from the whole one.
+        let only_sub = store.list(&user, Some(&["sub".to_owned()])).await.unwrap();
+        assert_eq!(keys(&only_sub), ["storage/u1/sub/0", "storage/u1/sub/a"]);
     }
 }
