@@ -1,8 +1,6 @@
 //! Prometheus metrics (API.md §5): one registry per app (no process-wide recorder), fed by
 //! the access-log middleware, plus what lives on disk, read when `/metrics` is scraped.
 
-use std::path::Path;
-
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -161,11 +159,10 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Everything in the text format, with the disk gauges set from `root` first
-    /// (blocking: call it off the async threads).
-    pub fn render(&self, root: &Path, free_bytes: Option<u64>) -> anyhow::Result<String> {
+    /// Everything in the text format, with the disk gauges set first (from the store).
+    pub fn render(&self, sessions_on_disk: u64, free_bytes: Option<u64>) -> anyhow::Result<String> {
         self.upload_sessions
-            .set(i64::try_from(sessions_on_disk(root)).unwrap_or(i64::MAX));
+            .set(i64::try_from(sessions_on_disk).unwrap_or(i64::MAX));
         self.disk_free
             .set(free_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
         let mut out = Vec::new();
@@ -184,22 +181,6 @@ fn method_label(method: &str) -> &str {
         .find(|m| **m == method)
         .copied()
         .unwrap_or("OTHER")
-}
-
-/// Folders in `root/.parts` named by a session id (a UUID); staging and claimed folders
-/// have other names and are not sessions.
-pub fn sessions_on_disk(root: &Path) -> u64 {
-    let Ok(dir) = std::fs::read_dir(root.join(".parts")) else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| uuid::Uuid::try_parse(n).is_ok())
-        })
-        .count() as u64
 }
 
 #[cfg(test)]
@@ -240,7 +221,7 @@ mod tests {
         for method in ["GET", "BREW", "X-ANY", "get"] {
             m.observe_request(method, UNMATCHED, 405, 0.001);
         }
-        let text = m.render(Path::new("/nonexistent"), None).unwrap();
+        let text = m.render(0, None).unwrap();
         assert!(
             text.contains(r#"http_requests_total{method="GET",route="unmatched",status="405"} 1"#),
             "{text}"
@@ -251,19 +232,5 @@ mod tests {
             ),
             "{text}"
         );
-    }
-
-    #[test]
-    fn sessions_are_uuid_folders() {
-        let root = tempfile::tempdir().unwrap();
-        let parts = root.path().join(".parts");
-        std::fs::create_dir_all(parts.join("0b6d4b39-6a34-4d1c-9f77-1b0c9a3e2f10")).unwrap();
-        std::fs::create_dir_all(parts.join("1c7e5c4a-7b45-4e2d-8a88-2c1d0b4f3a21")).unwrap();
-        std::fs::create_dir_all(parts.join(".staging")).unwrap();
-        std::fs::create_dir_all(parts.join("0b6d4b39-6a34-4d1c-9f77-1b0c9a3e2f10.claimed"))
-            .unwrap();
-        std::fs::write(parts.join("2d8f6d5b-8c56-4f3e-9b99-3d2e1c5a4b32"), b"").unwrap();
-        assert_eq!(sessions_on_disk(root.path()), 2);
-        assert_eq!(sessions_on_disk(&root.path().join("missing")), 0);
     }
 }

@@ -1,9 +1,6 @@
 //! Builds the application from settings: state, routes and layers. `main.rs` and the tests
 //! both call [`app`], so the tests exercise exactly what runs in production.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -19,6 +16,7 @@ use crate::config::{CorsOrigins, Secret, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
+use crate::store::signing_key::KeyOrigin;
 use crate::store::FileStore;
 
 /// The whole service as a `Router`, ready to serve.
@@ -27,19 +25,38 @@ pub async fn app(settings: Settings) -> anyhow::Result<Router> {
     Ok(router(state))
 }
 
-/// Creates the root's folders, loads or makes the signing key, and builds the checks.
+/// Opens the store (which creates the root's folders), loads or makes the signing key, and
+/// builds the checks.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let root = settings.upload_root.clone();
-    for dir in [root.join("storage"), root.join(".parts")] {
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .with_context(|| format!("UPLOAD_ROOT: cannot create {}", dir.display()))?;
-    }
+    let store = FileStore::open(
+        &root,
+        settings.quota_bytes,
+        settings.upload_session_ttl,
+        settings.max_body_bytes,
+        settings.sidecar_cache,
+    )
+    .with_context(|| format!("UPLOAD_ROOT: cannot prepare {}", root.display()))?;
     let signing_key = match &settings.signing_key {
         Some(k) => k.clone(),
         None => {
-            let root = root.clone();
-            tokio::task::spawn_blocking(move || load_or_create_signing_key(&root)).await??
+            let kept = store.clone();
+            let (key, origin) =
+                tokio::task::spawn_blocking(move || kept.load_or_create_signing_key())
+                    .await?
+                    .with_context(|| {
+                        format!(
+                            "UPLOAD_ROOT: cannot keep a signing key in {}",
+                            root.display()
+                        )
+                    })?;
+            if origin == KeyOrigin::Made {
+                tracing::warn!(
+                    path = %root.join(".signing_key").display(),
+                    "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
+                );
+            }
+            Secret::new(key)
         }
     };
     let auth = Authenticator::new(
@@ -58,14 +75,6 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         },
         None => None,
     };
-    let store = FileStore::open(
-        &root,
-        settings.quota_bytes,
-        settings.upload_session_ttl,
-        settings.max_body_bytes,
-        settings.sidecar_cache,
-    )
-    .with_context(|| format!("UPLOAD_ROOT: cannot prepare {}", root.display()))?;
     // Recover what a crash left (claimed sessions, half uploads) and recount the quotas
     // before serving, so the first requests see the truth.
     if let Err(e) = store.sweep(true).await {
@@ -124,52 +133,6 @@ fn spawn_sweeper(store: FileStore, ttl: std::time::Duration) {
             }
         }
     });
-}
-
-/// The signing key kept in `UPLOAD_ROOT/.signing_key`, made once (mode 0600) when absent.
-/// Instances sharing the root agree on it: the file appears whole, by a hard link that
-/// fails if another instance made it first.
-fn load_or_create_signing_key(root: &Path) -> anyhow::Result<Secret<Vec<u8>>> {
-    let path = root.join(".signing_key");
-    let read = |p: &Path| -> anyhow::Result<Secret<Vec<u8>>> {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let key = text.trim();
-        anyhow::ensure!(!key.is_empty(), "{} is empty", p.display());
-        Ok(Secret::new(key.as_bytes().to_vec()))
-    };
-    if path.exists() {
-        return read(&path);
-    }
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let tmp = root.join(format!(
-        ".signing_key.{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(hex::encode(raw).as_bytes())?;
-        f.sync_all()?;
-    }
-    let linked = std::fs::hard_link(&tmp, &path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            tracing::warn!(
-                path = %path.display(),
-                "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
-            );
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
-    }
-    read(&path)
 }
 
 /// Mounts the routes and the layers on a built state.

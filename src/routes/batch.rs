@@ -21,7 +21,6 @@ use crate::state::AppState;
 use crate::store::batch::BatchToken;
 use crate::store::key::Key;
 use crate::store::read::FileEntry;
-use crate::store::FileStore;
 use crate::zip_stream::{self, Layout, ZipFile};
 
 /// The batch routes.
@@ -91,7 +90,7 @@ async fn create_batch(
             .await
             .map_err(|_| ApiError::NotFound(format!("File not found: {raw}")))?;
         // Record a missing CRC now, so the download can lay out its archive at once.
-        ensure_crc(&state.store, &entry).await?;
+        state.store.ensure_crc(&entry).await?;
     }
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(state.settings.batch_token_ttl)
@@ -116,40 +115,6 @@ async fn create_batch(
         expires_in: state.settings.batch_token_ttl.as_secs(),
         files: req.keys.len(),
     }))
-}
-
-/// The CRC-32 of an entry: from its sidecar, else computed and recorded there.
-async fn ensure_crc(store: &FileStore, entry: &FileEntry) -> ApiResult<u32> {
-    if let (Some(crc), true) = (
-        entry.meta.crc32,
-        entry.meta.size.is_none_or(|s| s == entry.size),
-    ) {
-        return Ok(crc);
-    }
-    let open = store.data_opener(&entry.key);
-    let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
-        use std::io::Read as _;
-        let mut f = open()?;
-        let mut h = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(h.finalize());
-            }
-            h.update(&buf[..n]);
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .map_err(|e| ApiError::Internal(e.into()))?;
-    let mut meta = entry.meta.clone();
-    meta.crc32 = Some(crc);
-    meta.size = Some(entry.size);
-    if let Err(e) = store.update_meta(&entry.key, meta).await {
-        tracing::warn!(key = %entry.key, error = %e, "cannot record a CRC-32 in the sidecar");
-    }
-    Ok(crc)
 }
 
 fn archive_name(entries: &[FileEntry]) -> String {
@@ -220,7 +185,7 @@ async fn download_batch(
     let mut files = Vec::with_capacity(entries.len());
     let mut tag = Sha256::new();
     for (e, name) in entries.iter().zip(names) {
-        let crc32 = ensure_crc(&state.store, e).await?;
+        let crc32 = state.store.ensure_crc(e).await?;
         let modified = e.modified;
         tag.update(format!("{name}\0{}\0{crc32}\0{:?}\0", e.size, modified).as_bytes());
         files.push(ZipFile {

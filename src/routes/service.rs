@@ -1,6 +1,5 @@
 //! Service endpoints: `/`, health, the JWKS document and token minting (API.md §5).
 
-use std::path::Path;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::ServiceCaller;
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
 use crate::state::AppState;
+use crate::store::health::{DiskHealth, Probe};
 use crate::store::key::UserId;
 
 use super::Routes;
@@ -75,11 +75,10 @@ pub struct Health {
         (status = 503, description = "The data root is not writable", body = Health),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
-    let root = state.settings.upload_root.clone();
-    let (probe, free) =
-        tokio::task::spawn_blocking(move || (probe_writable(&root), free_bytes(&root)))
-            .await
-            .unwrap_or((Probe::Refused, None));
+    let DiskHealth {
+        probe,
+        free_bytes: free,
+    } = state.store.disk_health().await;
     // An unreadable root reports 0 free (and is unhealthy anyway).
     let free_gb = (free.unwrap_or(0) as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
     let (status, word) = match probe {
@@ -103,38 +102,6 @@ async fn health(State(state): State<AppState>) -> Response {
     ))]
 async fn files_health(state: State<AppState>) -> Response {
     health(state).await
-}
-
-/// What writing a probe file in the root gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    /// Written and removed.
-    Written,
-    /// The root takes writes, but the disk (or the filesystem quota) is full.
-    Full,
-    /// The root refuses writes: missing, not a folder, permissions, read-only mount.
-    Refused,
-}
-
-/// Creates, writes and removes a small file in the root: the only honest writability test
-/// (permission bits say nothing to root, nor about a read-only mount or a full disk).
-fn probe_writable(root: &Path) -> Probe {
-    use std::io::Write as _;
-    const ENOSPC: i32 = 28;
-    const EDQUOT: i32 = 122;
-    let probe = root.join(format!(".healthz-{}", uuid::Uuid::new_v4().simple()));
-    let written = std::fs::File::create_new(&probe).and_then(|mut f| f.write_all(b"ok"));
-    let _ = std::fs::remove_file(&probe);
-    match written {
-        Ok(()) => Probe::Written,
-        Err(e) if matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) => Probe::Full,
-        Err(_) => Probe::Refused,
-    }
-}
-
-fn free_bytes(root: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(root).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A JSON Web Key Set, as published at `/.well-known/jwks.json`.
@@ -254,10 +221,9 @@ async fn generate_token(
     ))]
 async fn metrics(State(state): State<AppState>, _service: ServiceCaller) -> ApiResult<Response> {
     let metrics = state.metrics.clone();
-    let root = state.settings.upload_root.clone();
+    let store = state.store.clone();
     let text = tokio::task::spawn_blocking(move || {
-        let free = free_bytes(&root);
-        metrics.render(&root, free)
+        metrics.render(store.sessions_on_disk(), store.free_bytes())
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;

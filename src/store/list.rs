@@ -396,13 +396,7 @@ mod tests {
             last_access: t,
             last_modification: t,
         };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            dir,
-            &times,
-            rustix::fs::AtFlags::empty(),
-        )
-        .unwrap();
+        rustix::fs::utimensat(rustix::fs::CWD, dir, &times, rustix::fs::AtFlags::empty()).unwrap();
     }
 
     #[tokio::test]
@@ -433,11 +427,15 @@ mod tests {
         put(&sub, "a");
         age(&sub, 3600);
         age(&top, 3600);
-        let keys = |l: &Listing| -> Vec<String> { l.files.iter().map(|e| e.key.to_string()).collect() };
+        let keys =
+            |l: &Listing| -> Vec<String> { l.files.iter().map(|e| e.key.to_string()).collect() };
         let first = store.list(&user, None).await.unwrap();
         assert_eq!(keys(&first), ["storage/u1/b", "storage/u1/sub/a"]);
         let again = store.list(&user, None).await.unwrap();
-        assert!(Arc::ptr_eq(&first.files, &again.files), "kept, not sorted again");
+        assert!(
+            Arc::ptr_eq(&first.files, &again.files),
+            "kept, not sorted again"
+        );
 
         // A file added in a subfolder changes only that folder's mtime: seen at once.
         put(&sub, "0");

@@ -8,11 +8,15 @@
 //!
 //! One module per concern: names (`key`), sessions begun and ended (`lifecycle`) and their
 //! records on disk (`sessions`), `parts`, `complete`, `publish`, `one_request`, reading
-//! (`read`, `pagecache`), `list`, changes after publish (`modify`), `quota`, `staging`,
-//! `batch` tokens, crash recovery and sweeps (`recover`), and the `lock`s that order them.
+//! (`read`, `pagecache`), `list`, changes after publish (`modify`), CRC-32s recorded late
+//! (`crc`), `quota`, `staging`, `batch` tokens, crash recovery and sweeps (`recover`), the
+//! `lock`s that order them, the root's `signing_key` and what the health check asks of the
+//! disk (`health`).
 
 pub mod batch;
 mod complete;
+mod crc;
+pub mod health;
 pub mod key;
 mod lifecycle;
 mod list;
@@ -27,6 +31,7 @@ pub mod read;
 mod recover;
 pub mod sessions;
 pub mod sidecar;
+pub mod signing_key;
 pub mod sink;
 pub mod staging;
 
