@@ -85,19 +85,11 @@ impl FileStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn sessions_are_uuid_folders_and_the_probe_writes() {
         let root = tempfile::tempdir().unwrap();
-        let store = FileStore::open(
-            root.path(),
-            1 << 30,
-            Duration::from_secs(3600),
-            1 << 30,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let store = FileStore::for_tests(root.path());
         let parts = root.path().join(".parts");
         std::fs::create_dir_all(parts.join("0b6d4b39-6a34-4d1c-9f77-1b0c9a3e2f10")).unwrap();
         std::fs::create_dir_all(parts.join("1c7e5c4a-7b45-4e2d-8a88-2c1d0b4f3a21")).unwrap();

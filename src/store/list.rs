@@ -402,14 +402,7 @@ mod tests {
     #[tokio::test]
     async fn a_sorted_listing_is_kept_while_its_folders_are_unchanged() {
         let root = tempfile::tempdir().unwrap();
-        let store = FileStore::open(
-            root.path(),
-            1 << 30,
-            Duration::from_secs(3600),
-            1 << 30,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let store = FileStore::for_tests(root.path());
         let user = UserId::parse("u1").unwrap();
         let top = root.path().join("storage/u1");
         let sub = top.join("sub");

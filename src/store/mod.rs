@@ -216,6 +216,21 @@ impl FileStore {
         })
     }
 
+    /// A store over `root` for unit tests: 1 GiB quota and files, sessions of an hour,
+    /// sidecars cached 10 s.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests(root: &Path) -> Self {
+        Self::open(
+            root,
+            1 << 30,
+            Duration::from_secs(3600),
+            1 << 30,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
     /// `UPLOAD_ROOT`.
     pub fn root(&self) -> &Path {
         &self.root

@@ -84,14 +84,7 @@ mod tests {
     use crate::store::key::Key;
 
     fn store(root: &Path) -> FileStore {
-        FileStore::open(
-            root,
-            1 << 30,
-            std::time::Duration::from_secs(3600),
-            1 << 30,
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap()
+        FileStore::for_tests(root)
     }
 
     #[tokio::test]
