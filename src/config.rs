@@ -135,6 +135,12 @@ pub struct Settings {
     /// `KEEPALIVE_TIMEOUT_SECS`: longest idle time of a kept-alive connection between a
     /// response and the first byte of the next request.
     pub keepalive_timeout: Duration,
+    /// `RESPONSE_STALL_TIMEOUT_SECS`: longest time a response may wait for the client to take
+    /// a byte before its connection is closed.
+    pub response_stall_timeout: Duration,
+    /// `MAX_CONNECTIONS`: most connections open at once; `None` lets the server derive it
+    /// from the descriptor limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Every variable the service reads.
@@ -167,6 +173,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "REQUEST_BODY_RATE_WINDOW_SECS",
     "REQUEST_HEADER_TIMEOUT_SECS",
     "KEEPALIVE_TIMEOUT_SECS",
+    "RESPONSE_STALL_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -200,6 +208,8 @@ struct Raw {
     request_body_rate_window_secs: Option<String>,
     request_header_timeout_secs: Option<String>,
     keepalive_timeout_secs: Option<String>,
+    response_stall_timeout_secs: Option<String>,
+    max_connections: Option<String>,
 }
 
 impl Settings {
@@ -441,6 +451,23 @@ impl Settings {
             raw.keepalive_timeout_secs.as_deref(),
             75,
         )?;
+        let stall_timeout = positive_secs(
+            "RESPONSE_STALL_TIMEOUT_SECS",
+            raw.response_stall_timeout_secs.as_deref(),
+            60,
+        )?;
+        let max_connections = match raw.max_connections.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    return Err(ConfigError::new(
+                        "MAX_CONNECTIONS",
+                        format!("'{v}' is not a whole number between 1 and 1000000"),
+                    ))
+                }
+            },
+        };
         Ok(Self {
             bind_host,
             port,
@@ -462,6 +489,8 @@ impl Settings {
             request_body_rate_window: Duration::from_secs(rate_window),
             request_header_timeout: Duration::from_secs(header_timeout),
             keepalive_timeout: Duration::from_secs(keepalive_timeout),
+            response_stall_timeout: Duration::from_secs(stall_timeout),
+            max_connections,
         })
     }
 
@@ -644,6 +673,8 @@ mod tests {
         assert_eq!(s.request_body_rate_window, Duration::from_secs(30));
         assert_eq!(s.request_header_timeout, Duration::from_secs(30));
         assert_eq!(s.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(s.response_stall_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_connections, None);
     }
 
     #[test]
@@ -652,8 +683,12 @@ mod tests {
             ("REQUEST_BODY_MIN_RATE", "0"),
             ("REQUEST_HEADER_TIMEOUT_SECS", "5"),
             ("KEEPALIVE_TIMEOUT_SECS", "90"),
+            ("RESPONSE_STALL_TIMEOUT_SECS", "7"),
+            ("MAX_CONNECTIONS", "500"),
         ])
         .unwrap();
+        assert_eq!(s.response_stall_timeout, Duration::from_secs(7));
+        assert_eq!(s.max_connections, Some(500));
         assert_eq!(s.request_body_min_rate, 0);
         assert_eq!(s.request_header_timeout, Duration::from_secs(5));
         assert_eq!(s.keepalive_timeout, Duration::from_secs(90));
@@ -661,6 +696,8 @@ mod tests {
             "REQUEST_BODY_RATE_WINDOW_SECS",
             "REQUEST_HEADER_TIMEOUT_SECS",
             "KEEPALIVE_TIMEOUT_SECS",
+            "RESPONSE_STALL_TIMEOUT_SECS",
+            "MAX_CONNECTIONS",
         ] {
             assert_eq!(settings(&[(var, "0")]).unwrap_err().var, var);
             assert_eq!(settings(&[(var, "1e3")]).unwrap_err().var, var);

@@ -85,14 +85,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let addr = settings.listen_addr()?;
-    let timeouts = upload_server::server::ConnTimeouts::from_settings(&settings);
+    let limits = upload_server::server::ConnLimits::from_settings(&settings);
     let app = upload_server::startup::app(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = upload_server::server::serve(listener, app, timeouts, async move {
+    let server = upload_server::server::serve(listener, app, limits, async move {
         stop_signal().await;
         tracing::info!("stop signal: draining requests in flight");
         let _ = stop_tx.send(());

@@ -17,4 +17,5 @@ mod parts;
 mod reading;
 mod shutdown;
 mod slow;
+mod stalled;
 mod upload;
