@@ -48,11 +48,12 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
 /// hyper's write buffer (and request-head buffer) limit. hyper takes a next body frame while
-/// it holds less than this, so a stalled connection holds about one frame (256 KiB at most,
-/// [`crate::routes`]' chunks) plus this; its default (~400 KiB) let it take two. The kernel's
-/// socket buffer does the real batching. As the head limit it is still four times the old
-/// service's (h11 refuses heads over 16 KiB).
-const WRITE_BUF_MAX: usize = 64 * 1024;
+/// it holds less than this, so a connection whose client stopped reading holds about one
+/// frame (a 256 KiB chunk of a cached file or a ZIP; 1 MiB read from the disk); its default
+/// (~400 KiB) let it take two. 64 KiB held no less in that case but cost 5–20 % more CPU per
+/// byte sent (bench/RESULTS.md, `stalled_readers`). As the head limit it is still eight times
+/// the old service's (h11 refuses heads over 16 KiB).
+const WRITE_BUF_MAX: usize = 128 * 1024;
 
 /// Descriptors kept back from the connection cap for the rest of the process (listener,
 /// store, logs, blocking reads).
