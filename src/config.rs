@@ -145,6 +145,12 @@ pub struct Settings {
     /// `SIDECAR_CACHE_SECS`: how long a sidecar read for a download is trusted without
     /// reading it again (a sidecar edited by hand is served within this time); 0 = no cache.
     pub sidecar_cache: Duration,
+    /// `RESPONSE_STALL_TIMEOUT_SECS`: longest time a response may wait for the client to take
+    /// a byte before its connection is closed.
+    pub response_stall_timeout: Duration,
+    /// `MAX_CONNECTIONS`: most connections open at once; `None` lets the server derive it
+    /// from the descriptor limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Every variable the service reads.
@@ -179,6 +185,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "KEEPALIVE_TIMEOUT_SECS",
     "TRUSTED_PROXIES",
     "SIDECAR_CACHE_SECS",
+    "RESPONSE_STALL_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -214,6 +222,8 @@ struct Raw {
     keepalive_timeout_secs: Option<String>,
     trusted_proxies: Option<String>,
     sidecar_cache_secs: Option<String>,
+    response_stall_timeout_secs: Option<String>,
+    max_connections: Option<String>,
 }
 
 impl Settings {
@@ -471,6 +481,23 @@ impl Settings {
             &cors_origins,
             raw.trusted_proxies.as_deref(),
         )?;
+        let stall_timeout = positive_secs(
+            "RESPONSE_STALL_TIMEOUT_SECS",
+            raw.response_stall_timeout_secs.as_deref(),
+            60,
+        )?;
+        let max_connections = match raw.max_connections.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    return Err(ConfigError::new(
+                        "MAX_CONNECTIONS",
+                        format!("'{v}' is not a whole number between 1 and 1000000"),
+                    ))
+                }
+            },
+        };
         Ok(Self {
             bind_host,
             port,
@@ -495,6 +522,8 @@ impl Settings {
             trusted_origins,
             trusted_proxies,
             sidecar_cache: Duration::from_secs(sidecar_cache),
+            response_stall_timeout: Duration::from_secs(stall_timeout),
+            max_connections,
         })
     }
 
@@ -716,6 +745,8 @@ mod tests {
             let e = settings(&[("SIDECAR_CACHE_SECS", bad)]).unwrap_err();
             assert_eq!(e.var, "SIDECAR_CACHE_SECS", "{bad}");
         }
+        assert_eq!(s.response_stall_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_connections, None);
     }
 
     #[test]
@@ -724,8 +755,12 @@ mod tests {
             ("REQUEST_BODY_MIN_RATE", "0"),
             ("REQUEST_HEADER_TIMEOUT_SECS", "5"),
             ("KEEPALIVE_TIMEOUT_SECS", "90"),
+            ("RESPONSE_STALL_TIMEOUT_SECS", "7"),
+            ("MAX_CONNECTIONS", "500"),
         ])
         .unwrap();
+        assert_eq!(s.response_stall_timeout, Duration::from_secs(7));
+        assert_eq!(s.max_connections, Some(500));
         assert_eq!(s.request_body_min_rate, 0);
         assert_eq!(s.request_header_timeout, Duration::from_secs(5));
         assert_eq!(s.keepalive_timeout, Duration::from_secs(90));
@@ -733,6 +768,8 @@ mod tests {
             "REQUEST_BODY_RATE_WINDOW_SECS",
             "REQUEST_HEADER_TIMEOUT_SECS",
             "KEEPALIVE_TIMEOUT_SECS",
+            "RESPONSE_STALL_TIMEOUT_SECS",
+            "MAX_CONNECTIONS",
         ] {
             assert_eq!(settings(&[(var, "0")]).unwrap_err().var, var);
             assert_eq!(settings(&[(var, "1e3")]).unwrap_err().var, var);

@@ -85,18 +85,22 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let addr = settings.listen_addr()?;
-    let timeouts = upload_server::server::ConnTimeouts::from_settings(&settings);
+    let limits = upload_server::server::ConnLimits::from_settings(&settings);
     let app = upload_server::startup::app(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(addr = %bound, "listening");
+    tracing::info!(
+        addr = %bound,
+        max_connections = limits.max_connections,
+        "listening"
+    );
     // One plain line whatever RUST_LOG and LOG_FORMAT say, for whoever started the server
     // with PORT=0 (the tests) to learn the port taken.
     eprintln!("upload-server: listening on {bound}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = upload_server::server::serve(listener, app, timeouts, async move {
+    let server = upload_server::server::serve(listener, app, limits, async move {
         stop_signal().await;
         tracing::info!("stop signal: draining requests in flight");
         let _ = stop_tx.send(());

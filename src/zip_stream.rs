@@ -349,6 +349,9 @@ async fn send_file(
     let mut done = 0;
     while done < len {
         let want = usize::try_from(len - done).map_or(CHUNK, |l| l.min(CHUNK));
+        // Room first, then the read: a client that stops reading leaves this task waiting
+        // with no chunk in hand (only the channel and hyper hold bytes).
+        let room = reserve(tx).await?;
         let buf = read_chunk(file, offset + done, want).await?;
         if buf.is_empty() {
             return Err(std::io::Error::other(format!(
@@ -356,7 +359,7 @@ async fn send_file(
             )));
         }
         done += buf.len() as u64;
-        send(tx, buf).await?;
+        room.send(Ok(buf));
     }
     Ok(())
 }
@@ -365,9 +368,18 @@ async fn send_file(
 const CHUNK: usize = 256 * 1024;
 
 async fn send(tx: &mpsc::Sender<std::io::Result<Bytes>>, b: Bytes) -> std::io::Result<()> {
-    tx.send(Ok(b))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    tx.send(Ok(b)).await.map_err(|_| client_gone())
+}
+
+/// A place in the channel, waited for before the bytes that go in it are made.
+async fn reserve(
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<mpsc::Permit<'_, std::io::Result<Bytes>>> {
+    tx.reserve().await.map_err(|_| client_gone())
+}
+
+fn client_gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
 }
 
 /// Streams a compressed archive of `files` into `tx` (entries marked `deflate` are
@@ -400,6 +412,7 @@ pub async fn write_compressed(
         let mut compressed = 0u64;
         let mut total = 0u64;
         loop {
+            let room = reserve(tx).await?;
             let buf = read_chunk(&file, total, CHUNK).await?;
             if buf.is_empty() {
                 break;
@@ -419,7 +432,7 @@ pub async fn write_compressed(
             enc = Some(e);
             if !out.is_empty() {
                 compressed += out.len() as u64;
-                send(tx, Bytes::from(out)).await?;
+                room.send(Ok(Bytes::from(out)));
             }
         }
         let e = enc

@@ -213,7 +213,10 @@ async fn download_batch(
         HeaderValue::from_static("nosniff"),
     );
     let is_head = req.method() == Method::HEAD;
-    let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    // One chunk queued: with the one hyper is writing, the socket buffer and the next read
+    // underway, that keeps the pipe full, and a client that stops reading holds two chunks
+    // (eight were queued before: ~2.4 MB a stalled download, issue 16).
+    let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(1);
     tracing::info!(target: "activity", event = "batch_download", files = files.len(), compress = batch.compress);
 
     if batch.compress {

@@ -176,13 +176,13 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let settings = upload_server::config::Settings::from_sources(HashMap::new(), env).unwrap();
-    // Served as `main.rs` serves it: same connection handling and timeouts.
-    let timeouts = upload_server::server::ConnTimeouts::from_settings(&settings);
+    // Served as `main.rs` serves it: same connection handling and timeouts and cap.
+    let limits = upload_server::server::ConnLimits::from_settings(&settings);
     let app = upload_server::startup::app(settings).await.unwrap();
     tokio::spawn(upload_server::server::serve(
         listener,
         app,
-        timeouts,
+        limits,
         std::future::pending(),
     ));
     TestApp {

@@ -20,4 +20,5 @@ mod reading;
 mod security;
 mod shutdown;
 mod slow;
+mod stalled;
 mod upload;
