@@ -41,7 +41,7 @@ impl RouteKind {
         let method = if head { "GET" } else { method };
         let kind = crate::routes::counted()
             .iter()
-            .find(|s| s.method == method && s.path == route)
+            .find(|s| s.path == route && s.method == method)
             .map_or(Self::Other, |s| s.kind);
         if head && kind == Self::BatchDownload {
             Self::Download

@@ -1,5 +1,5 @@
 //! The router, and the one registry of routes. Each route module lists its routes as a
-//! [`Routes`] table, one [`route!`] line per path naming its handler; the handler's
+//! [`Routes`] table, one `route!` line per path naming its handler; the handler's
 //! `#[utoipa::path]` says the path, the methods and the operation. From that one list come
 //! the router, the OpenAPI document's paths and schemas ([`Routes::document`]) and the
 //! routes the metrics count apart ([`counted`]): adding a route is one line plus its
@@ -87,7 +87,7 @@ pub struct Served {
 }
 
 /// One documented path: its handlers, their operations and schemas, and how it is served.
-/// Made by [`route!`].
+/// Made by `route!`.
 pub struct Route {
     schemas: Vec<(String, RefOr<Schema>)>,
     paths: Paths,
@@ -251,5 +251,40 @@ impl Routes {
     /// The router itself.
     pub fn into_router(self) -> Router<AppState> {
         self.router
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catch_all_is_its_last_parameter() {
+        assert_eq!(catch_all_path("/v1/files/{key}"), "/v1/files/{*key}");
+        assert_eq!(
+            catch_all_path("/storage/{user_id}/{path}"),
+            "/storage/{user_id}/{*path}"
+        );
+        assert_eq!(catch_all_path("/v1/files/all"), "/v1/files/all");
+    }
+
+    /// The catch-alls served, pinned: a registration that loses `.catch_all()` shows here.
+    #[test]
+    fn the_catch_alls() {
+        let mut catch_alls: Vec<_> = routes()
+            .table()
+            .iter()
+            .filter(|s| s.path.contains("{*"))
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect();
+        catch_alls.sort();
+        assert_eq!(
+            catch_alls,
+            [
+                "DELETE /v1/files/{*key}",
+                "GET /storage/{user_id}/{*path}",
+                "GET /v1/files/metadata/{*key}",
+            ]
+        );
     }
 }
