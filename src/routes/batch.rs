@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use super::conditional::{self, Outcome, Validators};
-use super::Routes;
+use super::{route, Routes};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, AppPath, ErrorBody};
+use crate::metrics::RouteKind;
 use crate::state::AppState;
 use crate::store::batch::BatchToken;
 use crate::store::key::Key;
@@ -26,8 +27,8 @@ use crate::zip_stream::{self, Layout, ZipFile};
 /// The batch routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .post("/v1/files/batch-download", create_batch)
-        .get("/v1/files/batch-download/{token}", download_batch)
+        .route(route!(create_batch))
+        .route(route!(download_batch).counted_as(RouteKind::BatchDownload))
 }
 
 /// Most keys in one batch.

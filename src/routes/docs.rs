@@ -1,7 +1,7 @@
 //! The service describes itself (API.md §5): the OpenAPI document, Swagger UI at `/docs`,
 //! ReDoc at `/redoc` (every file from this server, nothing from a CDN), and `/instructions`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
@@ -10,24 +10,25 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{batch, files, service, signed, signed_url, storage, uploads, Routes};
+use super::{route, Routes};
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::state::AppState;
 
 /// The self-description routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .get("/openapi.json", openapi_json)
-        .get("/docs", swagger_page)
-        .get("/docs/", swagger_slash)
-        .get("/docs/{file}", swagger_file)
-        .get("/redoc", redoc_page)
-        .get("/redoc/", redoc_slash)
-        .get("/redoc/redoc.standalone.js", redoc_script)
-        .get("/instructions", instructions)
+        .route(route!(openapi_json))
+        .route(route!(swagger_page))
+        .route(route!(swagger_slash))
+        .route(route!(swagger_file))
+        .route(route!(redoc_page))
+        .route(route!(redoc_slash))
+        .route(route!(redoc_script))
+        .route(route!(instructions))
 }
 
-/// The OpenAPI document: every operation the router serves (the API tests check both ways).
+/// The OpenAPI document. Its paths, and the schemas they use, are the route registry's
+/// ([`RegisteredPaths`]); the API tests check them against the app both ways.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -38,41 +39,8 @@ pub fn routes() -> Routes {
             `Authorization: Bearer` or the `auth_token` cookie. Every error body is \
             `{\"detail\": ...}`. See also `/instructions`."
     ),
-    paths(
-        service::service_info,
-        service::health,
-        service::files_health,
-        service::jwks,
-        service::generate_token,
-        service::metrics,
-        uploads::init::init_upload,
-        uploads::parts::upload_part_json,
-        uploads::parts::upload_part_raw,
-        uploads::complete::complete_upload,
-        uploads::sessions::session_status,
-        uploads::sessions::abort_session,
-        uploads::one_request::upload_files,
-        files::list_files,
-        files::file_metadata,
-        signed_url::signed_url_get,
-        signed_url::signed_url_post,
-        files::delete_file,
-        storage::serve_public,
-        signed::serve_signed,
-        signed::serve_signed_v1,
-        batch::create_batch,
-        batch::download_batch,
-        openapi_json,
-        swagger_page,
-        swagger_slash,
-        swagger_file,
-        redoc_page,
-        redoc_slash,
-        redoc_script,
-        instructions,
-    ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&RegisteredPaths, &SecuritySchemes),
     tags(
         (name = "uploads", description = "Three-step and one-request uploads, upload sessions"),
         (name = "files", description = "Listing, metadata, signed URLs, delete"),
@@ -82,6 +50,15 @@ pub fn routes() -> Routes {
     )
 )]
 pub struct ApiDoc;
+
+/// Every route the registry serves (`super::routes`), with its `#[utoipa::path]` operation.
+struct RegisteredPaths;
+
+impl Modify for RegisteredPaths {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        super::routes().document(doc);
+    }
+}
 
 /// The three ways to authenticate (API.md §2).
 struct SecuritySchemes;
@@ -124,11 +101,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The document, built once.
+static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(openapi);
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(&DOCUMENT)
 }
 
 /// What the viewer pages may load: this server only. Styles inline because both viewers

@@ -2,13 +2,13 @@
 //! catch-all `/v1/files/{*key}` lives here too.
 
 use axum::extract::State;
-use axum::http::{header, Method};
+use axum::http::header;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::Routes;
+use super::{route, Routes};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppPath, AppQuery, ErrorBody};
 use crate::state::AppState;
@@ -17,14 +17,14 @@ use crate::store::key::{FolderPath, Key};
 /// The file routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .get("/v1/files/all", list_files)
-        // Catch-alls: documented as `{key}` (OpenAPI has no catch-all parameters).
-        .get("/v1/files/metadata/{*key}", file_metadata)
+        .route(route!(list_files))
+        // Catch-alls: documented as `{key}`, served as `{*key}`.
+        .route(route!(file_metadata).catch_all())
         // Other methods: 405 on a file key, 404 on any other path (`GET /v1/files/x`).
         .route(
-            "/v1/files/{*key}",
-            &[Method::DELETE],
-            axum::routing::delete(delete_file).fallback(other_method_on_key),
+            route!(delete_file)
+                .catch_all()
+                .map(|r| r.fallback(other_method_on_key)),
         )
 }
 

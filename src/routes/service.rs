@@ -15,18 +15,18 @@ use crate::state::AppState;
 use crate::store::health::{DiskHealth, Probe};
 use crate::store::key::UserId;
 
-use super::Routes;
+use super::{route, Routes};
 
 /// `/`, `/healthz`, `/v1/files/healthz`, `/.well-known/jwks.json`, `/v1/files/generate-token`,
 /// `/metrics`.
 pub fn routes() -> Routes {
     Routes::new()
-        .get("/", service_info)
-        .get("/healthz", health)
-        .get("/v1/files/healthz", files_health)
-        .get("/.well-known/jwks.json", jwks)
-        .post("/v1/files/generate-token", generate_token)
-        .get("/metrics", metrics)
+        .route(route!(service_info))
+        .route(route!(health))
+        .route(route!(files_health))
+        .route(route!(jwks))
+        .route(route!(generate_token))
+        .route(route!(metrics))
 }
 
 /// What `/` says.

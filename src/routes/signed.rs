@@ -6,8 +6,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::Routes;
+use super::{route, Routes};
 use crate::error::{ApiError, AppPath, AppQuery, ErrorBody};
+use crate::metrics::RouteKind;
 use crate::signer::{self, Disposition};
 use crate::state::AppState;
 use crate::store::key::Key;
@@ -15,8 +16,8 @@ use crate::store::key::Key;
 /// The signed download routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .get("/get/{encoded}", serve_signed)
-        .get("/v1/files/get/{encoded}", serve_signed_v1)
+        .route(route!(serve_signed).counted_as(RouteKind::Download))
+        .route(route!(serve_signed_v1).counted_as(RouteKind::Download))
 }
 
 /// The signature of a signed URL.

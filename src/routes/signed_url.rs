@@ -12,7 +12,7 @@ use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 use super::files::owned_key;
-use super::Routes;
+use super::{route, Routes};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppJson, AppQuery, ErrorBody};
 use crate::signer::{self, Disposition};
@@ -21,8 +21,8 @@ use crate::state::AppState;
 /// The signing routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .get("/v1/files/signed-url", signed_url_get)
-        .post("/v1/files/signed-url", signed_url_post)
+        .route(route!(signed_url_get))
+        .route(route!(signed_url_post))
 }
 
 /// What to sign: the key (as `key` or `file_key`), the lifetime (as `ttl` or `expires_in`,

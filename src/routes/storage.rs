@@ -4,15 +4,20 @@
 use axum::extract::Request;
 use axum::response::Response;
 
-use super::Routes;
+use super::{route, Routes};
 use crate::error::{ApiError, AppPath, ErrorBody};
+use crate::metrics::RouteKind;
 use crate::state::AppState;
 use crate::store::key::Key;
 
 /// The public storage routes.
 pub fn routes() -> Routes {
-    // A catch-all: documented as `{path}` (OpenAPI has no catch-all parameters).
-    Routes::new().get("/storage/{user_id}/{*path}", serve_public)
+    // A catch-all: documented as `{path}`, served as `{*path}`.
+    Routes::new().route(
+        route!(serve_public)
+            .catch_all()
+            .counted_as(RouteKind::Download),
+    )
 }
 
 /// A file by its public link, no authentication. `HEAD` too; `Range`

@@ -8,32 +8,28 @@ pub mod parts;
 pub mod sessions;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Method;
-use axum::routing::post;
 use serde_json::{Map, Value};
 
-use super::Routes;
+use super::{route, Routes};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::RouteKind;
 use crate::state::AppState;
 use crate::store::sessions::{Session, SessionId};
 
 /// The upload routes.
 pub fn routes() -> Routes {
     Routes::new()
-        .post("/v1/files/init", init::init_upload)
-        .post("/v1/files/part", parts::upload_part_json)
-        .put(
-            "/v1/files/part/{upload_id}/{part_number}",
-            parts::upload_part_raw,
-        )
-        .post("/v1/files/complete", complete::complete_upload)
-        .get("/v1/files/uploads/{upload_id}", sessions::session_status)
-        .delete("/v1/files/uploads/{upload_id}", sessions::abort_session)
+        .route(route!(init::init_upload))
+        .route(route!(parts::upload_part_json).counted_as(RouteKind::Upload))
+        .route(route!(parts::upload_part_raw).counted_as(RouteKind::Upload))
+        .route(route!(complete::complete_upload))
+        .route(route!(sessions::session_status))
+        .route(route!(sessions::abort_session))
         .route(
-            "/v1/files/upload",
-            &[Method::POST],
-            post(one_request::upload_files).layer(DefaultBodyLimit::disable()),
+            route!(one_request::upload_files)
+                .counted_as(RouteKind::Upload)
+                .map(|r| r.layer(DefaultBodyLimit::disable())),
         )
 }
 
