@@ -10,12 +10,13 @@ use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
+use secrecy::SecretSlice;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::{jwks_document, Authenticator, TokenMinter};
 use crate::body_timeout::BodyTimeouts;
-use crate::config::{CorsOrigins, Secret, Settings};
+use crate::config::{CorsOrigins, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
@@ -129,14 +130,14 @@ fn spawn_sweeper(store: FileStore, ttl: std::time::Duration) {
 /// The signing key kept in `UPLOAD_ROOT/.signing_key`, made once (mode 0600) when absent.
 /// Instances sharing the root agree on it: the file appears whole, by a hard link that
 /// fails if another instance made it first.
-fn load_or_create_signing_key(root: &Path) -> anyhow::Result<Secret<Vec<u8>>> {
+fn load_or_create_signing_key(root: &Path) -> anyhow::Result<SecretSlice<u8>> {
     let path = root.join(".signing_key");
-    let read = |p: &Path| -> anyhow::Result<Secret<Vec<u8>>> {
+    let read = |p: &Path| -> anyhow::Result<SecretSlice<u8>> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
         let key = text.trim();
         anyhow::ensure!(!key.is_empty(), "{} is empty", p.display());
-        Ok(Secret::new(key.as_bytes().to_vec()))
+        Ok(SecretSlice::from(key.as_bytes().to_vec()))
     };
     if path.exists() {
         return read(&path);
