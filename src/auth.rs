@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config::JwtSettings;
 use crate::error::ApiError;
+use crate::jwt_keys::{decoding_key_from_pem, encoding_key_from_pem};
 use crate::state::AppState;
 use crate::store::key::UserId;
 use crate::trust::TrustedOrigins;
@@ -220,32 +221,6 @@ fn bearer_or_cookie(headers: &HeaderMap) -> Option<(String, TokenFrom)> {
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|t| !t.is_empty())
         .map(|t| (t, TokenFrom::Cookie))
-}
-
-/// A verification key for `alg` from a PEM text.
-pub fn decoding_key_from_pem(
-    alg: Algorithm,
-    pem: &str,
-) -> jsonwebtoken::errors::Result<DecodingKey> {
-    use Algorithm::*;
-    match alg {
-        ES256 | ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
-        EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
-        _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
-    }
-}
-
-/// A signing key for `alg` from a PEM text.
-pub fn encoding_key_from_pem(
-    alg: Algorithm,
-    pem: &str,
-) -> jsonwebtoken::errors::Result<EncodingKey> {
-    use Algorithm::*;
-    match alg {
-        ES256 | ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
-        EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
-        _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
-    }
 }
 
 /// How long a fetched JWKS is trusted before it is fetched again on use.

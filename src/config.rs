@@ -316,7 +316,7 @@ impl Settings {
                 (None, None) => (None, ""),
             };
         if let Some(pem) = &public_key_pem {
-            crate::auth::decoding_key_from_pem(alg, pem).map_err(|e| {
+            crate::jwt_keys::decoding_key_from_pem(alg, pem).map_err(|e| {
                 ConfigError::new(key_var, format!("not a usable {alg:?} public key: {e}"))
             })?;
         }
@@ -334,7 +334,7 @@ impl Settings {
         let private_key_pem = match raw.jwt_private_key_path {
             Some(path) => {
                 let pem = read_key_file("JWT_PRIVATE_KEY_PATH", &path)?;
-                crate::auth::encoding_key_from_pem(alg, &pem).map_err(|e| {
+                crate::jwt_keys::encoding_key_from_pem(alg, &pem).map_err(|e| {
                     ConfigError::new(
                         "JWT_PRIVATE_KEY_PATH",
                         format!("not a usable {alg:?} private key: {e}"),
