@@ -10,13 +10,15 @@ use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap, Method};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::config::{JwtSettings, Secret};
+use crate::config::JwtSettings;
 use crate::error::ApiError;
+use crate::jwt_keys::{decoding_key_from_pem, encoding_key_from_pem};
 use crate::state::AppState;
 use crate::store::key::UserId;
 use crate::trust::TrustedOrigins;
@@ -87,7 +89,7 @@ impl FromRequestParts<AppState> for ServiceCaller {
 /// Checks service tokens and user JWTs; built once from the settings.
 #[derive(Debug)]
 pub struct Authenticator {
-    service_token_digest: Option<Secret<[u8; 32]>>,
+    service_token_digest: Option<SecretBox<[u8; 32]>>,
     jwt: JwtVerifier,
     /// Origins whose cookie-authenticated writes are accepted.
     trusted_origins: TrustedOrigins,
@@ -96,12 +98,13 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the checks from the settings; fails on a key that does not parse.
     pub fn new(
-        service_token: Option<&Secret<String>>,
+        service_token: Option<&SecretString>,
         jwt: &JwtSettings,
         trusted_origins: TrustedOrigins,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            service_token_digest: service_token.map(|t| Secret::new(digest(t.expose().as_bytes()))),
+            service_token_digest: service_token
+                .map(|t| SecretBox::new(Box::new(digest(t.expose_secret().as_bytes())))),
             jwt: JwtVerifier::new(jwt)?,
             trusted_origins,
         })
@@ -130,7 +133,7 @@ impl Authenticator {
         let expected = self.service_token_digest.as_ref().ok_or_else(invalid)?;
         // Comparing digests keeps the comparison constant-time whatever the lengths.
         let ok: bool = digest(presented.trim_ascii())
-            .ct_eq(expected.expose())
+            .ct_eq(expected.expose_secret())
             .into();
         if ok {
             Ok(())
@@ -218,32 +221,6 @@ fn bearer_or_cookie(headers: &HeaderMap) -> Option<(String, TokenFrom)> {
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|t| !t.is_empty())
         .map(|t| (t, TokenFrom::Cookie))
-}
-
-/// A verification key for `alg` from a PEM text.
-pub fn decoding_key_from_pem(
-    alg: Algorithm,
-    pem: &str,
-) -> jsonwebtoken::errors::Result<DecodingKey> {
-    use Algorithm::*;
-    match alg {
-        ES256 | ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
-        EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
-        _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
-    }
-}
-
-/// A signing key for `alg` from a PEM text.
-pub fn encoding_key_from_pem(
-    alg: Algorithm,
-    pem: &str,
-) -> jsonwebtoken::errors::Result<EncodingKey> {
-    use Algorithm::*;
-    match alg {
-        ES256 | ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
-        EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
-        _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
-    }
 }
 
 /// How long a fetched JWKS is trusted before it is fetched again on use.
@@ -478,7 +455,7 @@ impl TokenMinter {
         Ok(Some(Self {
             alg: s.alg,
             kid: s.kid.clone(),
-            key: encoding_key_from_pem(s.alg, pem.expose())?,
+            key: encoding_key_from_pem(s.alg, pem.expose_secret())?,
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
         }))

@@ -2,36 +2,15 @@
 //! env file in systemd's `KEY=VALUE` form, validation at start with one line naming the variable.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use secrecy::{SecretSlice, SecretString};
 use serde::Deserialize;
 
 use crate::trust::{TrustedOrigins, TrustedProxies, WebOrigin};
-
-/// A value that must never reach a log line or a `Debug` dump.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    /// Wraps a secret value.
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// A configuration error: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +67,7 @@ pub struct JwtSettings {
     /// `JWKS_KID`.
     pub kid: String,
     /// PEM of the private key for `/v1/files/generate-token` (`JWT_PRIVATE_KEY_PATH`).
-    pub private_key_pem: Option<Secret<String>>,
+    pub private_key_pem: Option<SecretString>,
 }
 
 /// Every setting of the service, validated.
@@ -103,9 +82,9 @@ pub struct Settings {
     /// `PUBLIC_BASE_URL`, without a trailing slash.
     pub public_base_url: String,
     /// `AUTH_SERVICE_TOKEN`; `None` turns service auth off.
-    pub service_token: Option<Secret<String>>,
+    pub service_token: Option<SecretString>,
     /// `UPLOAD_SIGNING_KEY`; `None` means the key kept in `UPLOAD_ROOT/.signing_key`.
-    pub signing_key: Option<Secret<Vec<u8>>>,
+    pub signing_key: Option<SecretSlice<u8>>,
     /// `SIGNED_URL_TTL_DEFAULT`, seconds.
     pub signed_url_ttl_default: u64,
     /// `MAX_BODY_MB` in bytes.
@@ -295,11 +274,11 @@ impl Settings {
             .auth_service_token
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
-            .map(Secret::new);
+            .map(SecretString::from);
         let signing_key = raw
             .upload_signing_key
             .filter(|k| !k.is_empty())
-            .map(|k| Secret::new(k.into_bytes()));
+            .map(|k| SecretSlice::from(k.into_bytes()));
         let signed_url_ttl_default = parse_num(
             "SIGNED_URL_TTL_DEFAULT",
             raw.signed_url_ttl_default.as_deref(),
@@ -347,7 +326,7 @@ impl Settings {
                 (None, None) => (None, ""),
             };
         if let Some(pem) = &public_key_pem {
-            crate::auth::decoding_key_from_pem(alg, pem).map_err(|e| {
+            crate::jwt_keys::decoding_key_from_pem(alg, pem).map_err(|e| {
                 ConfigError::new(key_var, format!("not a usable {alg:?} public key: {e}"))
             })?;
         }
@@ -365,13 +344,13 @@ impl Settings {
         let private_key_pem = match raw.jwt_private_key_path {
             Some(path) => {
                 let pem = read_key_file("JWT_PRIVATE_KEY_PATH", &path)?;
-                crate::auth::encoding_key_from_pem(alg, &pem).map_err(|e| {
+                crate::jwt_keys::encoding_key_from_pem(alg, &pem).map_err(|e| {
                     ConfigError::new(
                         "JWT_PRIVATE_KEY_PATH",
                         format!("not a usable {alg:?} private key: {e}"),
                     )
                 })?;
-                Some(Secret::new(pem))
+                Some(SecretString::from(pem))
             }
             None => None,
         };

@@ -7,6 +7,7 @@ pub mod body_timeout;
 mod bufpool;
 pub mod config;
 pub mod error;
+pub mod jwt_keys;
 pub mod metrics;
 pub mod part_json;
 pub mod routes;

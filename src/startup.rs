@@ -7,12 +7,13 @@ use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
+use secrecy::SecretSlice;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::{jwks_document, Authenticator, TokenMinter};
 use crate::body_timeout::BodyTimeouts;
-use crate::config::{CorsOrigins, Secret, Settings};
+use crate::config::{CorsOrigins, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
@@ -56,7 +57,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
                     "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
                 );
             }
-            Secret::new(key)
+            SecretSlice::from(key)
         }
     };
     let auth = Authenticator::new(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::auth::{Authenticator, TokenMinter};
-use crate::config::{Secret, Settings};
+use secrecy::SecretSlice;
+
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::FileStore;
 
@@ -26,7 +28,7 @@ pub struct App {
     /// The document for `/.well-known/jwks.json`, when a public RSA key is configured.
     pub jwks: Option<Value>,
     /// The HMAC key for signed URLs.
-    pub signing_key: Secret<Vec<u8>>,
+    pub signing_key: SecretSlice<u8>,
     /// Files, sessions and quotas on disk.
     pub store: FileStore,
     /// This app's metrics (`/metrics`).

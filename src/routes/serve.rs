@@ -23,6 +23,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::Frame;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::conditional::{self, Outcome, Validators};
 use crate::error::ApiError;
@@ -84,6 +85,34 @@ pub fn needs_sandbox(mime: &str) -> bool {
     !(SHOWN_ONLY.contains(&essence.as_str()) || media("audio/") || media("video/"))
 }
 
+/// What `filename*` percent-encodes: every byte but RFC 8187 `attr-char` (`A-Za-z0-9` and
+/// ``!#$&+-.^_`|~``), the only characters its `value-chars` may hold unescaped.
+const FILENAME_STAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// What the `X-Accel-Redirect` path percent-encodes: every byte but RFC 3986 unreserved
+/// (`A-Za-z0-9-._~`), `@` and the `/` between segments. nginx decodes the path before it
+/// looks for the file, so a `%`, `?` or `#` in a name must arrive escaped; the sub-delims that
+/// `pchar` would allow are escaped too, which nginx decodes all the same.
+const ACCEL_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b'/');
+
 /// `inline; filename="ascii"; filename*=UTF-8''pct` (RFC 6266 with RFC 8187 encoding), the
 /// name without format characters and with control characters as `_`, as stored names are
 /// (the original name in the sidecar is the client's, kept as sent).
@@ -103,31 +132,11 @@ pub fn content_disposition(kind: &str, name: &str) -> HeaderValue {
             }
         })
         .collect();
-    let mut pct = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            pct.push(b as char);
-        } else {
-            pct.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let pct = utf8_percent_encode(&name, FILENAME_STAR);
     HeaderValue::from_str(&format!(
         "{kind}; filename=\"{ascii}\"; filename*=UTF-8''{pct}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
-}
-
-/// Percent-encodes a path segment for `X-Accel-Redirect`.
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Serves `key` for GET or HEAD, as a public link (`disposition` `None`) or a signed one.
@@ -166,14 +175,14 @@ pub async fn serve_key(
     if let Some(prefix) = &state.settings.accel_redirect_prefix {
         let rel = key.to_string();
         let rel = rel.strip_prefix("storage/").unwrap_or(&rel);
-        let target: Vec<String> = rel.split('/').map(encode_path_segment).collect();
         let mut res = StatusCode::OK.into_response();
         let h = res.headers_mut();
         h.extend(ours);
         if let Ok(v) = HeaderValue::from_str(mime) {
             h.insert(header::CONTENT_TYPE, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&format!("{prefix}{}", target.join("/"))) {
+        let target = utf8_percent_encode(rel, ACCEL_PATH);
+        if let Ok(v) = HeaderValue::from_str(&format!("{prefix}{target}")) {
             h.insert("x-accel-redirect", v);
         }
         return Ok(res);
@@ -388,6 +397,32 @@ mod tests {
         assert_eq!(
             v.to_str().unwrap_or(""),
             "inline; filename=\"gnp.exe_\"; filename*=UTF-8''gnp.exe_"
+        );
+    }
+
+    /// Every ASCII byte is kept or escaped as the hand-written encoders these sets replaced did.
+    #[test]
+    fn encode_sets_keep_what_they_did() {
+        for b in 0u8..=127 {
+            let one = char::from(b).to_string();
+            let escaped = format!("%{b:02X}");
+            let attr_char = b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b);
+            let accel = b.is_ascii_alphanumeric() || b"-._~@/".contains(&b);
+            for (set, kept) in [(FILENAME_STAR, attr_char), (ACCEL_PATH, accel)] {
+                let want = if kept { &one } else { &escaped };
+                assert_eq!(&utf8_percent_encode(&one, set).to_string(), want, "{b}");
+            }
+        }
+        let hostile = "a b/\"%<>?#[]\\^`{|}\u{7f}\t\r\n-._~!$&'()*+,;=:@é😀\u{202e}";
+        assert_eq!(
+            utf8_percent_encode(hostile, FILENAME_STAR).to_string(),
+            "a%20b%2F%22%25%3C%3E%3F#%5B%5D%5C^`%7B|%7D%7F%09%0D%0A-._~!$&%27%28%29%2A+%2C%3B%3D\
+             %3A%40%C3%A9%F0%9F%98%80%E2%80%AE"
+        );
+        assert_eq!(
+            utf8_percent_encode(hostile, ACCEL_PATH).to_string(),
+            "a%20b/%22%25%3C%3E%3F%23%5B%5D%5C%5E%60%7B%7C%7D%7F%09%0D%0A-._~%21%24%26%27%28%29\
+             %2A%2B%2C%3B%3D%3A@%C3%A9%F0%9F%98%80%E2%80%AE"
         );
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::Json;
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -117,7 +118,7 @@ pub(crate) async fn sign_url(
     let exp = chrono::Utc::now().timestamp() + ttl;
     let url = signer::signed_url(
         &state.settings.public_base_url,
-        state.signing_key.expose(),
+        state.signing_key.expose_secret(),
         &key.to_string(),
         exp,
         disposition,

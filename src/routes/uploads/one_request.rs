@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use futures_util::StreamExt as _;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -67,23 +68,36 @@ pub struct UploadedFile {
     url: String,
 }
 
-/// Percent-encodes one URL path segment.
-pub(crate) fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~@!$&'()*+,;=:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What is percent-encoded in the path of a public `/storage` URL: every byte but RFC 3986
+/// `pchar` (unreserved `A-Za-z0-9-._~`, sub-delims `!$&'()*+,;=`, `:` and `@`) and the `/`
+/// between segments. Keys cannot hold `%`, so nothing is left that a client could read as an
+/// escape; the old service's URLs had this form.
+const STORAGE_URL_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'/');
 
 /// The public `/storage` URL of a key.
 pub fn public_url(base: &str, key: &Key) -> String {
-    let path: Vec<String> = key.to_string().split('/').map(encode_segment).collect();
-    format!("{base}/{}", path.join("/"))
+    format!(
+        "{base}/{}",
+        utf8_percent_encode(&key.to_string(), STORAGE_URL_PATH)
+    )
 }
 
 pub(crate) fn uploaded_file(state: &AppState, s: &Stored) -> UploadedFile {
@@ -334,4 +348,46 @@ pub(crate) fn multipart_error(e: &axum::extract::multipart::MultipartError) -> A
         return cause;
     }
     ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every ASCII byte is kept or escaped as the hand-written encoder this set replaced did.
+    #[test]
+    fn storage_url_path_keeps_pchar_and_slash() {
+        for b in 0u8..=127 {
+            let kept = b.is_ascii_alphanumeric() || b"-._~@!$&'()*+,;=:/".contains(&b);
+            let one = char::from(b).to_string();
+            let want = if kept {
+                one.clone()
+            } else {
+                format!("%{b:02X}")
+            };
+            assert_eq!(
+                utf8_percent_encode(&one, STORAGE_URL_PATH).to_string(),
+                want,
+                "{b}"
+            );
+        }
+        let hostile = "a b/\"%<>?#[]\\^`{|}\u{7f}\t\r\n-._~!$&'()*+,;=:@é😀\u{202e}";
+        assert_eq!(
+            utf8_percent_encode(hostile, STORAGE_URL_PATH).to_string(),
+            "a%20b/%22%25%3C%3E%3F%23%5B%5D%5C%5E%60%7B%7C%7D%7F%09%0D%0A-._~!$&'()*+,;=:@\
+             %C3%A9%F0%9F%98%80%E2%80%AE"
+        );
+    }
+
+    #[test]
+    fn public_url_encodes_each_segment() {
+        let key = Key::parse("storage/u1/a b/ab12_R\u{e9}sum\u{e9} (1)+&.pdf");
+        let Ok(key) = key else {
+            panic!("test key refused: {key:?}");
+        };
+        assert_eq!(
+            public_url("https://files.example", &key),
+            "https://files.example/storage/u1/a%20b/ab12_R%C3%A9sum%C3%A9%20(1)+&.pdf"
+        );
+    }
 }
