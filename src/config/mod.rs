@@ -10,7 +10,16 @@ use jsonwebtoken::Algorithm;
 use secrecy::{SecretSlice, SecretString};
 use serde::Deserialize;
 
-use crate::trust::{TrustedOrigins, TrustedProxies, WebOrigin};
+use crate::trust::{TrustedOrigins, TrustedProxies};
+
+mod env_file;
+mod values;
+
+use self::env_file::read_env_file;
+use self::values::{
+    decode_pem_base64, parse_cors, parse_decimal, parse_num, positive_secs, read_key_file,
+    trust_settings,
+};
 
 /// A configuration error: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -518,171 +527,11 @@ impl Settings {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(
-    var: &str,
-    value: Option<&str>,
-    default: T,
-) -> Result<T, ConfigError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ConfigError::new(var, format!("'{v}' is not a valid whole number"))),
-    }
-}
-
-/// Whole seconds, above 0 and at most a day (a longer connection or body timeout is a typo).
-fn positive_secs(var: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
-    let secs: u64 = parse_num(var, value, default)?;
-    if secs == 0 || secs > 86_400 {
-        return Err(ConfigError::new(var, "must be between 1 and 86400 seconds"));
-    }
-    Ok(secs)
-}
-
-fn parse_decimal(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(default),
-        Some(v) => match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-            _ => Err(ConfigError::new(
-                var,
-                format!("'{v}' is not a non-negative number"),
-            )),
-        },
-    }
-}
-
-fn parse_cors(value: &str) -> Result<CorsOrigins, ConfigError> {
-    let items: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if items.is_empty() || items.contains(&"*") {
-        return Ok(CorsOrigins::Any);
-    }
-    for o in &items {
-        if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
-            return Err(ConfigError::new(
-                "CORS_ALLOW_ORIGINS",
-                format!("'{o}' is not an origin such as https://app.example.com"),
-            ));
-        }
-    }
-    Ok(CorsOrigins::List(
-        items.into_iter().map(str::to_owned).collect(),
-    ))
-}
-
-/// Whom requests are believed about, parsed once: the origins trusted for cookie-authenticated
-/// writes (this service's own and the listed CORS origins; `*` lists none, as it allows no
-/// credentials either) and the proxies trusted for forwarding headers (`TRUSTED_PROXIES`).
-fn trust_settings(
-    public_base_url: &str,
-    cors: &CorsOrigins,
-    proxies: Option<&str>,
-) -> Result<(TrustedOrigins, TrustedProxies), ConfigError> {
-    let own = WebOrigin::of_url(public_base_url)
-        .ok_or_else(|| ConfigError::new("PUBLIC_BASE_URL", "is not an http(s) URL with a host"))?;
-    let mut origins = vec![own];
-    if let CorsOrigins::List(list) = cors {
-        for o in list {
-            origins.push(WebOrigin::parse(o).ok_or_else(|| {
-                ConfigError::new(
-                    "CORS_ALLOW_ORIGINS",
-                    format!("'{o}' is not an origin such as https://app.example.com"),
-                )
-            })?);
-        }
-    }
-    let proxies = TrustedProxies::parse(proxies.unwrap_or(TrustedProxies::DEFAULT))
-        .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?;
-    Ok((TrustedOrigins::new(origins), proxies))
-}
-
-fn read_key_file(var: &str, path: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(var, format!("cannot read '{path}': {e}")))
-}
-
-fn decode_pem_base64(b64: &str) -> Result<String, ConfigError> {
-    use base64::Engine as _;
-    let var = "AUTH_JWT_PUBLIC_KEY_BASE64";
-    // `base64` wraps its output at 76 columns; the wrapped form must work too.
-    let compact: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(compact.as_bytes())
-        .map_err(|e| ConfigError::new(var, format!("not valid base64: {e}")))?;
-    String::from_utf8(bytes).map_err(|_| ConfigError::new(var, "does not decode to a PEM text"))
-}
-
-/// Reads an env file as systemd's `EnvironmentFile` does: `KEY=VALUE` lines, `#`/`;`
-/// comments, optional quotes around the value, no `$VAR` expansion.
-pub fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "UPLOAD_ENV_FILE",
-            format!("cannot read '{}': {e}", path.display()),
-        )
-    })?;
-    parse_env_file(&text).map_err(|(line, msg)| {
-        ConfigError::new(
-            "UPLOAD_ENV_FILE",
-            format!("{}:{line}: {msg}", path.display()),
-        )
-    })
-}
-
-/// Parses env-file text; an error carries the 1-based line number.
-pub fn parse_env_file(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
-    let mut out = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err((i + 1, "expected KEY=VALUE".to_owned()));
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err((i + 1, format!("'{key}' is not a variable name")));
-        }
-        out.insert(key.to_owned(), unquote(value.trim()));
-    }
-    Ok(out)
-}
-
-fn unquote(v: &str) -> String {
-    let b = v.as_bytes();
-    if v.len() >= 2 && b[0] == b'"' && b[v.len() - 1] == b'"' {
-        let inner = &v[1..v.len() - 1];
-        let mut out = String::with_capacity(inner.len());
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            if c == '\\' {
-                match chars.next() {
-                    Some('n') => out.push('\n'),
-                    Some(other) => out.push(other),
-                    None => out.push('\\'),
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    } else if v.len() >= 2 && b[0] == b'\'' && b[v.len() - 1] == b'\'' {
-        v[1..v.len() - 1].to_owned()
-    } else {
-        v.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::env_file::parse_env_file;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let env = pairs
