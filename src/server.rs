@@ -47,13 +47,15 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
-/// hyper's write buffer (and request-head buffer) limit. hyper takes a next body frame while
-/// it holds less than this, so a connection whose client stopped reading holds about one
-/// frame (a 256 KiB chunk of a cached file or a ZIP; 1 MiB read from the disk); its default
-/// (~400 KiB) let it take two. 64 KiB held no less in that case but cost 5–20 % more CPU per
-/// byte sent (bench/RESULTS.md, `stalled_readers`). As the head limit it is still eight times
-/// the old service's (h11 refuses heads over 16 KiB).
-const WRITE_BUF_MAX: usize = 128 * 1024;
+/// hyper's buffer limit, for both directions. Writing, hyper takes a next body frame while it
+/// holds less than this, so a connection whose client stopped reading holds about one frame
+/// (a 256 KiB chunk of a cached file or a ZIP; 1 MiB read from the disk); its default
+/// (~400 KiB) let it take two. Reading, it is also the most hyper reads at once, so a smaller
+/// one costs uploads CPU: 128 KiB cost raw uploads ~15 % more server CPU than 256 KiB or the
+/// default, and 64 KiB cost downloads 5–20 % (bench/RESULTS.md, "Session 4" and
+/// `stalled_readers`). As the head limit it is still sixteen times the old service's (h11
+/// refuses heads over 16 KiB).
+const WRITE_BUF_MAX: usize = 256 * 1024;
 
 /// Descriptors kept back from the connection cap for the rest of the process (listener,
 /// store, logs, blocking reads).
