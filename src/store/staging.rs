@@ -60,11 +60,12 @@ impl StagingCharge {
     /// hold more than the limit.
     pub fn take(&mut self, n: u64) -> Result<(), StoreError> {
         let mut staged = self.budget.lock();
-        let now = staged.entry(self.who.clone()).or_insert(0);
+        let now = staged.get(&self.who).copied().unwrap_or(0);
         if now.saturating_add(n) > self.limit {
+            // Refused before an entry is made: a caller refused at once leaves none behind.
             return Err(StoreError::TooLarge);
         }
-        *now += n;
+        staged.insert(self.who.clone(), now + n);
         self.charged += n;
         Ok(())
     }
@@ -107,6 +108,10 @@ mod tests {
         assert_eq!(budget.staged(Some(&u)), 40);
         drop(b);
         drop(s);
+        // A caller refused at its first bytes leaves no entry.
+        let mut refused = budget.charge(Some(UserId::parse("u2").unwrap()), 0);
+        assert!(refused.take(1).is_err());
+        drop(refused);
         assert!(budget.lock().is_empty());
     }
 }
