@@ -66,6 +66,12 @@ pub enum ApiError {
     /// 413 with a message.
     #[error("{0}")]
     TooLarge(String),
+    /// 409 with a message.
+    #[error("{0}")]
+    Conflict(String),
+    /// 423: another request holds what this one needs.
+    #[error("{0}")]
+    Locked(String),
     /// 408: the client stopped sending its body.
     #[error("Request body timeout")]
     BodyTimeout,
@@ -104,6 +110,8 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Locked(_) => StatusCode::LOCKED,
             Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Range { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
@@ -360,6 +368,28 @@ impl From<StoreError> for ApiError {
                 Self::TooLarge("Upload exceeds the declared or allowed size".to_owned())
             }
             StoreError::DiskFull => Self::InsufficientStorage,
+            StoreError::OffsetMismatch { offset } => Self::Conflict(format!(
+                "Upload-Offset does not match: the upload is at offset {offset}"
+            )),
+            StoreError::Busy => Self::Locked(
+                "Another request is appending to this upload; retry when it ends".to_owned(),
+            ),
+            StoreError::WrongProtocol => Self::Conflict(
+                "This upload was begun with another protocol; continue it with that one".to_owned(),
+            ),
+            StoreError::LengthMismatch { declared, offset } => Self::Conflict(match declared {
+                Some(len) => format!(
+                    "Inconsistent upload length: {len} bytes were declared, {offset} received"
+                ),
+                None => format!("Inconsistent upload length: {offset} bytes were already received"),
+            }),
+            StoreError::ConcatFinal => Self::Forbidden(
+                "A final concatenation takes no bytes of its own (PATCH its partial uploads)"
+                    .to_owned(),
+            ),
+            StoreError::NotPartial(what) => Self::BadRequest(format!(
+                "Upload-Concat: {what} is not a partial upload of yours"
+            )),
             StoreError::Io(io) => Self::Internal(io.into()),
         }
     }

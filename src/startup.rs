@@ -159,12 +159,69 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(
             crate::error::json_error_bodies,
         ))
-        .layer(cors)
+        .layer(PreflightsOnly(cors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::telemetry::access_log,
         ))
         .with_state(state)
+}
+
+/// tower-http's CORS layer answers every `OPTIONS` itself, as a preflight. A plain `OPTIONS`
+/// (no `Access-Control-Request-Method`: not a browser's preflight, e.g. a tus client asking
+/// what the server supports) goes to the routes instead.
+#[derive(Debug, Clone)]
+struct PreflightsOnly(CorsLayer);
+
+impl<S: Clone> tower::Layer<S> for PreflightsOnly {
+    type Service = PreflightsOnlyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PreflightsOnlyService {
+            cors: tower::Layer::layer(&self.0, inner.clone()),
+            plain: inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PreflightsOnlyService<S> {
+    cors: tower_http::cors::Cors<S>,
+    plain: S,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for PreflightsOnlyService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>> + Clone,
+    R: Default,
+{
+    type Response = axum::http::Response<R>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        <tower_http::cors::Cors<S> as tower::Service<axum::http::Request<B>>>::Future,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.cors.poll_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => self.plain.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let through_cors = req.method() != Method::OPTIONS
+            || req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if through_cors {
+            futures_util::future::Either::Left(self.cors.call(req))
+        } else {
+            futures_util::future::Either::Right(self.plain.call(req))
+        }
+    }
 }
 
 /// Largest JSON body buffered whole (small control messages; parts stream instead).
@@ -177,6 +234,7 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         Method::POST,
         Method::PUT,
         Method::DELETE,
+        Method::PATCH,
         Method::OPTIONS,
     ];
     let expose: Vec<HeaderName> = vec![
@@ -186,6 +244,26 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         header::ACCEPT_RANGES,
         header::ETAG,
         header::LAST_MODIFIED,
+        header::LOCATION,
+        // tus and the IETF resumable-upload draft (routes/resumable/), and the stored file
+        // they name when an upload finishes.
+        HeaderName::from_static("tus-resumable"),
+        HeaderName::from_static("tus-version"),
+        HeaderName::from_static("tus-extension"),
+        HeaderName::from_static("tus-max-size"),
+        HeaderName::from_static("tus-checksum-algorithm"),
+        HeaderName::from_static("upload-offset"),
+        HeaderName::from_static("upload-length"),
+        HeaderName::from_static("upload-defer-length"),
+        HeaderName::from_static("upload-metadata"),
+        HeaderName::from_static("upload-expires"),
+        HeaderName::from_static("upload-concat"),
+        HeaderName::from_static("upload-complete"),
+        HeaderName::from_static("upload-incomplete"),
+        HeaderName::from_static("upload-limit"),
+        HeaderName::from_static("upload-draft-interop-version"),
+        crate::routes::resumable::UPLOAD_KEY,
+        crate::routes::resumable::UPLOAD_URL,
     ];
     let base = CorsLayer::new()
         .allow_methods(methods)

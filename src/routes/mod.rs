@@ -9,6 +9,7 @@ pub mod batch;
 pub mod conditional;
 pub mod docs;
 pub mod files;
+pub mod resumable;
 pub mod serve;
 pub mod service;
 pub mod signed;
@@ -52,6 +53,7 @@ pub fn routes() -> Routes {
         .merge(service::routes())
         .merge(docs::routes())
         .merge(uploads::routes())
+        .merge(resumable::tus::routes())
         .merge(files::routes())
         .merge(signed_url::routes())
         .merge(storage::routes())

@@ -1,14 +1,12 @@
 //! Upload sessions begun and ended: one per file at init (quota reserved), read back,
 //! listed and aborted (API.md §3.1, §3.2). Their on-disk records are `sessions.rs`.
 
-use std::io::Write as _;
-
 use chrono::Utc;
 use serde_json::{Map, Value};
 
 use super::key::{FolderPath, UserId};
 use super::sessions::{self, FileSpec, Session, SessionId, UploadMode};
-use super::{blocking, fsync_dir, FileStore, Missing, StoreError};
+use super::{blocking, FileStore, Missing, StoreError};
 
 impl FileStore {
     /// Opens one session per file, reserving their declared sizes against the quota
@@ -38,6 +36,7 @@ impl FileStore {
                 meta: meta.clone(),
                 created_at,
                 expires_at,
+                resumable: None,
             })
             .collect();
         let this = self.clone();
@@ -57,14 +56,7 @@ impl FileStore {
                 for info in &infos {
                     let dir = this.dirs.live(&info.upload_id);
                     std::fs::create_dir(&dir)?;
-                    let written = (|| -> std::io::Result<()> {
-                        let json = serde_json::to_vec_pretty(info)?;
-                        let mut f = std::fs::File::create(dir.join("session.json"))?;
-                        f.write_all(&json)?;
-                        f.sync_all()?;
-                        fsync_dir(&dir)
-                    })();
-                    if let Err(e) = written {
+                    if let Err(e) = sessions::write_info(&dir, info) {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e.into());
                     }

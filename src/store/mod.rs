@@ -29,6 +29,7 @@ mod publish;
 pub mod quota;
 pub mod read;
 mod recover;
+pub mod resumable;
 pub mod sessions;
 pub mod sidecar;
 pub mod signing_key;
@@ -37,6 +38,7 @@ pub mod staging;
 
 pub use one_request::DirectUpload;
 pub use parts::PartUpload;
+pub use resumable::{Finished, NewResumable};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +90,33 @@ pub enum StoreError {
     /// The disk (or the filesystem quota) is full.
     #[error("insufficient storage")]
     DiskFull,
+    /// An append at an offset other than where the upload ends.
+    #[error("offset mismatch: the upload is at {offset}")]
+    OffsetMismatch {
+        /// Where the upload ends.
+        offset: u64,
+    },
+    /// Another request is appending to the upload.
+    #[error("another request is appending to this upload")]
+    Busy,
+    /// A request of one protocol on a session of another (a three-step part on a tus
+    /// upload, a tus `PATCH` on a three-step session).
+    #[error("the upload belongs to another protocol")]
+    WrongProtocol,
+    /// A length that contradicts the one declared, or is below the bytes received.
+    #[error("inconsistent length: declared {declared:?}, received {offset}")]
+    LengthMismatch {
+        /// The length declared before, if any.
+        declared: Option<u64>,
+        /// Bytes received so far.
+        offset: u64,
+    },
+    /// Bytes sent to a final concatenation, which has none of its own.
+    #[error("a final concatenation takes no bytes")]
+    ConcatFinal,
+    /// A concatenation that names uploads which are not partial uploads of the same user.
+    #[error("not a partial upload: {0}")]
+    NotPartial(String),
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
@@ -196,6 +225,7 @@ impl FileStore {
             &storage,
             &parts,
             &parts.join(".staging"),
+            &parts.join(".finished"),
             &root.join(".quota"),
         ] {
             std::fs::create_dir_all(d)?;

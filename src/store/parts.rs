@@ -27,6 +27,9 @@ impl FileStore {
         session: &Session,
         number: PartNumber,
     ) -> Result<PartUpload, StoreError> {
+        if session.resumable.is_some() {
+            return Err(StoreError::WrongProtocol);
+        }
         let number = number.get();
         let id = session.upload_id;
         let dir = self.dirs.live(&id);
@@ -205,6 +208,25 @@ pub(super) fn open_append(
     Ok(Some((file, end, hashes)))
 }
 
+impl PartUpload {
+    /// A resumable upload's append at `offset` (`resumable.rs`).
+    pub(super) fn appending(sink: Sink, offset: u64, guard: AppendGuard) -> Self {
+        Self {
+            sink,
+            append_at: Some((offset, guard)),
+            staging: None,
+        }
+    }
+
+    /// The parts of an append: its offset, its sink and its guard.
+    pub(super) fn into_append(self) -> Result<(u64, Sink, AppendGuard), StoreError> {
+        match self.append_at {
+            Some((offset, guard)) => Ok((offset, self.sink, guard)),
+            None => Err(StoreError::Io(std::io::Error::other("not an append"))),
+        }
+    }
+}
+
 /// A part being received.
 pub struct PartUpload {
     // (Dropped first: the data file's lock goes before the guard tidies.)
@@ -220,7 +242,18 @@ pub struct PartUpload {
 /// The folder of a session whose part is being appended; dropped armed (the part was cut
 /// short or refused), it cuts off what the part left in the data file, off the async
 /// threads. Should that not happen (a crash), the next append or the complete does it.
-struct AppendGuard(Option<PathBuf>);
+pub(super) struct AppendGuard(Option<PathBuf>);
+
+impl AppendGuard {
+    /// Armed for the session in `dir`.
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self(Some(dir))
+    }
+    /// The append was recorded: nothing to cut.
+    pub(super) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for AppendGuard {
     fn drop(&mut self) {

@@ -36,6 +36,8 @@ impl FileStore {
                 } else if claim_is_dead(&path) && older_than(&path, Duration::from_secs(60)) {
                     self.drop_dead_upload(&name, &path);
                 }
+            } else if name == ".finished" {
+                self.sweep_finished();
             } else if name == ".staging" {
                 remove_older_than(&path, Duration::from_secs(3600));
             } else if let Ok(id) = SessionId::parse(&name) {

@@ -152,6 +152,62 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     /// When the sweep removes it.
     pub expires_at: DateTime<Utc>,
+    /// How a tus or IETF-draft upload goes on; `None` for the three-step API (whose
+    /// `session.json` stays as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumable: Option<Resumable>,
+}
+
+/// The standard protocols that append at an offset (`routes/resumable/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// tus 1.0.
+    Tus,
+    /// The IETF "Resumable Uploads for HTTP" draft.
+    Ietf,
+}
+
+impl Protocol {
+    /// The name shown in a session's status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tus => "tus",
+            Self::Ietf => "ietf",
+        }
+    }
+}
+
+/// A session that grows by appending at its current offset. Its progress is the chain of
+/// appended segments in the data file: the offset is where the chain ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumable {
+    /// Which protocol made it.
+    pub protocol: Protocol,
+    /// The length is not known yet (tus `Upload-Defer-Length`, a draft upload without
+    /// `Upload-Length`): `file.size` means nothing and nothing is reserved until it is
+    /// declared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub length_deferred: bool,
+    /// A part of a tus concatenation, or the concatenation itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat: Option<Concat>,
+    /// tus `Upload-Metadata` as the client sent it, given back on `HEAD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+}
+
+/// tus concatenation (parallel uploads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Concat {
+    /// Bytes kept for a final upload; never published on their own.
+    Partial,
+    /// The partial uploads joined, in order; takes no bytes of its own.
+    Final {
+        /// The partial sessions.
+        parts: Vec<SessionId>,
+    },
 }
 
 /// A folder in `session.json` as its text (`a/b`), sanitised again when read: sessions
@@ -184,6 +240,30 @@ impl Session {
     pub fn expired(&self) -> bool {
         Utc::now() >= self.expires_at
     }
+
+    /// The declared length, `None` while deferred.
+    pub fn length(&self) -> Option<u64> {
+        match &self.resumable {
+            Some(r) if r.length_deferred => None,
+            _ => Some(self.file.size),
+        }
+    }
+
+    /// Is it a partial upload of a tus concatenation?
+    pub fn is_partial(&self) -> bool {
+        matches!(
+            self.resumable.as_ref().and_then(|r| r.concat.as_ref()),
+            Some(Concat::Partial)
+        )
+    }
+
+    /// The partial sessions of a final concatenation.
+    pub fn concat_parts(&self) -> Option<&[SessionId]> {
+        match self.resumable.as_ref().and_then(|r| r.concat.as_ref()) {
+            Some(Concat::Final { parts }) => Some(parts),
+            _ => None,
+        }
+    }
 }
 
 /// Paths inside `.parts/`.
@@ -210,6 +290,14 @@ impl SessionDirs {
     pub fn staging(&self) -> PathBuf {
         self.parts.join(".staging")
     }
+    /// Where finished resumable uploads are remembered until they expire.
+    pub fn finished_dir(&self) -> PathBuf {
+        self.parts.join(".finished")
+    }
+    /// The record of a finished resumable upload.
+    pub fn finished(&self, id: &SessionId) -> PathBuf {
+        self.finished_dir().join(format!("{id}.json"))
+    }
 }
 
 /// The file name of part `n`.
@@ -228,6 +316,24 @@ pub fn read_info(dir: &Path) -> Result<Session, StoreError> {
     };
     serde_json::from_slice(&bytes)
         .map_err(|e| StoreError::Io(std::io::Error::other(format!("corrupt session.json: {e}"))))
+}
+
+/// Writes `session.json` in `dir` whole: under a temporary name, fsynced, renamed, the
+/// folder fsynced (a deferred length declared later rewrites it).
+pub fn write_info(dir: &Path, info: &Session) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!(".session-{}", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(info)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("session.json"))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The session's data file, where parts that arrive in order are appended.

@@ -91,6 +91,9 @@ pub(crate) async fn complete_upload(
         sha256: req.sha256.clone(),
         extra: client_fields(req.meta.clone()),
     };
+    if info.resumable.is_some() {
+        return Err(crate::store::StoreError::WrongProtocol.into());
+    }
     let stored = state.store.complete(&info, complete).await?;
     tracing::info!(target: "activity", event = "upload", user = %info.user_id, key = %stored.key, size = stored.meta.size.unwrap_or(0));
     Ok(Json(Completed {
