@@ -315,7 +315,10 @@ pub async fn json_error_bodies(res: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| {
+            // RFC 9457 problem details (the resumable-upload draft's) are JSON too.
+            v.starts_with("application/json") || v.starts_with("application/problem+json")
+        });
     if is_json {
         return res;
     }

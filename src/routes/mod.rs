@@ -54,6 +54,7 @@ pub fn routes() -> Routes {
         .merge(docs::routes())
         .merge(uploads::routes())
         .merge(resumable::tus::routes())
+        .merge(resumable::ietf::routes())
         .merge(files::routes())
         .merge(signed_url::routes())
         .merge(storage::routes())

@@ -75,6 +75,16 @@ pub enum Progress {
     Finished(Finished),
 }
 
+impl Progress {
+    /// The session, live or as it was.
+    pub fn session(&self) -> &Session {
+        match self {
+            Self::Open(s, _) => s,
+            Self::Finished(f) => &f.session,
+        }
+    }
+}
+
 impl FileStore {
     /// Begins a resumable upload: one session, its length reserved against the quota when
     /// known (over the quota or `MAX_BODY_MB`: refused, nothing made).
@@ -314,10 +324,24 @@ impl FileStore {
     /// `None`, unless its final upload was waiting for it and is now published. Of two
     /// racing finishes one publishes, the other finds the record.
     pub async fn finish_resumable(&self, session: &Session) -> Result<Option<Stored>, StoreError> {
+        self.finish_resumable_checked(session, None).await
+    }
+
+    /// [`FileStore::finish_resumable`], refusing a file whose SHA-256 is not `sha256` (hex)
+    /// when given ([`StoreError::ShaMismatch`]: not published, the upload stays).
+    pub async fn finish_resumable_checked(
+        &self,
+        session: &Session,
+        sha256: Option<&str>,
+    ) -> Result<Option<Stored>, StoreError> {
         if session.is_partial() {
             return self.finish_waiting_final(session).await;
         }
-        match self.complete(session, CompleteRequest::default()).await {
+        let req = CompleteRequest {
+            sha256: sha256.map(str::to_owned),
+            ..CompleteRequest::default()
+        };
+        match self.complete(session, req).await {
             Ok(stored) => {
                 self.remember_finished(session, &stored).await;
                 Ok(Some(stored))

@@ -4,6 +4,7 @@
 //! an append (with a checksum of the request's bytes, from a header or a trailer), and the
 //! headers that name the stored file once an upload finishes.
 
+pub mod ietf;
 pub mod tus;
 
 use axum::body::Body;
@@ -16,8 +17,72 @@ use super::uploads::one_request::public_url;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::key::Key;
-use crate::store::sessions::Session;
+use crate::store::resumable::Progress;
+use crate::store::sessions::{Protocol, Session, SessionId};
 use crate::store::StoreError;
+
+/// The appends running in this process, by upload: a newer request for the same upload
+/// ends the older one (what the draft recommends: a client only retries when it thinks the
+/// older request failed, and the server may not have noticed yet). The ended request keeps
+/// what reached the disk. Across instances, the data file's lock still refuses (423).
+static RUNNING: std::sync::LazyLock<std::sync::Mutex<RunningMap>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Each running append: its ticket and the signal that ends it.
+type RunningMap = std::collections::HashMap<SessionId, (u64, std::sync::Arc<tokio::sync::Notify>)>;
+
+/// How long a new request waits for the one it ends to let go.
+const SUPERSEDE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A running append's entry in [`RUNNING`], removed when it ends.
+struct Running {
+    id: SessionId,
+    ticket: u64,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Running {
+    fn register(id: SessionId) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut map) = RUNNING.lock() {
+            map.insert(id, (ticket, stop.clone()));
+        }
+        Self { id, ticket, stop }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut map) = RUNNING.lock() {
+            if map.get(&self.id).is_some_and(|(t, _)| *t == self.ticket) {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Ends the append running on `id` in this process, if any, and waits (a few seconds at
+/// most) until it has let go. Returns whether none runs any more.
+pub(crate) async fn supersede(id: &SessionId) -> bool {
+    let running = RUNNING
+        .lock()
+        .ok()
+        .and_then(|map| map.get(id).map(|(_, n)| n.clone()));
+    let Some(stop) = running else {
+        return true;
+    };
+    stop.notify_one();
+    let deadline = tokio::time::Instant::now() + SUPERSEDE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if RUNNING.lock().map(|m| !m.contains_key(id)).unwrap_or(true) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
 
 /// The stored file's key, on the response that finishes an upload (and on `HEAD` after).
 pub const UPLOAD_KEY: HeaderName = HeaderName::from_static("x-upload-key");
@@ -32,6 +97,38 @@ pub(crate) fn stored_headers(state: &AppState, key: &Key, headers: &mut HeaderMa
             headers.insert(name, v);
         }
     }
+}
+
+/// The caller's upload of `protocol`: another user's, one of the other protocol and a
+/// three-step session are all as unknown as a missing one.
+pub(crate) async fn owned_upload(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+    protocol: Protocol,
+) -> Result<Progress, ApiError> {
+    let unknown = || ApiError::NotFound("Upload not found".to_owned());
+    let id = SessionId::parse(id).map_err(|_| unknown())?;
+    let progress = match state.store.progress(&id).await {
+        Ok(p) => p,
+        Err(StoreError::NotFound(_) | StoreError::WrongProtocol) => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    let session = progress.session();
+    let same = session
+        .resumable
+        .as_ref()
+        .is_some_and(|r| r.protocol == protocol);
+    if !same || !caller.may_access(session.user_id.as_str()) {
+        return Err(unknown());
+    }
+    Ok(progress)
+}
+
+/// `Upload-Expires` (tus), as an HTTP date.
+pub(crate) fn http_date(t: chrono::DateTime<chrono::Utc>) -> HeaderValue {
+    let t: std::time::SystemTime = t.into();
+    HeaderValue::from_str(&httpdate::fmt_http_date(t)).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// A checksum algorithm of tus's checksum extension, hashing a request's bytes.
@@ -155,7 +252,13 @@ pub(crate) async fn append_body(
     body: Body,
     checksum: ChecksumFrom,
 ) -> Result<u64, AppendFailure> {
-    let mut upload = state.store.begin_append(session, offset).await?;
+    let mut upload = match state.store.begin_append(session, offset).await {
+        Err(StoreError::Busy) if supersede(&session.upload_id).await => {
+            state.store.begin_append(session, offset).await?
+        }
+        other => other?,
+    };
+    let running = Running::register(session.upload_id);
     let (mut hasher, mut expected, trailer) = match checksum {
         ChecksumFrom::None => (None, None, false),
         ChecksumFrom::Header(e) => {
@@ -176,18 +279,37 @@ pub(crate) async fn append_body(
     let mut trailer_value: Option<String> = None;
     let mut body = body;
     loop {
-        let frame = match body.frame().await {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                let cause = body_error(&e);
-                if hasher.is_some() || trailer {
-                    // Cannot be checked: dropped, the upload stays where it was.
-                    drop(upload);
-                    return Err(AppendFailure::Cut { offset, cause });
-                }
-                let offset = state.store.commit_append(session, upload).await?;
-                return Err(AppendFailure::Cut { offset, cause });
+        let next = tokio::select! {
+            biased;
+            () = running.stop.notified() => Err(ApiError::Conflict(
+                "A newer request for this upload ended this one".to_owned(),
+            )),
+            f = body.frame() => Ok(f),
+        };
+        let frame = match next {
+            Ok(None) => break,
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => {
+                return cut(
+                    state,
+                    session,
+                    upload,
+                    offset,
+                    body_error(&e),
+                    hasher.is_some() || trailer,
+                )
+                .await
+            }
+            Err(cause) => {
+                return cut(
+                    state,
+                    session,
+                    upload,
+                    offset,
+                    cause,
+                    hasher.is_some() || trailer,
+                )
+                .await
             }
         };
         let frame = match frame.into_data() {
@@ -230,6 +352,25 @@ pub(crate) async fn append_body(
         }
     }
     Ok(state.store.commit_append(session, upload).await?)
+}
+
+/// A body that ended early: what arrived is kept (when it can be trusted without the
+/// checksum it announced) and the upload is at the returned offset.
+async fn cut(
+    state: &AppState,
+    session: &Session,
+    upload: crate::store::PartUpload,
+    offset: u64,
+    cause: ApiError,
+    checksummed: bool,
+) -> Result<u64, AppendFailure> {
+    if checksummed {
+        // Cannot be checked: dropped, the upload stays where it was.
+        drop(upload);
+        return Err(AppendFailure::Cut { offset, cause });
+    }
+    let offset = state.store.commit_append(session, upload).await?;
+    Err(AppendFailure::Cut { offset, cause })
 }
 
 #[cfg(test)]

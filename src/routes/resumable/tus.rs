@@ -223,11 +223,10 @@ impl FileFields {
 
 /// `Upload-Expires`, as an HTTP date.
 fn expires(session: &Session) -> HeaderValue {
-    let t: std::time::SystemTime = session.expires_at.into();
-    HeaderValue::from_str(&httpdate::fmt_http_date(t)).unwrap_or(HeaderValue::from_static(""))
+    super::http_date(session.expires_at)
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
+pub(crate) fn set(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
     if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
         headers.insert(name, v);
     }
@@ -485,28 +484,8 @@ fn append_error(e: AppendFailure) -> TusError {
     }
 }
 
-/// The caller's upload: another user's is as unknown as a missing one; a three-step
-/// session is not a tus upload.
 async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<Progress, TusError> {
-    let unknown = || TusError::Api(ApiError::NotFound("Upload not found".to_owned()));
-    let id = SessionId::parse(id).map_err(|_| unknown())?;
-    let progress = match state.store.progress(&id).await {
-        Ok(p) => p,
-        Err(StoreError::NotFound(_) | StoreError::WrongProtocol) => return Err(unknown()),
-        Err(e) => return Err(e.into()),
-    };
-    let session = match &progress {
-        Progress::Open(s, _) => s,
-        Progress::Finished(f) => &f.session,
-    };
-    let tus = session
-        .resumable
-        .as_ref()
-        .is_some_and(|r| r.protocol == Protocol::Tus);
-    if !tus || !caller.may_access(session.user_id.as_str()) {
-        return Err(unknown());
-    }
-    Ok(progress)
+    Ok(super::owned_upload(state, caller, id, Protocol::Tus).await?)
 }
 
 /// Where an upload stands: `Upload-Offset`, `Upload-Length` (or `Upload-Defer-Length`),

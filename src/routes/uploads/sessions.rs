@@ -7,7 +7,11 @@ use utoipa::ToSchema;
 
 use super::owned_session;
 use crate::auth::Caller;
-use crate::error::{ApiResult, AppPath, ErrorBody};
+use super::one_request::public_url;
+use crate::error::{ApiError, ApiResult, AppPath, ErrorBody};
+use crate::store::key::Key;
+use crate::store::resumable::Progress;
+use crate::store::sessions::SessionId;
 use crate::state::AppState;
 
 /// Where an upload stands, so a client can resume (API.md §3.2).
@@ -17,6 +21,17 @@ pub struct SessionStatus {
     upload_id: String,
     /// `single`, `chunked` or `batch`.
     mode: &'static str,
+    /// `tus` or `ietf` for an upload made by a resumable protocol; absent for the
+    /// three-step API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    /// `uploading`, or `completed` for a finished resumable upload (whose `key` and `url`
+    /// name the stored file).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
     /// The file this session receives.
     files: Vec<SessionFile>,
     /// The folder given at init.
@@ -63,26 +78,52 @@ pub(crate) async fn session_status(
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let info = owned_session(&state, &caller, &upload_id).await?;
-    let parts = state.store.session_parts(&info.upload_id).await?;
+    let id = SessionId::parse(&upload_id)?;
+    // A resumable upload is shown after it finished too, with the file it made.
+    let (info, parts, stored) = match state.store.progress(&id).await {
+        Ok(Progress::Finished(f)) => {
+            let parts = vec![(1, f.size)];
+            (f.session, parts, Some(f.key))
+        }
+        _ => {
+            let info = owned_session(&state, &caller, &upload_id).await?;
+            let parts = state.store.session_parts(&info.upload_id).await?;
+            (info, parts, None)
+        }
+    };
+    if !caller.may_access(info.user_id.as_str()) {
+        return Err(ApiError::NotFound("Upload session not found".to_owned()));
+    }
     let received: u64 = parts.iter().map(|(_, s)| s).sum();
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let url = stored
+        .as_deref()
+        .and_then(|k| Key::parse(k).ok())
+        .map(|k| public_url(&state.settings.public_base_url, &k));
     Ok(Json(SessionStatus {
         upload_id: info.upload_id.to_string(),
         mode: info.mode.as_str(),
+        protocol: info.resumable.as_ref().map(|r| r.protocol.as_str()),
+        status: if stored.is_some() {
+            "completed"
+        } else {
+            "uploading"
+        },
+        url,
+        key: stored,
         files: vec![SessionFile {
-            name: info.file.name.into(),
-            size: info.file.size,
-            mime: info.file.mime,
+            name: info.file.name.clone().into(),
+            size: info.length().unwrap_or(received),
+            mime: info.file.mime.clone(),
         }],
-        folder: info.folder.map(|f| f.as_string()),
+        folder: info.folder.as_ref().map(|f| f.as_string()),
         parts: parts
             .iter()
             .map(|&(part_number, size)| SessionPart { part_number, size })
             .collect(),
         received_bytes: received,
-        expected_bytes: info.file.size,
+        expected_bytes: info.length().unwrap_or(received),
         created_at: rfc(info.created_at),
         expires_at: rfc(info.expires_at),
     }))
