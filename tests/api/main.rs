@@ -17,6 +17,7 @@ mod helpers;
 mod nginx;
 mod parts;
 mod reading;
+mod resumable;
 mod security;
 mod shutdown;
 mod slow;

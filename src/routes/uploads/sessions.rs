@@ -5,14 +5,14 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::one_request::public_url;
 use super::owned_session;
 use crate::auth::Caller;
-use super::one_request::public_url;
 use crate::error::{ApiError, ApiResult, AppPath, ErrorBody};
+use crate::state::AppState;
 use crate::store::key::Key;
 use crate::store::resumable::Progress;
 use crate::store::sessions::SessionId;
-use crate::state::AppState;
 
 /// Where an upload stands, so a client can resume (API.md §3.2).
 #[derive(Debug, Serialize, ToSchema)]
