@@ -207,7 +207,11 @@ if [ ! -e "$ENV_FILE" ]; then
         note "wrote $what"
     fi
     [ -n "$DOMAIN" ] || note "PUBLIC_BASE_URL is not set: give --domain, or set it in the file"
-    note "nothing else was changed: review $ENV_FILE (JWT keys, quotas), then run deploy.sh again"
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] a real run stops there (exit 3): review the file, then run deploy.sh again"
+    else
+        note "nothing else was changed: review $ENV_FILE (JWT keys, quotas), then run deploy.sh again"
+    fi
     exit 3
 fi
 mode=$(stat -c '%a' "$ENV_FILE")

@@ -59,7 +59,7 @@ expect_code 3
 expect_out "would write $DEPLOY_ENV_FILE"
 expect_out "PUBLIC_BASE_URL=https://files.example.org"
 expect_out "mode 0600"
-expect_out "run deploy.sh again"
+expect_out "a real run stops there (exit 3)"
 expect_no_out "==> binary"
 
 case_name="no env file, no --domain: PUBLIC_BASE_URL named as missing"
