@@ -331,8 +331,13 @@ sed -e "s|file-server.example.com|$DOMAIN|g" \
     -e "s|/var/www/letsencrypt|$ACME_ROOT|" \
     "$HERE/nginx-file-server.conf" >"$site_tmp"
 if ! cert_present "$DOMAIN"; then
-    # Until a certificate exists, serve only port 80 (ACME and redirect) so nginx -t passes.
-    awk '/listen 443/{skip=1} skip&&/^}/{skip=0;next} !skip' "$site_tmp" >"$site_tmp.http"
+    # Until a certificate exists, serve only port 80 (ACME and redirect) so nginx -t passes:
+    # drop the whole server block that listens on 443.
+    awk '/^server[ \t]*\{/ { inside = 1; block = ""; tls = 0 }
+         inside { block = block $0 "\n"; if ($0 ~ /listen 443/) tls = 1
+                  if ($0 ~ /^\}/) { inside = 0; if (!tls) printf "%s", block }
+                  next }
+         { print }' "$site_tmp" >"$site_tmp.http"
     cat "$site_tmp.http" >"$site_tmp"
 fi
 NGINX_CHANGED=0

@@ -214,6 +214,16 @@ FAKE
         printf '#!/bin/sh\necho "%s $*" >>"%s/calls"\n' "$tool" "$work" >"$fake/$tool"
     done
     chmod +x "$fake"/*
+    # nginx -t (the real one) on the site deploy.sh installed, its log moved into $work.
+    nginx_accepts_site() {
+        local t=$work/nginx-t
+        command -v nginx >/dev/null 2>&1 || { echo "nginx missing: site not tested ($1)"; return 0; }
+        rm -rf "$t"
+        mkdir -p "$t"
+        sed "s|/var/log/nginx/|$t/|" "$DEPLOY_NGINX_DIR/sites-available/file-server" >"$t/site.conf"
+        sed "s|{dir}|$t|g" deploy/nginx-test.conf >"$t/nginx.conf"
+        nginx -t -q -p "$t" -c "$t/nginx.conf" 2>"$t/err" || fail "nginx -t $1: $(cat "$t/err")"
+    }
     real() {
         set +e
         out=$(PATH="$fake:$PATH" DEPLOY_HEALTH_WAIT=2 bash "$DEPLOY" "$@" 2>&1)
@@ -242,6 +252,19 @@ FAKE
     grep -q "systemctl restart upload-server.service" "$work/calls" || fail "no restart"
     [ -e "$DEPLOY_NGINX_DIR/upload-server-admin-allow.conf" ] || fail "no admin allow file"
     [ -x "$DEPLOY_LETSENCRYPT_DIR/renewal-hooks/deploy/reload-nginx.sh" ] || fail "no certbot hook"
+    nginx_accepts_site "before a certificate exists (port 80 only)"
+    if grep -q "listen 443" "$DEPLOY_NGINX_DIR/sites-available/file-server"; then
+        fail "the site listens on 443 without a certificate"
+    fi
+    # With a certificate (self-signed here), the HTTPS server block is installed too.
+    local live=$DEPLOY_LETSENCRYPT_DIR/live/files.example.org
+    mkdir -p "$live"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=files.example.org \
+        -keyout "$live/privkey.pem" -out "$live/fullchain.pem" 2>/dev/null
+    real --binary "$good"
+    expect_code 0
+    expect_out "certificate for files.example.org present"
+    nginx_accepts_site "with a certificate"
 
     case_name="real: nothing changed: not restarted"
     : >"$work/calls"
