@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
-# Deploys the Stream-Line upload server on this host: binary, service user, folders,
-# systemd unit, env file (never overwritten), nginx site, TLS certificate, restart, health.
-# Idempotent: a second run changes nothing that is already right.
+# Deploys the Stream-Line upload server on this host: binary (the previous one kept), service
+# user, folders, systemd unit, env file (written once, never overwritten), nginx site, TLS
+# certificate and its renewal hook, restart, health, rollback.
+# Idempotent: a second run changes nothing that is already right, and restarts the server
+# only when its binary, unit or env file changed.
 #
 # Usage: sudo ./deploy.sh [--dry-run] [--binary PATH] [--domain NAME] [--email ADDR]
-#   --dry-run      print every step without doing it
-#   --binary PATH  install this prebuilt binary instead of building one
-#   --domain NAME  public host name (default: file-server.example.com, or PUBLIC_BASE_URL's host)
-#   --email ADDR   e-mail for certbot (without it, certbot is asked to register without one)
+#                         [--accept-new-secrets] [--skip-domain-check]
+#        sudo ./deploy.sh --rollback [--dry-run]
+#   --dry-run             print what would change, change nothing (no root needed)
+#   --binary PATH         install this prebuilt binary instead of building one
+#   --domain NAME         public host name; a new env file gets PUBLIC_BASE_URL=https://NAME
+#                         (default: PUBLIC_BASE_URL's host)
+#   --email ADDR          e-mail for certbot (without it, certbot registers without one)
+#   --accept-new-secrets  switch over although the env file lacks AUTH_SERVICE_TOKEN,
+#                         UPLOAD_SIGNING_KEY or PUBLIC_BASE_URL (see README, "Upgrading")
+#   --skip-domain-check   ask certbot for a certificate without first checking that the
+#                         domain reaches this host's nginx
+#   --rollback            put the previous binary back, restart, wait for /healthz
+# Exit: 0 done; 1 failed (a failed start is rolled back); 2 bad usage; 3 a new env file was
+# written: edit it, then run again; 4 the env file lacks secrets the old service made up.
+# Paths can be moved for tests: DEPLOY_PREFIX, DEPLOY_ENV_FILE, DEPLOY_UNIT,
+# DEPLOY_NGINX_DIR, DEPLOY_LETSENCRYPT_DIR, DEPLOY_ACME_ROOT; DEPLOY_HEALTH_WAIT (seconds, 30).
 set -euo pipefail
 
 DRY_RUN=0
 BINARY=""
 DOMAIN=""
 EMAIL=""
+ACCEPT_NEW_SECRETS=0
+SKIP_DOMAIN_CHECK=0
+ROLLBACK=0
 SERVICE_USER=uploadsvc
-PREFIX=/opt/upload-server
-ENV_DIR=/etc/stream-line
-ENV_FILE=$ENV_DIR/upload.env
-UNIT=/etc/systemd/system/upload-server.service
-SITE_AVAILABLE=/etc/nginx/sites-available/file-server
-SITE_ENABLED=/etc/nginx/sites-enabled/file-server
+SERVICE=upload-server.service
+PREFIX=${DEPLOY_PREFIX:-/opt/upload-server}
+ENV_FILE=${DEPLOY_ENV_FILE:-/etc/stream-line/upload.env}
+ENV_DIR=$(dirname "$ENV_FILE")
+UNIT=${DEPLOY_UNIT:-/etc/systemd/system/$SERVICE}
+NGINX_DIR=${DEPLOY_NGINX_DIR:-/etc/nginx}
+SITE_AVAILABLE=$NGINX_DIR/sites-available/file-server
+SITE_ENABLED=$NGINX_DIR/sites-enabled/file-server
+ADMIN_ALLOW=$NGINX_DIR/upload-server-admin-allow.conf
+LETSENCRYPT=${DEPLOY_LETSENCRYPT_DIR:-/etc/letsencrypt}
+RENEW_HOOK=$LETSENCRYPT/renewal-hooks/deploy/reload-nginx.sh
+ACME_ROOT=${DEPLOY_ACME_ROOT:-/var/www/letsencrypt}
+BIN=$PREFIX/bin/upload-server
+PREVIOUS=$BIN.previous
+# The env file's checksum at the last successful deploy: a changed file needs a restart.
+DEPLOYED_ENV=$PREFIX/deployed-env.sha256
+# How long the server may take to answer /healthz after a start.
+HEALTH_WAIT=${DEPLOY_HEALTH_WAIT:-30}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The settings the old Python service made up when unset (README, "Upgrading").
+UPGRADE_SETTINGS=(AUTH_SERVICE_TOKEN UPLOAD_SIGNING_KEY PUBLIC_BASE_URL)
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,147 +60,388 @@ while [ $# -gt 0 ]; do
         --binary) BINARY=${2:?--binary needs a path}; shift ;;
         --domain) DOMAIN=${2:?--domain needs a name}; shift ;;
         --email) EMAIL=${2:?--email needs an address}; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-        *) echo "deploy.sh: unknown argument $1" >&2; exit 2 ;;
+        --accept-new-secrets) ACCEPT_NEW_SECRETS=1 ;;
+        --skip-domain-check) SKIP_DOMAIN_CHECK=1 ;;
+        --rollback) ROLLBACK=1 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "deploy.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
+case "$DOMAIN" in
+    */*|*:*|*' '*) echo "deploy.sh: --domain takes a host name such as files.example.com, not '$DOMAIN'" >&2; exit 2 ;;
+esac
 
 step() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+    local code=$1
+    shift
+    printf 'deploy.sh: %s\n' "$*" >&2
+    exit "$code"
+}
 # Runs a command, or prints it under --dry-run.
 run() {
     if [ "$DRY_RUN" = 1 ]; then
-        printf '    [dry-run] %s\n' "$*"
+        printf '    [dry-run] would run: %s\n' "$*"
     else
         "$@"
     fi
 }
 
-# Writes a fresh random AUTH_SERVICE_TOKEN into an env file (never printed).
-set_new_service_token() {
-    local token
-    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    sed -i "s|^#AUTH_SERVICE_TOKEN=.*|AUTH_SERVICE_TOKEN=$token|" "$1"
+# A value from the env file; empty when unset or commented out.
+env_value() {
+    local line
+    line=$(grep -E "^[[:space:]]*$1=" "$ENV_FILE" 2>/dev/null | tail -n 1 || true)
+    line=${line#*=}
+    line=${line%\"}
+    line=${line#\"}
+    printf '%s\n' "$line"
 }
 
-# A value from the env file (or the template when the env file does not exist yet).
-env_value() {
-    local key=$1 default=$2 file=$ENV_FILE
-    [ -r "$file" ] || file=$HERE/upload.env.template
-    local line
-    line=$(grep -E "^${key}=" "$file" 2>/dev/null | tail -n 1 || true)
-    if [ -n "$line" ]; then printf '%s\n' "${line#*=}"; else printf '%s\n' "$default"; fi
+random_hex() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# Writes a new env file from the template: fresh AUTH_SERVICE_TOKEN and UPLOAD_SIGNING_KEY,
+# PUBLIC_BASE_URL from --domain; mode 0600 from the start (it holds secrets).
+write_env_file() {
+    local tmp
+    install -d -m 0755 "$ENV_DIR"
+    tmp=$(mktemp "$ENV_DIR/.upload.env.XXXXXX")
+    chmod 0600 "$tmp"
+    sed -e "s|^#AUTH_SERVICE_TOKEN=.*|AUTH_SERVICE_TOKEN=$(random_hex)|" \
+        -e "s|^#UPLOAD_SIGNING_KEY=.*|UPLOAD_SIGNING_KEY=$(random_hex)|" \
+        "$HERE/upload.env.template" >"$tmp"
+    if [ -n "$DOMAIN" ]; then
+        sed -i "s|^#PUBLIC_BASE_URL=.*|PUBLIC_BASE_URL=https://$DOMAIN|" "$tmp"
+    fi
+    mv "$tmp" "$ENV_FILE"
 }
+
+# The address /healthz answers on: a wildcard listener is asked on loopback.
+health_url() {
+    local host port
+    host=$(env_value BIND_HOST)
+    port=$(env_value PORT)
+    case "${host:-127.0.0.1}" in
+        0.0.0.0|'') host=127.0.0.1 ;;
+        ::|'[::]') host='[::1]' ;;
+        *:*) host="[${host#[}"; host="${host%]}]" ;;
+    esac
+    printf 'http://%s:%s/healthz\n' "$host" "${port:-5070}"
+}
+
+wait_healthy() {
+    local url
+    url=$(health_url)
+    for _ in $(seq 1 "$HEALTH_WAIT"); do
+        if curl -fsS --max-time 2 "$url" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+
+# systemctl restart: SIGTERM, requests in flight get the server's 30 s drain (TimeoutStopSec
+# in the unit is a little longer), then the new process starts.
+restart_and_wait() {
+    note "restarting: uploads in flight get up to 30 s to finish"
+    run systemctl restart "$SERVICE"
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] would wait up to ${HEALTH_WAIT} s for $(health_url)"
+        return 0
+    fi
+    wait_healthy
+}
+
+rollback() {
+    step "rollback to the previous binary"
+    [ -e "$PREVIOUS" ] || die 1 "no previous binary at $PREVIOUS: nothing to roll back to"
+    [ "$DRY_RUN" = 1 ] || [ "$(id -u)" = 0 ] || die 1 "run as root (or with --dry-run)"
+    run cp -p "$BIN" "$BIN.rolled-back"
+    run install -m 0755 "$PREVIOUS" "$BIN"
+    if restart_and_wait; then
+        note "healthy on the previous binary (the one rolled back from: $BIN.rolled-back)"
+    else
+        die 1 "the previous binary did not become healthy either; see journalctl -u upload-server"
+    fi
+}
+
+if [ "$ROLLBACK" = 1 ]; then
+    rollback
+    exit 0
+fi
 
 if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
-    echo "deploy.sh: run as root (or with --dry-run)" >&2
-    exit 1
+    die 1 "run as root (or with --dry-run)"
 fi
 
-UPLOAD_ROOT=$(env_value UPLOAD_ROOT /data/uploads)
-PORT=$(env_value PORT 5070)
-BIND_HOST=$(env_value BIND_HOST 127.0.0.1)
-MAX_BODY_MB=$(env_value MAX_BODY_MB 5120)
-if [ -z "$DOMAIN" ]; then
-    base=$(env_value PUBLIC_BASE_URL "")
-    DOMAIN=${base#*://}
-    DOMAIN=${DOMAIN%%/*}
-    DOMAIN=${DOMAIN%%:*}
-    [ -n "$DOMAIN" ] || DOMAIN="file-server.example.com"
+step "prerequisites"
+cert_present() { [ -e "$LETSENCRYPT/live/$1/fullchain.pem" ]; }
+missing=()
+for tool in nginx curl systemctl certbot; do
+    if [ "$tool" = certbot ] && [ -n "$DOMAIN" ] && cert_present "$DOMAIN"; then
+        continue
+    fi
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]} > 0)); then
+    msg="missing prerequisites: ${missing[*]} (Debian: apt-get install ${missing[*]/systemctl/systemd})"
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] $msg: a real run stops here"
+    else
+        die 1 "$msg"
+    fi
+else
+    note "nginx, curl, systemctl and certbot found"
 fi
+
+step "env file"
+if [ ! -e "$ENV_FILE" ]; then
+    what="$ENV_FILE from upload.env.template (mode 0600) with a new AUTH_SERVICE_TOKEN and UPLOAD_SIGNING_KEY"
+    [ -z "$DOMAIN" ] || what="$what and PUBLIC_BASE_URL=https://$DOMAIN"
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] would write $what"
+    else
+        write_env_file
+        note "wrote $what"
+    fi
+    [ -n "$DOMAIN" ] || note "PUBLIC_BASE_URL is not set: give --domain, or set it in the file"
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] a real run stops there (exit 3): review the file, then run deploy.sh again"
+    else
+        note "nothing else was changed: review $ENV_FILE (JWT keys, quotas), then run deploy.sh again"
+    fi
+    exit 3
+fi
+mode=$(stat -c '%a' "$ENV_FILE")
+if [ "$mode" != 600 ]; then
+    note "$ENV_FILE has mode $mode; it holds secrets"
+    run chmod 0600 "$ENV_FILE"
+fi
+unset_settings=()
+for var in "${UPGRADE_SETTINGS[@]}"; do
+    [ -n "$(env_value "$var")" ] || unset_settings+=("$var")
+done
+if ((${#unset_settings[@]} > 0)); then
+    if [ "$ACCEPT_NEW_SECRETS" = 1 ]; then
+        note "not set, accepted with --accept-new-secrets: ${unset_settings[*]}"
+    else
+        {
+            echo "deploy.sh: refusing to switch over: $ENV_FILE does not set ${unset_settings[*]}."
+            echo "  The old Python service made these up when unset (a built-in service token, a public"
+            echo "  signing key, a URL from its own address); this server does not, so service clients"
+            echo "  would get 401 and signed URLs already handed out would stop verifying."
+            echo "  Set them (README.md, \"Upgrading from the Python service\"; check with"
+            echo "  upload-server check --env-file $ENV_FILE), or run again with --accept-new-secrets."
+        } >&2
+        exit 4
+    fi
+else
+    note "AUTH_SERVICE_TOKEN, UPLOAD_SIGNING_KEY and PUBLIC_BASE_URL are set"
+fi
+base=$(env_value PUBLIC_BASE_URL)
+base_host=${base#*://}
+base_host=${base_host%%/*}
+base_host=${base_host%%:*}
+if [ -z "$DOMAIN" ]; then
+    DOMAIN=$base_host
+    [ -n "$DOMAIN" ] || die 2 "no domain: give --domain NAME or set PUBLIC_BASE_URL in $ENV_FILE"
+elif [ -n "$base_host" ] && [ "$base_host" != "$DOMAIN" ]; then
+    note "warning: PUBLIC_BASE_URL names $base_host, not $DOMAIN; $ENV_FILE is left as it is"
+fi
+UPLOAD_ROOT=$(env_value UPLOAD_ROOT)
+UPLOAD_ROOT=${UPLOAD_ROOT:-/data/uploads}
+PORT=$(env_value PORT)
+PORT=${PORT:-5070}
+BIND_HOST=$(env_value BIND_HOST)
+BIND_HOST=${BIND_HOST:-127.0.0.1}
+MAX_BODY_MB=$(env_value MAX_BODY_MB)
+MAX_BODY_MB=${MAX_BODY_MB:-5120}
 
 step "binary"
+check_args=(check --env-file "$ENV_FILE")
+[ "$ACCEPT_NEW_SECRETS" = 0 ] || check_args+=(--accept-new-secrets)
 if [ -n "$BINARY" ]; then
-    [ "$DRY_RUN" = 1 ] || [ -x "$BINARY" ] || { echo "deploy.sh: $BINARY is not an executable" >&2; exit 1; }
+    [ "$DRY_RUN" = 1 ] || [ -x "$BINARY" ] || die 1 "$BINARY is not an executable"
     built=$BINARY
 else
     run cargo build --release --locked --manifest-path "$HERE/Cargo.toml"
     built=$HERE/target/release/upload-server
 fi
-run install -d -m 0755 "$PREFIX/bin"
-if [ "$DRY_RUN" = 1 ] || ! cmp -s "$built" "$PREFIX/bin/upload-server"; then
-    run install -m 0755 "$built" "$PREFIX/bin/upload-server"
+# The pre-flight check of the env file and the data root, by the binary about to run.
+if [ "$DRY_RUN" = 1 ]; then
+    note "[dry-run] would run: $built ${check_args[*]} (and stop on a problem)"
+elif ! "$built" "${check_args[@]}"; then
+    die 1 "upload-server check found problems (above): nothing was switched"
 fi
-run install -m 0644 "$HERE/README.md" "$PREFIX/README.md"
+BINARY_CHANGED=0
+if [ "$DRY_RUN" = 1 ] && [ -z "$BINARY" ]; then
+    note "[dry-run] would install the build as $BIN if it differs, keeping the current one as $PREVIOUS"
+elif ! cmp -s "$built" "$BIN"; then
+    BINARY_CHANGED=1
+    run install -d -m 0755 "$PREFIX/bin"
+    if [ -e "$BIN" ]; then
+        run cp -p "$BIN" "$PREVIOUS"
+    fi
+    run install -m 0755 "$built" "$BIN"
+else
+    note "$BIN is up to date"
+fi
+if ! cmp -s "$HERE/README.md" "$PREFIX/README.md"; then
+    run install -m 0644 "$HERE/README.md" "$PREFIX/README.md"
+fi
 
 step "service user and folders"
 if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
     run useradd --system --home-dir "$UPLOAD_ROOT" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
 fi
-run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$UPLOAD_ROOT"
-run install -d -m 0750 -o root -g "$SERVICE_USER" "$ENV_DIR"
-
-step "env file"
-if [ -e "$ENV_FILE" ]; then
-    echo "    $ENV_FILE exists: left as it is"
+if [ ! -d "$UPLOAD_ROOT" ]; then
+    run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$UPLOAD_ROOT"
 else
-    run install -m 0640 -o root -g "$SERVICE_USER" "$HERE/upload.env.template" "$ENV_FILE"
-    run set_new_service_token "$ENV_FILE"
-    echo "    wrote $ENV_FILE with a new AUTH_SERVICE_TOKEN; edit it, then run deploy.sh again"
+    note "$UPLOAD_ROOT exists: owner and mode left as they are"
 fi
 
 step "systemd unit"
 unit_tmp=$(mktemp)
-trap 'rm -f "$unit_tmp" "${site_tmp:-}"' EXIT
-sed "s|^ReadWritePaths=.*|ReadWritePaths=$UPLOAD_ROOT|" "$HERE/upload-server.service" >"$unit_tmp"
-if [ "$DRY_RUN" = 1 ] || ! cmp -s "$unit_tmp" "$UNIT"; then
+site_tmp=$(mktemp)
+trap 'rm -f "$unit_tmp" "$site_tmp" "$site_tmp.http"' EXIT
+sed -e "s|^ReadWritePaths=.*|ReadWritePaths=$UPLOAD_ROOT|" \
+    -e "s|^EnvironmentFile=.*|EnvironmentFile=$ENV_FILE|" \
+    -e "s|^ExecStart=.*|ExecStart=$BIN|" \
+    "$HERE/upload-server.service" >"$unit_tmp"
+UNIT_CHANGED=0
+if ! cmp -s "$unit_tmp" "$UNIT"; then
+    UNIT_CHANGED=1
+    [ -d "$(dirname "$UNIT")" ] || run install -d -m 0755 "$(dirname "$UNIT")"
     run install -m 0644 "$unit_tmp" "$UNIT"
     run systemctl daemon-reload
+else
+    note "$UNIT is up to date"
 fi
-if command -v systemd-analyze >/dev/null 2>&1; then
-    run systemd-analyze verify "$UNIT" || echo "    systemd-analyze reported the above"
-fi
-run systemctl enable upload-server.service
+run systemctl enable "$SERVICE"
 
 step "nginx site"
-site_tmp=$(mktemp)
 sed -e "s|file-server.example.com|$DOMAIN|g" \
     -e "s|127.0.0.1:5070|$BIND_HOST:$PORT|" \
     -e "s|/data/uploads/storage/|${UPLOAD_ROOT%/}/storage/|" \
     -e "s|client_max_body_size [0-9]*m;|client_max_body_size ${MAX_BODY_MB}m;|" \
+    -e "s|/etc/nginx/upload-server-admin-allow.conf|$ADMIN_ALLOW|" \
+    -e "s|/etc/letsencrypt/|$LETSENCRYPT/|g" \
+    -e "s|/var/www/letsencrypt|$ACME_ROOT|" \
     "$HERE/nginx-file-server.conf" >"$site_tmp"
-cert=/etc/letsencrypt/live/$DOMAIN/fullchain.pem
-if [ ! -e "$cert" ]; then
-    # Until a certificate exists, serve only port 80 (ACME and redirect) so nginx -t passes.
-    awk '/listen 443/{skip=1} skip&&/^}/{skip=0;next} !skip' "$site_tmp" >"$site_tmp.http" && mv "$site_tmp.http" "$site_tmp"
+if ! cert_present "$DOMAIN"; then
+    # Until a certificate exists, serve only port 80 (ACME and redirect) so nginx -t passes:
+    # drop the whole server block that listens on 443.
+    awk '/^server[ \t]*\{/ { inside = 1; block = ""; tls = 0 }
+         inside { block = block $0 "\n"; if ($0 ~ /listen 443/) tls = 1
+                  if ($0 ~ /^\}/) { inside = 0; if (!tls) printf "%s", block }
+                  next }
+         { print }' "$site_tmp" >"$site_tmp.http"
+    cat "$site_tmp.http" >"$site_tmp"
 fi
-if [ "$DRY_RUN" = 1 ] || ! cmp -s "$site_tmp" "$SITE_AVAILABLE"; then
+NGINX_CHANGED=0
+if ! cmp -s "$site_tmp" "$SITE_AVAILABLE"; then
+    NGINX_CHANGED=1
+    run install -d -m 0755 "$(dirname "$SITE_AVAILABLE")" "$(dirname "$SITE_ENABLED")"
     run install -m 0644 "$site_tmp" "$SITE_AVAILABLE"
+else
+    note "$SITE_AVAILABLE is up to date"
 fi
-[ -L "$SITE_ENABLED" ] || run ln -sf "$SITE_AVAILABLE" "$SITE_ENABLED"
-run install -d -m 0755 /var/www/letsencrypt
-run nginx -t
-run systemctl reload nginx
+if [ ! -L "$SITE_ENABLED" ]; then
+    NGINX_CHANGED=1
+    run ln -sf "$SITE_AVAILABLE" "$SITE_ENABLED"
+fi
+if [ ! -e "$ADMIN_ALLOW" ]; then
+    NGINX_CHANGED=1
+    note "/metrics and the docs: loopback only until you edit $ADMIN_ALLOW"
+    run install -m 0644 "$HERE/deploy/nginx-admin-allow.conf" "$ADMIN_ALLOW"
+else
+    note "$ADMIN_ALLOW exists: left as it is"
+fi
+[ -d "$ACME_ROOT" ] || run install -d -m 0755 "$ACME_ROOT"
+if [ "$NGINX_CHANGED" = 1 ]; then
+    run nginx -t
+    run systemctl reload nginx
+else
+    note "nginx unchanged: not reloaded"
+fi
 
 step "TLS certificate"
-if [ -e "$cert" ]; then
-    echo "    certificate for $DOMAIN present"
-elif command -v certbot >/dev/null 2>&1 && command -v getent >/dev/null 2>&1; then
-    resolved=$(getent ahosts "$DOMAIN" | awk '{print $1; exit}' || true)
-    mine=$(hostname -I 2>/dev/null | tr ' ' '\n' || true)
-    if [ -n "$resolved" ] && printf '%s\n' "$mine" | grep -qx "$resolved"; then
-        if [ -n "$EMAIL" ]; then contact=(--email "$EMAIL"); else contact=(--register-unsafely-without-email); fi
-        run certbot certonly --webroot -w /var/www/letsencrypt -d "$DOMAIN" --agree-tos --non-interactive "${contact[@]}"
-        echo "    certificate obtained: run deploy.sh again to enable HTTPS"
-    else
-        echo "    $DOMAIN does not resolve to this host: no certificate requested"
-    fi
+# Renewals need nginx to reload to serve the new certificate.
+if ! cmp -s "$HERE/deploy/certbot-reload-nginx.sh" "$RENEW_HOOK"; then
+    run install -d -m 0755 "$(dirname "$RENEW_HOOK")"
+    run install -m 0755 "$HERE/deploy/certbot-reload-nginx.sh" "$RENEW_HOOK"
+fi
+# Whether http://DOMAIN/ reaches this host's nginx: a file put in the ACME webroot must come
+# back through the domain. Unlike comparing DNS with local addresses, this works behind NAT.
+domain_reaches_us() {
+    local name body
+    name="deploy-check-$(random_hex)"
+    printf '%s\n' "$name" >"$ACME_ROOT/.well-known/acme-challenge/$name"
+    body=$(curl -fsS --max-time 10 "http://$DOMAIN/.well-known/acme-challenge/$name" 2>/dev/null || true)
+    rm -f "$ACME_ROOT/.well-known/acme-challenge/$name"
+    [ "$body" = "$name" ]
+}
+if cert_present "$DOMAIN"; then
+    note "certificate for $DOMAIN present"
+elif ! command -v certbot >/dev/null 2>&1 && [ "$DRY_RUN" = 0 ]; then
+    note "certbot not installed: no certificate requested"
 else
-    echo "    certbot not installed: no certificate requested"
+    if [ -n "$EMAIL" ]; then contact=(--email "$EMAIL"); else contact=(--register-unsafely-without-email); fi
+    certbot_cmd=(certbot certonly --webroot -w "$ACME_ROOT" -d "$DOMAIN" --agree-tos --non-interactive "${contact[@]}")
+    if [ "$SKIP_DOMAIN_CHECK" = 1 ]; then
+        note "domain check skipped (--skip-domain-check)"
+        reachable=1
+    elif [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] would check that http://$DOMAIN/.well-known/acme-challenge/ reaches this nginx"
+        reachable=1
+    else
+        install -d -m 0755 "$ACME_ROOT/.well-known/acme-challenge"
+        if domain_reaches_us; then reachable=1; else reachable=0; fi
+    fi
+    if [ "$reachable" = 1 ]; then
+        run "${certbot_cmd[@]}"
+        [ "$DRY_RUN" = 1 ] || note "certificate obtained: run deploy.sh again to enable HTTPS"
+    else
+        note "http://$DOMAIN/ does not reach this host's nginx (DNS, firewall or port forwarding of"
+        note "port 80): no certificate requested; --skip-domain-check lets certbot try anyway"
+    fi
 fi
 
 step "restart and health"
-run systemctl restart upload-server.service
-if [ "$DRY_RUN" = 0 ]; then
-    for _ in $(seq 1 30); do
-        if curl -fsS "http://$BIND_HOST:$PORT/healthz" >/dev/null 2>&1; then
-            echo "    healthy"
-            exit 0
-        fi
-        sleep 1
-    done
-    echo "deploy.sh: the server did not become healthy; see journalctl -u upload-server" >&2
-    exit 1
-else
-    echo "    [dry-run] wait for http://$BIND_HOST:$PORT/healthz"
+env_sum=$(sha256sum "$ENV_FILE" | cut -d' ' -f1)
+ENV_CHANGED=0
+[ "$(cat "$DEPLOYED_ENV" 2>/dev/null || true)" = "$env_sum" ] || ENV_CHANGED=1
+active=0
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$SERVICE" 2>/dev/null; then
+    active=1
 fi
+if [ "$BINARY_CHANGED$UNIT_CHANGED$ENV_CHANGED" = 000 ] && [ "$active" = 1 ]; then
+    note "binary, unit and env file unchanged and the server running: not restarted"
+    exit 0
+fi
+changed=()
+[ "$BINARY_CHANGED" = 0 ] || changed+=(binary)
+[ "$UNIT_CHANGED" = 0 ] || changed+=(unit)
+[ "$ENV_CHANGED" = 0 ] || changed+=("env file")
+[ "$active" = 1 ] || changed+=("server not running")
+note "restart needed: ${changed[*]}"
+if restart_and_wait; then
+    if [ "$DRY_RUN" = 1 ]; then
+        if [ "$BINARY_CHANGED" = 1 ] && [ -e "$BIN" ]; then
+            note "[dry-run] if it does not become healthy: put $PREVIOUS back and restart"
+        fi
+        note "[dry-run] would record the env file's checksum in $DEPLOYED_ENV"
+    else
+        printf '%s\n' "$env_sum" >"$DEPLOYED_ENV"
+        note "healthy"
+    fi
+    exit 0
+fi
+echo "deploy.sh: the server did not answer $(health_url) within ${HEALTH_WAIT} s; see journalctl -u upload-server" >&2
+if [ "$BINARY_CHANGED" = 1 ] && [ -e "$PREVIOUS" ]; then
+    rollback
+    die 1 "rolled back to the previous binary; the new one is kept as $BIN.rolled-back"
+fi
+exit 1

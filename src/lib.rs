@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod body_timeout;
 mod bufpool;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod jwt_keys;

@@ -3,28 +3,55 @@
 //!
 //! Run: `UPLOAD_ROOT=./data AUTH_SERVICE_TOKEN=dev-token cargo run --release`
 //! Options: `--env-file PATH` (also `UPLOAD_ENV_FILE`), `--help`, `--version`.
+//! `upload-server check [--env-file PATH] [--accept-new-secrets]`: the pre-flight check of
+//! an env file and its data root (`src/check.rs`), without serving.
+//!
+//! Exit codes: 0 stopped cleanly (or `check` found nothing wrong); 1 `check` found problems,
+//! or the server failed while serving; 2 a configuration error, which includes every
+//! failure before serving (bad value, address in use, root not writable): one stderr line
+//! naming the setting.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use upload_server::config::Settings;
+use upload_server::config::{ConfigError, Settings};
 
 /// How long requests in flight may run after a stop signal.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// Serve (the default).
+    Serve { env_file: Option<PathBuf> },
+    /// `check`: the pre-flight check.
+    Check {
+        env_file: Option<PathBuf>,
+        accept_new_secrets: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let env_file = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(path)) => Some(path),
-        Ok(None) => None,
+        Ok(Command::Serve { env_file }) => env_file,
+        Ok(Command::Check {
+            env_file,
+            accept_new_secrets,
+        }) => {
+            let report = upload_server::check::run(env_file.as_deref(), accept_new_secrets);
+            print!("{report}");
+            return if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Err(code) => return code,
     };
     let settings = match Settings::from_env(env_file.as_deref()) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("upload-server: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return config_error(e),
     };
     upload_server::telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -39,16 +66,50 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("upload-server: {e:#}");
+        Err(ServeError::Start(e)) => {
+            eprintln!("upload-server: configuration error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+        Err(ServeError::Serving(e)) => {
+            eprintln!("upload-server: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// `Ok(Some(path))` for `--env-file PATH`; `Err(code)` when the process should exit now.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, ExitCode> {
+/// The one line a configuration error gets, exit 2.
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("upload-server: configuration error: {e}");
+    ExitCode::from(2)
+}
+
+/// An error's whole chain on one line (causes may hold line breaks).
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace(['\n', '\r'], " ")
+}
+
+const USAGE: &str = "Usage: upload-server [--env-file PATH]
+       upload-server check [--env-file PATH] [--accept-new-secrets]
+
+Settings come from the environment; --env-file or UPLOAD_ENV_FILE names a KEY=VALUE file
+(systemd's EnvironmentFile form), the environment winning over it.
+
+check: validates the settings and the data root (permissions, free space, sidecars, the
+signing key) and reports AUTH_SERVICE_TOKEN, UPLOAD_SIGNING_KEY or PUBLIC_BASE_URL left unset
+as upgrade hazards (warnings with --accept-new-secrets); exit 0 when fine, 1 otherwise.
+
+Settings (name, default, meaning):";
+
+/// `Err(code)` when the process should exit now (`--help`, `--version`, a bad argument).
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, ExitCode> {
     let mut env_file = None;
+    let mut check = false;
+    let mut accept_new_secrets = false;
+    let mut args = args.peekable();
+    if args.peek().is_some_and(|a| a == "check") {
+        check = true;
+        args.next();
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--env-file" => match args.next() {
@@ -61,16 +122,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
             a if a.starts_with("--env-file=") => {
                 env_file = Some(PathBuf::from(&a["--env-file=".len()..]))
             }
+            "--accept-new-secrets" if check => accept_new_secrets = true,
             "--version" | "-V" => {
                 println!("upload-server {}", env!("CARGO_PKG_VERSION"));
                 return Err(ExitCode::SUCCESS);
             }
             "--help" | "-h" => {
                 println!(
-                    "upload-server {}\n\nUsage: upload-server [--env-file PATH]\n\n\
-                     Settings come from the environment (see README.md); --env-file or\n\
-                     UPLOAD_ENV_FILE names a KEY=VALUE file, the environment winning.",
-                    env!("CARGO_PKG_VERSION")
+                    "upload-server {}\n\n{USAGE}\n{}",
+                    env!("CARGO_PKG_VERSION"),
+                    upload_server::config::help_text()
                 );
                 return Err(ExitCode::SUCCESS);
             }
@@ -80,17 +141,53 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
             }
         }
     }
-    Ok(env_file)
+    Ok(if check {
+        Command::Check {
+            env_file,
+            accept_new_secrets,
+        }
+    } else {
+        Command::Serve { env_file }
+    })
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Why serving ended badly: before the first connection (a configuration error, exit 2) or
+/// while serving (exit 1).
+enum ServeError {
+    Start(anyhow::Error),
+    Serving(anyhow::Error),
+}
+
+/// Binds the listen address; a failure names the setting to change.
+async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = settings.listen_addr()?;
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let var = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "PORT",
+            std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => "PORT",
+            _ => "BIND_HOST",
+        };
+        anyhow::anyhow!("{var}: cannot listen on {addr}: {e}")
+    })
+}
+
+async fn serve(settings: Settings) -> Result<(), ServeError> {
     let limits = upload_server::server::ConnLimits::from_settings(&settings);
-    let app = upload_server::startup::app(settings).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
+    // Bound first: a port in use is reported before the root is touched.
+    let listener = bind(&settings).await.map_err(ServeError::Start)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServeError::Start(e.into()))?;
+    if !settings.public_base_url_set && !bound.ip().is_loopback() {
+        tracing::warn!(
+            addr = %bound,
+            public_base_url = %settings.public_base_url,
+            "PUBLIC_BASE_URL is not set and the server listens beyond loopback: returned URLs name this address; set PUBLIC_BASE_URL to the address clients use"
+        );
+    }
+    let app = upload_server::startup::app(settings)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let bound = listener.local_addr()?;
+        .map_err(ServeError::Start)?;
     tracing::info!(
         addr = %bound,
         max_connections = limits.max_connections,
@@ -114,7 +211,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = server => r?,
+        r = server => r.map_err(|e| ServeError::Serving(e.into()))?,
         () = drained => tracing::warn!("requests still running after {DRAIN:?}: stopping anyway"),
     }
     tracing::info!("stopped");

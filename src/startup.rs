@@ -17,6 +17,7 @@ use crate::config::{CorsOrigins, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
+use crate::store::health::Probe;
 use crate::store::signing_key::KeyOrigin;
 use crate::store::FileStore;
 
@@ -38,6 +39,14 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.sidecar_cache,
     )
     .with_context(|| format!("UPLOAD_ROOT: cannot prepare {}", root.display()))?;
+    // A root that refuses writes (read-only mount, another owner) would start and then fail
+    // every upload: refuse it now, naming the setting. A full disk still serves reads.
+    if store.disk_health().await.probe == Probe::Refused {
+        anyhow::bail!(
+            "UPLOAD_ROOT: {} refuses writes (read-only mount or permissions)",
+            root.display()
+        );
+    }
     let signing_key = match &settings.signing_key {
         Some(k) => k.clone(),
         None => {

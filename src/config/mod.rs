@@ -13,7 +13,10 @@ use serde::Deserialize;
 use crate::trust::{TrustedOrigins, TrustedProxies};
 
 mod env_file;
+mod table;
 mod values;
+
+pub use self::table::{help_text, is_setting, markdown_table, Setting, SETTINGS};
 
 use self::env_file::read_env_file;
 use self::values::{
@@ -90,6 +93,8 @@ pub struct Settings {
     pub upload_root: PathBuf,
     /// `PUBLIC_BASE_URL`, without a trailing slash.
     pub public_base_url: String,
+    /// Whether `PUBLIC_BASE_URL` was set (else it was made from `BIND_HOST` and `PORT`).
+    pub public_base_url_set: bool,
     /// `AUTH_SERVICE_TOKEN`; `None` turns service auth off.
     pub service_token: Option<SecretString>,
     /// `UPLOAD_SIGNING_KEY`; `None` means the key kept in `UPLOAD_ROOT/.signing_key`.
@@ -141,42 +146,6 @@ pub struct Settings {
     pub max_connections: Option<usize>,
 }
 
-/// Every variable the service reads.
-pub const KNOWN_VARS: &[&str] = &[
-    "PORT",
-    "BIND_HOST",
-    "UPLOAD_ROOT",
-    "PUBLIC_BASE_URL",
-    "AUTH_SERVICE_TOKEN",
-    "UPLOAD_SIGNING_KEY",
-    "SIGNED_URL_TTL_DEFAULT",
-    "MAX_BODY_MB",
-    "PER_USER_QUOTA_GB",
-    "AUTH_JWT_PUBLIC_KEY_BASE64",
-    "JWT_PUBLIC_KEY_PATH",
-    "AUTH_JWKS_URL",
-    "AUTH_JWKS_MIN_REFETCH_SECS",
-    "AUTH_JWT_ALG",
-    "AUTH_JWT_ISSUER",
-    "AUTH_JWT_AUDIENCE",
-    "JWKS_KID",
-    "JWT_PRIVATE_KEY_PATH",
-    "UPLOAD_SESSION_TTL_HOURS",
-    "BATCH_TOKEN_TTL",
-    "CORS_ALLOW_ORIGINS",
-    "ACCEL_REDIRECT_PREFIX",
-    "LOG_FORMAT",
-    "REQUEST_BODY_TIMEOUT_SECS",
-    "REQUEST_BODY_MIN_RATE",
-    "REQUEST_BODY_RATE_WINDOW_SECS",
-    "REQUEST_HEADER_TIMEOUT_SECS",
-    "KEEPALIVE_TIMEOUT_SECS",
-    "TRUSTED_PROXIES",
-    "SIDECAR_CACHE_SECS",
-    "RESPONSE_STALL_TIMEOUT_SECS",
-    "MAX_CONNECTIONS",
-];
-
 /// The raw strings, merged from the env file and the process environment by `config`.
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
@@ -214,22 +183,33 @@ struct Raw {
     max_connections: Option<String>,
 }
 
+/// Variables by name.
+pub type Vars = HashMap<String, String>;
+
+/// The pairs the settings are made of, as the binary reads them: the env file named by
+/// `env_file` (the `--env-file` option) or by `UPLOAD_ENV_FILE` (none: empty), and the
+/// process environment, which wins over it.
+pub fn read_sources(env_file: Option<&Path>) -> Result<(Vars, Vars), ConfigError> {
+    let process: HashMap<String, String> = std::env::vars().collect();
+    let file = match env_file {
+        Some(p) => Some(p.to_path_buf()),
+        None => process
+            .get("UPLOAD_ENV_FILE")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from),
+    };
+    let file_vars = match file {
+        Some(path) => read_env_file(&path)?,
+        None => HashMap::new(),
+    };
+    Ok((file_vars, process))
+}
+
 impl Settings {
     /// Reads the settings the way the binary does: the env file named by `env_file` (the
     /// `--env-file` option) or by `UPLOAD_ENV_FILE`, then the process environment on top.
     pub fn from_env(env_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let process: HashMap<String, String> = std::env::vars().collect();
-        let file = match env_file {
-            Some(p) => Some(p.to_path_buf()),
-            None => process
-                .get("UPLOAD_ENV_FILE")
-                .filter(|v| !v.trim().is_empty())
-                .map(PathBuf::from),
-        };
-        let file_vars = match file {
-            Some(path) => read_env_file(&path)?,
-            None => HashMap::new(),
-        };
+        let (file_vars, process) = read_sources(env_file)?;
         Self::from_sources(file_vars, process)
     }
 
@@ -241,10 +221,7 @@ impl Settings {
         // Only our own names reach `config`: other variables of the process (shell functions,
         // names with dots) must neither match a field nor upset its key parser.
         let source = |map: HashMap<String, String>| {
-            let known = map
-                .into_iter()
-                .filter(|(k, _)| KNOWN_VARS.contains(&k.as_str()))
-                .collect();
+            let known = map.into_iter().filter(|(k, _)| is_setting(k)).collect();
             config::Environment::default()
                 .source(Some(known))
                 .ignore_empty(true)
@@ -259,12 +236,18 @@ impl Settings {
     }
 
     fn validate(raw: Raw) -> Result<Self, ConfigError> {
-        let port: u16 = parse_num("PORT", raw.port.as_deref(), 5070u16)?;
+        let port: u64 = parse_num("PORT", raw.port.as_deref(), 5070u64)?;
+        let port = u16::try_from(port)
+            .map_err(|_| ConfigError::new("PORT", format!("{port} is out of range 0-65535")))?;
         let bind_host = raw.bind_host.unwrap_or_else(|| "127.0.0.1".to_owned());
         if bind_host.trim().is_empty() || bind_host.contains(char::is_whitespace) {
             return Err(ConfigError::new("BIND_HOST", "not a host name or address"));
         }
         let upload_root = PathBuf::from(raw.upload_root.as_deref().unwrap_or("/data/uploads"));
+        let public_base_url_set = raw
+            .public_base_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty());
         let public_base_url = match raw.public_base_url {
             Some(u) => {
                 let u = u.trim().trim_end_matches('/').to_owned();
@@ -491,6 +474,7 @@ impl Settings {
             port,
             upload_root,
             public_base_url,
+            public_base_url_set,
             service_token,
             signing_key,
             signed_url_ttl_default,

@@ -42,7 +42,8 @@ impl FileStore {
         })
     }
 
-    fn probe_writable(&self) -> Probe {
+    /// Writes and removes a probe file in the root. Blocking.
+    pub fn probe_writable(&self) -> Probe {
         use std::io::Write as _;
         const ENOSPC: i32 = 28;
         const EDQUOT: i32 = 122;

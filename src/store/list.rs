@@ -218,14 +218,28 @@ impl FileStore {
     /// may: run once in the background at start, so the first listing after a restart does
     /// not read every sidecar of a large user while the client waits. Returns the files read.
     pub fn warm_list_cache(&self) -> usize {
-        let Ok(users) = std::fs::read_dir(&self.storage) else {
-            return 0;
-        };
         let mut files = 0;
-        for entry in users.flatten() {
-            if files >= CACHE_FILES / 2 {
-                break;
+        self.walk_folders(|_, _, dir| {
+            if let Ok(entries) = dir {
+                files += entries.len();
             }
+            files < CACHE_FILES / 2
+        });
+        files
+    }
+
+    /// Walks every user's folders under `storage/` with the listing's no-symlink reads
+    /// (through its cache), calling `visit` with each folder's files, or why it could not be
+    /// read, until `visit` returns `false`. Names in `storage/` that are no user id are
+    /// skipped, as listings skip them.
+    pub(super) fn walk_folders(
+        &self,
+        mut visit: impl FnMut(&UserId, &[String], Result<&[Arc<FileEntry>], StoreError>) -> bool,
+    ) {
+        let Ok(users) = std::fs::read_dir(&self.storage) else {
+            return;
+        };
+        for entry in users.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -234,10 +248,19 @@ impl FileStore {
             };
             let mut stack: Vec<Vec<String>> = vec![Vec::new()];
             while let Some(rel) = stack.pop() {
-                let Ok(Some((dir, _))) = self.read_dir_cached(&user, &rel) else {
-                    continue;
+                let dir = match self.read_dir_cached(&user, &rel) {
+                    Ok(Some((dir, _))) => dir,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        if !visit(&user, &rel, Err(e)) {
+                            return;
+                        }
+                        continue;
+                    }
                 };
-                files += dir.files.len();
+                if !visit(&user, &rel, Ok(&dir.files)) {
+                    return;
+                }
                 for sub in dir.subdirs.iter() {
                     let mut r = rel.clone();
                     r.push(sub.clone());
@@ -245,7 +268,6 @@ impl FileStore {
                 }
             }
         }
-        files
     }
 
     /// One folder's files and subfolders, from the cache while the folder is unchanged, and

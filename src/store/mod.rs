@@ -11,8 +11,9 @@
 //! (`read`, `pagecache`), `list`, changes after publish (`modify`), CRC-32s recorded late
 //! (`crc`), `quota`, `staging`, `batch` tokens, crash recovery and sweeps (`recover`), the
 //! `lock`s that order them, the root's `signing_key` and what the health check asks of the
-//! disk (`health`).
+//! disk (`health`), and what `upload-server check` asks of a root, read-only (`audit`).
 
+pub mod audit;
 pub mod batch;
 mod complete;
 mod crc;

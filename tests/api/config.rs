@@ -1,13 +1,16 @@
 //! Configuration (API.md §1) through the real binary: bad values stop it with one line naming
 //! the variable; the env file and `UPLOAD_ENV_FILE`; the environment winning; no `$VAR`
-//! expansion; secrets kept out of the output; the generated signing key.
+//! expansion; secrets kept out of the output; the generated signing key; start-up failures
+//! (address in use, read-only root) exiting 2; `--help` listing the settings table.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{client, keys, run_to_exit, start_server, Server};
+use crate::helpers::{
+    client, keys, mount_tmpfs, run_args_to_exit, run_to_exit, start_server, Server,
+};
 
 const GENERATE: &str = "/v1/files/generate-token?user_id=u1&expires_hours=1";
 
@@ -65,7 +68,7 @@ async fn bad_values_stop_the_server_naming_the_variable() {
     for (var, value) in cases {
         let env = [(var, value), ("UPLOAD_ROOT", root.path().to_str().unwrap())];
         let code = assert_refused(&env, var).await;
-        assert_ne!(code, 0, "{var}={value}");
+        assert_eq!(code, 2, "{var}={value}");
     }
 }
 
@@ -277,4 +280,107 @@ async fn a_signing_key_is_generated_once_and_kept_private() {
         0o600
     );
     second.stop().await;
+}
+
+#[tokio::test]
+async fn start_up_failures_exit_2_naming_the_setting() {
+    let root = tempfile::tempdir().unwrap();
+    let root_s = root.path().to_str().unwrap();
+    // A port in use.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let code = assert_refused(&[("PORT", port.as_str()), ("UPLOAD_ROOT", root_s)], "PORT").await;
+    assert_eq!(code, 2, "port in use");
+    drop(held);
+    // A port out of range, and an address this host does not have (TEST-NET-3).
+    for (var, value) in [("PORT", "70000"), ("BIND_HOST", "203.0.113.9")] {
+        let env = [(var, value), ("UPLOAD_ROOT", root_s), ("PORT", "0")];
+        let env = if var == "PORT" { &env[..2] } else { &env[..] };
+        assert_eq!(assert_refused(env, var).await, 2, "{var}={value}");
+    }
+    // A root that cannot be made (its parent is a file): refused even when run as root.
+    let file = root.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = file.join("uploads");
+    let env = [("PORT", "0"), ("UPLOAD_ROOT", under_file.to_str().unwrap())];
+    assert_eq!(
+        assert_refused(&env, "UPLOAD_ROOT").await,
+        2,
+        "root under a file"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_root_exits_2_naming_upload_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = mount_tmpfs(
+        dir.path(),
+        "1m",
+        "a_read_only_root_exits_2_naming_upload_root",
+    ) else {
+        return;
+    };
+    // The folders exist already (an earlier start) and the signing key is set: only the
+    // write probe can notice.
+    for d in ["storage", ".parts/.staging", ".quota"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    tmpfs.remount("ro");
+    let env = [
+        ("PORT", "0"),
+        ("UPLOAD_ROOT", dir.path().to_str().unwrap()),
+        ("UPLOAD_SIGNING_KEY", "k"),
+    ];
+    let code = assert_refused(&env, "UPLOAD_ROOT").await;
+    assert_eq!(code, 2);
+}
+
+#[tokio::test]
+async fn help_lists_every_setting_with_its_default() {
+    let (status, stdout, _) = run_args_to_exit(&[], &["--help"], Duration::from_secs(10)).await;
+    assert!(status.success());
+    for s in upload_server::config::SETTINGS {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{} ", s.name)))
+            .unwrap_or_else(|| panic!("--help does not list {}: {stdout}", s.name));
+        assert!(
+            line.contains(&format!("default: {}", s.default.replace('`', ""))),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unset_public_base_url_on_a_public_address_is_warned_about_once() {
+    let root = tempfile::tempdir().unwrap();
+    let root_s = root.path().to_str().unwrap();
+    let base = [
+        ("PORT", "0"),
+        ("UPLOAD_ROOT", root_s),
+        ("UPLOAD_SIGNING_KEY", "k"),
+    ];
+    let warned = |out: &str| {
+        out.lines()
+            .filter(|l| l.contains("PUBLIC_BASE_URL is not set"))
+            .count()
+    };
+    let mut wide = start_server(
+        &[base.as_slice(), &[("BIND_HOST", "0.0.0.0")]].concat(),
+        &[],
+    )
+    .await;
+    wide.stop().await;
+    assert_eq!(warned(&wide.stdout()), 1, "{}", wide.stdout());
+
+    let mut local = start_server(&base, &[]).await;
+    local.stop().await;
+    assert_eq!(warned(&local.stdout()), 0, "{}", local.stdout());
+    let with_url = [
+        ("PUBLIC_BASE_URL", "https://files.example.com"),
+        ("BIND_HOST", "0.0.0.0"),
+    ];
+    let mut set = start_server(&[base.as_slice(), &with_url].concat(), &[]).await;
+    set.stop().await;
+    assert_eq!(warned(&set.stdout()), 0, "{}", set.stdout());
 }

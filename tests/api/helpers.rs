@@ -773,7 +773,16 @@ pub(crate) async fn run_to_exit(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> (ExitStatus, String, String) {
-    let mut server = launch(env, &[]);
+    run_args_to_exit(env, &[], limit).await
+}
+
+/// [`run_to_exit`] with command-line arguments (`check`, `--help`).
+pub(crate) async fn run_args_to_exit(
+    env: &[(&str, &str)],
+    args: &[&str],
+    limit: Duration,
+) -> (ExitStatus, String, String) {
+    let mut server = launch(env, args);
     let status = server.wait_exit(limit).await;
     (status, server.stdout(), server.stderr())
 }

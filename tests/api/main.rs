@@ -4,6 +4,7 @@
 
 mod auth;
 mod batch;
+mod check;
 mod config;
 mod cors;
 mod crash;

@@ -1,7 +1,9 @@
 //! Deployment as ops run it (API.md §8): the real binary behind a real nginx configured from
 //! `nginx-file-server.conf`, over HTTPS with a certificate made here. Through nginx: a 200 MB
 //! raw-part upload, a ranged download, a streamed ZIP, a signed URL, the X-Accel-Redirect
-//! offload, and the client's address reaching the server's access log.
+//! offload, and the client's address reaching the server's access log; HSTS on offloaded
+//! answers too, /metrics and the docs only from allowed addresses, and no signature or batch
+//! token in nginx's access log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,7 +71,15 @@ fn derive_site(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) ->
             "/data/uploads/storage/",
             &format!("{}/storage/", root.display()),
         )
-        .replace("/var/www/letsencrypt", dir.join("acme").to_str().unwrap());
+        .replace("/var/www/letsencrypt", dir.join("acme").to_str().unwrap())
+        .replace(
+            "/var/log/nginx/file-server.access.log",
+            dir.join("access.log").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/nginx/upload-server-admin-allow.conf",
+            dir.join("admin-allow.conf").to_str().unwrap(),
+        );
     // No IPv6 listeners in the sandbox.
     let site: String = replaced
         .lines()
@@ -119,6 +129,12 @@ fn start_nginx(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) ->
     for d in ["acme", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
+    // The allow file as deploy.sh installs it (loopback 127.0.0.1 only).
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx-admin-allow.conf"),
+        dir.join("admin-allow.conf"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("site.conf"),
         derive_site(dir, http, https, upstream, root),
@@ -282,6 +298,11 @@ async fn through_nginx_over_https() {
     assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(res.headers()["content-type"], "video/mp4");
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    // The location's own add_header lines must not drop the server's HSTS.
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
     assert!(res.headers().get("x-accel-redirect").is_none());
     assert_eq!(res.bytes().await.unwrap(), data[1000..2000]);
     let res = http.get(url(&public_path)).send().await.unwrap();
@@ -357,6 +378,52 @@ async fn through_nginx_over_https() {
     let entries = check_all_readers(&zip_path);
     assert_eq!(entries[0], ("movie.mp4".to_owned(), size, sha.clone()));
     assert_eq!(entries[1].0, "notes.txt");
+
+    // /metrics and the docs: refused by nginx to 127.0.0.2, passed on for 127.0.0.1.
+    let local = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .tls_danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/metrics", "/docs", "/redoc", "/openapi.json"] {
+        let res = http.get(url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path} from 127.0.0.2");
+        let res = local
+            .get(url(path))
+            .header("x-service-token", SERVICE_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path} from 127.0.0.1");
+    }
+
+    // nginx's access log: the signed URL and the batch token were requested, and neither
+    // the signature nor the token is in it.
+    let signature = signed["url"]
+        .as_str()
+        .unwrap()
+        .split("sig=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let nginx_log = nginx.log("access.log");
+    assert!(nginx_log.contains("sig=-"), "{nginx_log}");
+    assert!(
+        nginx_log.contains("/v1/files/batch-download/- "),
+        "{nginx_log}"
+    );
+    assert!(
+        !nginx_log.contains(&signature),
+        "a signature in {nginx_log}"
+    );
+    assert!(
+        !nginx_log.contains(token["token"].as_str().unwrap()),
+        "a batch token in {nginx_log}"
+    );
 
     // The offload: the server sent no file bytes for the public link (nginx did), and the
     // address nginx saw (its X-Real-IP), not the one the client claimed, reached the
