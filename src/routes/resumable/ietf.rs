@@ -54,8 +54,9 @@ pub fn routes() -> Routes {
     };
     Routes::new()
         .route(route!(ietf_options, ietf_create).map(draft))
+        .route(route!(ietf_upload_options, ietf_head, ietf_delete).map(draft))
         .route(
-            route!(ietf_upload_options, ietf_head, ietf_patch, ietf_delete)
+            route!(ietf_patch)
                 .counted_as(crate::metrics::RouteKind::Upload)
                 .map(draft),
         )

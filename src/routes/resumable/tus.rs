@@ -46,16 +46,11 @@ pub fn routes() -> Routes {
     };
     Routes::new()
         .route(route!(tus_options, tus_create).map(tus))
+        .route(route!(tus_upload_options, tus_head, tus_delete, tus_override).map(tus))
         .route(
-            route!(
-                tus_upload_options,
-                tus_head,
-                tus_patch,
-                tus_delete,
-                tus_override
-            )
-            .counted_as(crate::metrics::RouteKind::Upload)
-            .map(tus),
+            route!(tus_patch)
+                .counted_as(crate::metrics::RouteKind::Upload)
+                .map(tus),
         )
 }
 
