@@ -11,6 +11,7 @@ pub mod jwt_keys;
 pub mod metrics;
 pub mod part_json;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod signer;
 pub mod startup;

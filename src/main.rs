@@ -1,5 +1,6 @@
 //! The `upload-server` binary: read settings, start logging, bind, serve until SIGTERM/SIGINT,
-//! let requests in flight finish (30 s at most), exit 0.
+//! let requests in flight finish (30 s at most), exit 0. SIGHUP reloads the secrets from the
+//! env file (`upload_server::startup::reload_secrets`).
 //!
 //! Run: `UPLOAD_ROOT=./data AUTH_SERVICE_TOKEN=dev-token cargo run --release`
 //! Options: `--env-file PATH` (also `UPLOAD_ENV_FILE`), `--help`, `--version`.
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use upload_server::config::Settings;
+use upload_server::config::{Settings, SettingsSource};
 
 /// How long requests in flight may run after a stop signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         Ok(None) => None,
         Err(code) => return code,
     };
-    let settings = match Settings::from_env(env_file.as_deref()) {
+    let (settings, source) = match Settings::load(env_file.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("upload-server: configuration error: {e}");
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings)) {
+    match runtime.block_on(serve(settings, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("upload-server: {e:#}");
@@ -83,10 +84,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
     Ok(env_file)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, source: SettingsSource) -> anyhow::Result<()> {
     let addr = settings.listen_addr()?;
     let limits = upload_server::server::ConnLimits::from_settings(&settings);
-    let app = upload_server::startup::app(settings).await?;
+    let state = upload_server::startup::build_state(settings).await?;
+    let app = upload_server::startup::router(state.clone());
+    spawn_reloader(state, source);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -119,6 +122,43 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the secrets on each SIGHUP; a reload that fails keeps the secrets in use and
+/// says why.
+fn spawn_reloader(state: upload_server::state::AppState, source: SettingsSource) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Taken now, before the server listens: a SIGHUP must never find the default
+        // action (ending the process) in place.
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloads are off");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let file = source
+                    .env_file()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+                tracing::info!(env_file = %file, "SIGHUP: reloading the secrets");
+                let reloaded = match source.reread() {
+                    Ok(settings) => upload_server::startup::reload_secrets(&state, &settings)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = reloaded {
+                    tracing::error!(error = %why, "reload failed: the secrets in use are kept");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop((state, source));
 }
 
 async fn stop_signal() {
