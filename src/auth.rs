@@ -107,8 +107,11 @@ impl FromRequestParts<AppState> for MetricsReader {
         }
         let secrets = state.secrets();
         if parts.headers.get("x-service-token").is_none() {
-            if let Some(token) = authorization_token(&parts.headers) {
-                return secrets.auth.check_service(token.as_bytes()).map(|()| Self);
+            // A user's JWT never equals a service token: what does not match goes on to be
+            // checked as a JWT (and is refused as a user).
+            let token = authorization_token(&parts.headers);
+            if token.is_some_and(|t| secrets.auth.is_service_token(t.as_bytes())) {
+                return Ok(Self);
             }
         }
         match secrets
@@ -300,18 +303,23 @@ impl Authenticator {
         self.jwt.verify(&token).await.map(Caller::User)
     }
 
-    /// Checks a presented service token against every accepted one.
-    pub(crate) fn check_service(&self, presented: &[u8]) -> Result<(), ApiError> {
-        // Comparing digests keeps each comparison constant-time whatever the lengths, and
-        // every token is compared (no early exit), so the time tells nothing of which.
+    /// Whether `presented` is one of the accepted service tokens. Comparing digests keeps
+    /// each comparison constant-time whatever the lengths, and every token is compared (no
+    /// early exit), so the time tells nothing of which matched.
+    fn is_service_token(&self, presented: &[u8]) -> bool {
         let presented = digest(presented.trim_ascii());
-        let ok = self
-            .service_token_digests
+        self.service_token_digests
             .iter()
             .fold(subtle::Choice::from(0), |acc, d| {
                 acc | presented.ct_eq(d.expose_secret())
-            });
-        if bool::from(ok) {
+            })
+            .into()
+    }
+
+    /// Checks a presented service token against every accepted one; a refusal is counted
+    /// and logged.
+    fn check_service(&self, presented: &[u8]) -> Result<(), ApiError> {
+        if self.is_service_token(presented) {
             return Ok(());
         }
         let detail = if self.service_token_digests.is_empty() {
