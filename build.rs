@@ -21,7 +21,10 @@ fn main() {
         .or_else(|| {
             // Built again when HEAD moves (a commit, a checkout); works in a worktree too.
             for path in ["HEAD", "logs/HEAD"] {
-                if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+                // A path that does not exist would run this script on every build.
+                if let Some(p) = git(&["rev-parse", "--git-path", path])
+                    .filter(|p| std::path::Path::new(p).exists())
+                {
                     println!("cargo:rerun-if-changed={p}");
                 }
             }

@@ -173,3 +173,39 @@ async fn metrics_allow_local_lets_an_unproxied_loopback_client_scrape() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_kid_no_key_has_is_counted_as_unknown_kid() {
+    // Keys only from a JWKS that cannot be fetched.
+    let app = spawn_app_with(&[
+        ("JWT_PUBLIC_KEY_PATH", ""),
+        ("JWT_PRIVATE_KEY_PATH", ""),
+        ("AUTH_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+    ])
+    .await;
+    let token = app.mint(json!({ "user_id": "u1", "exp": now() + 60 }));
+    let res = app
+        .get("/v1/files/all")
+        .bearer(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let samples = scrape_until(&app, |s| {
+        value(
+            s,
+            "upload_server_auth_failures_total",
+            &[("reason", "unknown_kid")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &samples,
+            "upload_server_auth_failures_total",
+            &[("reason", "unknown_kid")]
+        ),
+        1.0
+    );
+    assert!(value(&samples, "upload_server_jwks_fetch_errors_total", &[]) >= 1.0);
+}
