@@ -63,7 +63,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.authenticate(&parts.method, &parts.headers).await
+        state
+            .secrets()
+            .auth
+            .authenticate(&parts.method, &parts.headers)
+            .await
     }
 }
 
@@ -76,6 +80,7 @@ impl FromRequestParts<AppState> for ServiceCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match state
+            .secrets()
             .auth
             .authenticate(&parts.method, &parts.headers)
             .await?
@@ -86,27 +91,193 @@ impl FromRequestParts<AppState> for ServiceCaller {
     }
 }
 
+/// Who may read `/metrics`: a service (`X-Service-Token`, or the token in `Authorization`
+/// with the scheme `Bearer` or `ServiceToken`, for scrapers that can only send that header:
+/// Prometheus's `bearer_token_file`, or `authorization: {type: ServiceToken}`), or, with
+/// `METRICS_ALLOW_LOCAL`, anyone on a loopback address whose request came through no proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.settings.metrics_allow_local && local_unproxied(parts) {
+            return Ok(Self);
+        }
+        let secrets = state.secrets();
+        if parts.headers.get("x-service-token").is_none() {
+            // A user's JWT never equals a service token: what does not match goes on to be
+            // checked as a JWT (and is refused as a user).
+            let token = authorization_token(&parts.headers);
+            if token.is_some_and(|t| secrets.auth.is_service_token(t.as_bytes())) {
+                return Ok(Self);
+            }
+        }
+        match secrets
+            .auth
+            .authenticate(&parts.method, &parts.headers)
+            .await?
+        {
+            Caller::Service => Ok(Self),
+            Caller::User(_) => Err(ApiError::Unauthorized("Service token required".to_owned())),
+        }
+    }
+}
+
+/// The credentials of `Authorization: Bearer ...` or `Authorization: ServiceToken ...`.
+fn authorization_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("servicetoken"))
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A peer on a loopback address, with no sign of a proxy in between: nginx on the same host
+/// connects from loopback too, but adds `X-Real-IP` / `X-Forwarded-For` (and a proxy that
+/// adds neither must not forward `/metrics`).
+fn local_unproxied(parts: &Parts) -> bool {
+    let loopback = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    let proxied = ["x-real-ip", "x-forwarded-for", "forwarded"]
+        .iter()
+        .any(|h| parts.headers.contains_key(*h));
+    loopback && !proxied
+}
+
+/// Why a credential was refused: the `reason` label of `upload_server_auth_failures_total`
+/// and the `reason` of the log line (the token itself is never logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credentials on a route that needs them (counted, not logged).
+    Missing,
+    /// An `X-Service-Token` that matches none of `AUTH_SERVICE_TOKEN`.
+    ServiceToken,
+    /// Not a JWT at all (bad base64, JSON, shape).
+    Malformed,
+    /// Signed with another algorithm than `AUTH_JWT_ALG`.
+    WrongAlgorithm,
+    /// A `kid` no configured key has (nor the JWKS, fetched again).
+    UnknownKid,
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` is still ahead.
+    NotYetValid,
+    /// The signature does not verify with the key.
+    BadSignature,
+    /// `aud` is not `AUTH_JWT_AUDIENCE`.
+    WrongAudience,
+    /// `iss` is not `AUTH_JWT_ISSUER`.
+    WrongIssuer,
+    /// A claim that must be there (`exp`, `iss`, `aud`) is not.
+    MissingClaim,
+    /// No `user_id` or `sub`, or one that is not a valid user id.
+    NoUser,
+}
+
+impl Refusal {
+    /// Every reason, for the metrics to start each series at 0.
+    pub const ALL: [Self; 12] = [
+        Self::Missing,
+        Self::ServiceToken,
+        Self::Malformed,
+        Self::WrongAlgorithm,
+        Self::UnknownKid,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::BadSignature,
+        Self::WrongAudience,
+        Self::WrongIssuer,
+        Self::MissingClaim,
+        Self::NoUser,
+    ];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::ServiceToken => "service_token",
+            Self::Malformed => "malformed",
+            Self::WrongAlgorithm => "wrong_algorithm",
+            Self::UnknownKid => "unknown_kid",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::MissingClaim => "missing_claim",
+            Self::NoUser => "no_user",
+        }
+    }
+
+    fn of(e: &jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => Self::Expired,
+            K::ImmatureSignature => Self::NotYetValid,
+            K::InvalidSignature => Self::BadSignature,
+            K::InvalidAudience => Self::WrongAudience,
+            K::InvalidIssuer => Self::WrongIssuer,
+            K::MissingRequiredClaim(_) => Self::MissingClaim,
+            K::InvalidAlgorithm | K::MissingAlgorithm => Self::WrongAlgorithm,
+            _ => Self::Malformed,
+        }
+    }
+}
+
+/// The counters auth feeds (`/metrics`); they outlive a reload.
+#[derive(Debug, Clone)]
+pub struct AuthCounters {
+    /// `upload_server_auth_failures_total{reason}`.
+    pub failures: prometheus::IntCounterVec,
+    /// `upload_server_jwks_fetch_errors_total`.
+    pub jwks_fetch_errors: prometheus::IntCounter,
+}
+
+impl AuthCounters {
+    /// Counts and logs a refusal (at `info`; `Missing` only at `debug`), and returns the
+    /// error the client gets, which says less.
+    fn refuse(&self, reason: Refusal, detail: &str, answer: ApiError) -> ApiError {
+        self.failures.with_label_values(&[reason.as_str()]).inc();
+        if reason == Refusal::Missing {
+            tracing::debug!(target: "auth", reason = reason.as_str(), "no credentials");
+        } else {
+            tracing::info!(target: "auth", reason = reason.as_str(), "credential refused: {detail}");
+        }
+        answer
+    }
+}
+
 /// Checks service tokens and user JWTs; built once from the settings.
 #[derive(Debug)]
 pub struct Authenticator {
-    service_token_digest: Option<SecretBox<[u8; 32]>>,
+    /// The SHA-256 of each accepted service token.
+    service_token_digests: Vec<SecretBox<[u8; 32]>>,
     jwt: JwtVerifier,
     /// Origins whose cookie-authenticated writes are accepted.
     trusted_origins: TrustedOrigins,
+    counters: AuthCounters,
 }
 
 impl Authenticator {
     /// Builds the checks from the settings; fails on a key that does not parse.
     pub fn new(
-        service_token: Option<&SecretString>,
+        service_tokens: &[SecretString],
         jwt: &JwtSettings,
         trusted_origins: TrustedOrigins,
+        counters: AuthCounters,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            service_token_digest: service_token
-                .map(|t| SecretBox::new(Box::new(digest(t.expose_secret().as_bytes())))),
-            jwt: JwtVerifier::new(jwt)?,
+            service_token_digests: service_tokens
+                .iter()
+                .map(|t| SecretBox::new(Box::new(digest(t.expose_secret().as_bytes()))))
+                .collect(),
+            jwt: JwtVerifier::new(jwt, counters.clone())?,
             trusted_origins,
+            counters,
         })
     }
 
@@ -121,25 +292,46 @@ impl Authenticator {
                 .check_service(presented.as_bytes())
                 .map(|()| Caller::Service);
         }
-        let (token, from) = bearer_or_cookie(headers).ok_or(ApiError::Unauthenticated)?;
+        let Some((token, from)) = bearer_or_cookie(headers) else {
+            return Err(self
+                .counters
+                .refuse(Refusal::Missing, "", ApiError::Unauthenticated));
+        };
         if from == TokenFrom::Cookie {
             check_cookie_origin(method, headers, &self.trusted_origins)?;
         }
         self.jwt.verify(&token).await.map(Caller::User)
     }
 
+    /// Whether `presented` is one of the accepted service tokens. Comparing digests keeps
+    /// each comparison constant-time whatever the lengths, and every token is compared (no
+    /// early exit), so the time tells nothing of which matched.
+    fn is_service_token(&self, presented: &[u8]) -> bool {
+        let presented = digest(presented.trim_ascii());
+        self.service_token_digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, d| {
+                acc | presented.ct_eq(d.expose_secret())
+            })
+            .into()
+    }
+
+    /// Checks a presented service token against every accepted one; a refusal is counted
+    /// and logged.
     fn check_service(&self, presented: &[u8]) -> Result<(), ApiError> {
-        let invalid = || ApiError::Unauthorized("Invalid service token".to_owned());
-        let expected = self.service_token_digest.as_ref().ok_or_else(invalid)?;
-        // Comparing digests keeps the comparison constant-time whatever the lengths.
-        let ok: bool = digest(presented.trim_ascii())
-            .ct_eq(expected.expose_secret())
-            .into();
-        if ok {
-            Ok(())
-        } else {
-            Err(invalid())
+        if self.is_service_token(presented) {
+            return Ok(());
         }
+        let detail = if self.service_token_digests.is_empty() {
+            "X-Service-Token sent, but AUTH_SERVICE_TOKEN is not set"
+        } else {
+            "X-Service-Token matches none of AUTH_SERVICE_TOKEN"
+        };
+        Err(self.counters.refuse(
+            Refusal::ServiceToken,
+            detail,
+            ApiError::Unauthorized("Invalid service token".to_owned()),
+        ))
     }
 }
 
@@ -231,10 +423,11 @@ struct JwtVerifier {
     validation: Validation,
     static_key: Option<DecodingKey>,
     jwks: Option<Jwks>,
+    counters: AuthCounters,
 }
 
 impl JwtVerifier {
-    fn new(s: &JwtSettings) -> anyhow::Result<Self> {
+    fn new(s: &JwtSettings, counters: AuthCounters) -> anyhow::Result<Self> {
         let mut validation = Validation::new(s.alg);
         validation.algorithms = vec![s.alg];
         // A few seconds for clock skew; `nbf` is honoured when present.
@@ -261,40 +454,64 @@ impl JwtVerifier {
             None => None,
         };
         let jwks = match &s.jwks_url {
-            Some(url) => Some(Jwks::new(url.clone(), s.jwks_min_refetch)?),
+            Some(url) => Some(Jwks::new(
+                url.clone(),
+                s.jwks_min_refetch,
+                counters.jwks_fetch_errors.clone(),
+            )?),
             None => None,
         };
         Ok(Self {
             validation,
             static_key,
             jwks,
+            counters,
         })
     }
 
     async fn verify(&self, token: &str) -> Result<UserId, ApiError> {
-        let invalid = || ApiError::Unauthorized("Invalid token".to_owned());
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        let refuse = |reason: Refusal, detail: String| {
+            self.counters.refuse(
+                reason,
+                &detail,
+                ApiError::Unauthorized("Invalid token".to_owned()),
+            )
+        };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| refuse(Refusal::Malformed, format!("not a JWT ({e})")))?;
+        let kid = header.kid.as_deref().unwrap_or("(none)");
         if !self.validation.algorithms.contains(&header.alg) {
-            return Err(invalid());
+            return Err(refuse(
+                Refusal::WrongAlgorithm,
+                format!(
+                    "alg {:?}, expected {:?} (kid {kid})",
+                    header.alg, self.validation.algorithms
+                ),
+            ));
         }
-        let key = self
-            .key_for(header.kid.as_deref())
-            .await
-            .ok_or_else(invalid)?;
+        let Some(key) = self.key_for(header.kid.as_deref()).await else {
+            return Err(refuse(Refusal::UnknownKid, format!("no key for kid {kid}")));
+        };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation)
-            .map_err(|e| {
-                tracing::debug!(error = %e, "JWT rejected");
-                invalid()
-            })?;
+            .map_err(|e| refuse(Refusal::of(&e), format!("{e} (kid {kid})")))?;
         let claim = |name: &str| match data.claims.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        let id = claim("user_id")
-            .or_else(|| claim("sub"))
-            .ok_or_else(invalid)?;
-        Ok(UserId::parse(&id)?)
+        let Some(id) = claim("user_id").or_else(|| claim("sub")) else {
+            return Err(refuse(
+                Refusal::NoUser,
+                format!("neither user_id nor sub (kid {kid})"),
+            ));
+        };
+        UserId::parse(&id).map_err(|e| {
+            self.counters.refuse(
+                Refusal::NoUser,
+                &format!("user id not valid (kid {kid})"),
+                e.into(),
+            )
+        })
     }
 
     async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {
@@ -321,10 +538,16 @@ struct Jwks {
     last_fetch: std::sync::Mutex<Option<Instant>>,
     /// One fetch at a time; requests with a cached key never wait on it.
     fetch_gate: Mutex<()>,
+    /// Fetches that failed (`/metrics`).
+    fetch_errors: prometheus::IntCounter,
 }
 
 impl Jwks {
-    fn new(url: String, min_refetch: Duration) -> anyhow::Result<Self> {
+    fn new(
+        url: String,
+        min_refetch: Duration,
+        fetch_errors: prometheus::IntCounter,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -337,6 +560,7 @@ impl Jwks {
             unnamed: RwLock::default(),
             last_fetch: std::sync::Mutex::new(None),
             fetch_gate: Mutex::new(()),
+            fetch_errors,
         })
     }
 
@@ -399,7 +623,10 @@ impl Jwks {
                 *self.unnamed.write().await = Arc::new(unnamed);
             }
             // Keep the keys we had: a JWKS outage must not log everyone out.
-            Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed"),
+            Err(e) => {
+                self.fetch_errors.inc();
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed");
+            }
         }
     }
 

@@ -72,6 +72,23 @@ pub enum ApiError {
     /// 423: another request holds what this one needs.
     #[error("{0}")]
     Locked(String),
+    /// 413: the request body passed `MAX_BODY_MB` (the limit is written into the answer
+    /// by [`json_error_bodies`], which knows it).
+    #[error("Request body too large")]
+    BodyTooLarge,
+    /// 413: the user's quota would be passed.
+    #[error("Quota exceeded: {used} of {quota} bytes in use (PER_USER_QUOTA_GB), {requested} more requested")]
+    Quota {
+        /// Bytes in use (stored, and reserved by uploads in flight).
+        used: u64,
+        /// The quota.
+        quota: u64,
+        /// Bytes the request asked for.
+        requested: u64,
+    },
+    /// 400: the bytes do not hash to the SHA-256 the client gave.
+    #[error("SHA256 mismatch")]
+    ShaMismatch,
     /// 408: the client stopped sending its body.
     #[error("Request body timeout")]
     BodyTimeout,
@@ -105,11 +122,13 @@ impl ApiError {
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::ShaMismatch => StatusCode::BAD_REQUEST,
             Self::Unauthenticated | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) | Self::BodyTooLarge | Self::Quota { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Locked(_) => StatusCode::LOCKED,
             Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
@@ -155,10 +174,31 @@ impl IntoResponse for ApiError {
                 res.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Self::BodyTooLarge => {
+                res.extensions_mut().insert(Counted::BodyLimit);
+            }
+            Self::Quota { .. } => {
+                res.extensions_mut().insert(Counted::QuotaRejected);
+            }
+            Self::ShaMismatch => {
+                res.extensions_mut().insert(Counted::ShaMismatch);
+            }
             _ => {}
         }
         res
     }
+}
+
+/// What an error answer was, for the layers after the handler: the counters of `/metrics`
+/// (the access log) and the limit written into a 413 ([`json_error_bodies`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The body passed `MAX_BODY_MB`.
+    BodyLimit,
+    /// The quota would be passed.
+    QuotaRejected,
+    /// The bytes did not match the SHA-256 given.
+    ShaMismatch,
 }
 
 /// `Json` whose rejections are 422 (or 413 for an oversized body) in our shape.
@@ -188,7 +228,10 @@ impl<T: serde::Serialize> IntoResponse for AppJson<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::TooLarge("Request body too large".to_owned());
+        return ApiError::TooLarge(format!(
+            "Request body too large: a JSON body may hold at most {} MiB (send file bytes as raw parts)",
+            crate::startup::JSON_BODY_LIMIT >> 20
+        ));
     }
     if let Some(cut) = body_cut_off(&rejection) {
         return cut;
@@ -305,12 +348,17 @@ fn path_rejection(rejection: &PathRejection) -> ApiError {
 }
 
 /// Gives any error answer that is not already JSON (those made by axum itself or by a
-/// tower layer: 404, 405, 408, 413, ...) the `{"detail": ...}` body, keeping status and headers.
-pub async fn json_error_bodies(res: Response) -> Response {
+/// tower layer: 404, 405, 408, 413, ...) the `{"detail": ...}` body, keeping status and
+/// headers; a 413 for passing the body limit says the limit (`max_body_bytes`).
+pub async fn json_error_bodies(
+    axum::extract::State(max_body_bytes): axum::extract::State<u64>,
+    res: Response,
+) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
+    let over_limit = res.extensions().get::<Counted>() == Some(&Counted::BodyLimit);
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
@@ -319,13 +367,17 @@ pub async fn json_error_bodies(res: Response) -> Response {
             // RFC 9457 problem details (the resumable-upload draft's) are JSON too.
             v.starts_with("application/json") || v.starts_with("application/problem+json")
         });
-    if is_json {
+    if is_json && !over_limit {
         return res;
     }
+    let too_large = format!(
+        "Request body too large: the limit is MAX_BODY_MB = {} MiB ({max_body_bytes} bytes)",
+        max_body_bytes >> 20
+    );
     let detail = match status {
         StatusCode::NOT_FOUND => "Not Found",
         StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large",
+        StatusCode::PAYLOAD_TOO_LARGE => too_large.as_str(),
         StatusCode::REQUEST_TIMEOUT => "Request timeout",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
         StatusCode::RANGE_NOT_SATISFIABLE => "Range not satisfiable",
@@ -359,17 +411,19 @@ impl From<StoreError> for ApiError {
                 Self::BadRequest("Folder conflicts with an existing file".to_owned())
             }
             StoreError::SizeMismatch { .. } => Self::BadRequest("Size mismatch".to_owned()),
-            StoreError::ShaMismatch => Self::BadRequest("SHA256 mismatch".to_owned()),
+            StoreError::ShaMismatch => Self::ShaMismatch,
             StoreError::Quota {
                 used,
                 quota,
                 requested,
-            } => Self::TooLarge(format!(
-                "Quota exceeded: {used} of {quota} bytes used, {requested} more requested"
-            )),
-            StoreError::TooLarge => {
-                Self::TooLarge("Upload exceeds the declared or allowed size".to_owned())
-            }
+            } => Self::Quota {
+                used,
+                quota,
+                requested,
+            },
+            StoreError::TooLarge => Self::TooLarge(
+                "Upload exceeds the size declared at init, or MAX_BODY_MB for a file".to_owned(),
+            ),
             StoreError::DiskFull => Self::InsufficientStorage,
             StoreError::OffsetMismatch { offset } => Self::Conflict(format!(
                 "Upload-Offset does not match: the upload is at offset {offset}"
@@ -404,7 +458,14 @@ impl From<InvalidName> for ApiError {
         let (what, fault) = match e {
             InvalidName::UserId(f) => ("Invalid user id", f),
             InvalidName::FileName(f) => ("Invalid filename", f),
-            InvalidName::Key => return Self::BadRequest("Invalid key".to_owned()),
+            InvalidName::Key => {
+                return Self::BadRequest(
+                    "Invalid key: a key looks like storage/{user_id}/[{folder}/]{file}, as an \
+                     upload returns it (e.g. storage/u1/docs/1a2b3c4d_report.pdf), without \
+                     empty, '.' or '..' segments or names starting with '.'"
+                        .to_owned(),
+                )
+            }
             InvalidName::Path => return Self::BadRequest("Invalid path".to_owned()),
         };
         let why = match fault {

@@ -12,6 +12,7 @@ pub mod jwt_keys;
 pub mod metrics;
 pub mod part_json;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod signer;
 pub mod startup;

@@ -1,5 +1,6 @@
 //! The `upload-server` binary: read settings, start logging, bind, serve until SIGTERM/SIGINT,
-//! let requests in flight finish (30 s at most), exit 0.
+//! let requests in flight finish (30 s at most), exit 0. SIGHUP reloads the secrets from the
+//! env file (`upload_server::startup::reload_secrets`).
 //!
 //! Run: `UPLOAD_ROOT=./data AUTH_SERVICE_TOKEN=dev-token cargo run --release`
 //! Options: `--env-file PATH` (also `UPLOAD_ENV_FILE`), `--help`, `--version`.
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use upload_server::config::{ConfigError, Settings};
+use upload_server::config::{ConfigError, Settings, SettingsSource};
 
 /// How long requests in flight may run after a stop signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
         }
         Err(code) => return code,
     };
-    let settings = match Settings::from_env(env_file.as_deref()) {
+    let (settings, source) = match Settings::load(env_file.as_deref()) {
         Ok(s) => s,
         Err(e) => return config_error(e),
     };
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings)) {
+    match runtime.block_on(serve(settings, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Start(e)) => {
             eprintln!("upload-server: configuration error: {}", one_line(&e));
@@ -171,7 +172,7 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-async fn serve(settings: Settings) -> Result<(), ServeError> {
+async fn serve(settings: Settings, source: SettingsSource) -> Result<(), ServeError> {
     let limits = upload_server::server::ConnLimits::from_settings(&settings);
     // Bound first: a port in use is reported before the root is touched.
     let listener = bind(&settings).await.map_err(ServeError::Start)?;
@@ -185,9 +186,11 @@ async fn serve(settings: Settings) -> Result<(), ServeError> {
             "PUBLIC_BASE_URL is not set and the server listens beyond loopback: returned URLs name this address; set PUBLIC_BASE_URL to the address clients use"
         );
     }
-    let app = upload_server::startup::app(settings)
+    let state = upload_server::startup::build_state(settings)
         .await
         .map_err(ServeError::Start)?;
+    let app = upload_server::startup::router(state.clone());
+    spawn_reloader(state, source);
     tracing::info!(
         addr = %bound,
         max_connections = limits.max_connections,
@@ -216,6 +219,43 @@ async fn serve(settings: Settings) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the secrets on each SIGHUP; a reload that fails keeps the secrets in use and
+/// says why.
+fn spawn_reloader(state: upload_server::state::AppState, source: SettingsSource) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Taken now, before the server listens: a SIGHUP must never find the default
+        // action (ending the process) in place.
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloads are off");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let file = source
+                    .env_file()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+                tracing::info!(env_file = %file, "SIGHUP: reloading the secrets");
+                let reloaded = match source.reread() {
+                    Ok(settings) => upload_server::startup::reload_secrets(&state, &settings)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = reloaded {
+                    tracing::error!(error = %why, "reload failed: the secrets in use are kept");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop((state, source));
 }
 
 async fn stop_signal() {

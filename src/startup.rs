@@ -11,11 +11,12 @@ use secrecy::SecretSlice;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::auth::{jwks_document, Authenticator, TokenMinter};
+use crate::auth::{jwks_document, AuthCounters, Authenticator, TokenMinter};
 use crate::body_timeout::BodyTimeouts;
 use crate::config::{CorsOrigins, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::secrets::{Secrets, SecretsCell, SigningKeys};
 use crate::state::{App, AppState};
 use crate::store::health::Probe;
 use crate::store::signing_key::KeyOrigin;
@@ -47,44 +48,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             root.display()
         );
     }
-    let signing_key = match &settings.signing_key {
-        Some(k) => k.clone(),
-        None => {
-            let kept = store.clone();
-            let (key, origin) =
-                tokio::task::spawn_blocking(move || kept.load_or_create_signing_key())
-                    .await?
-                    .with_context(|| {
-                        format!(
-                            "UPLOAD_ROOT: cannot keep a signing key in {}",
-                            root.display()
-                        )
-                    })?;
-            if origin == KeyOrigin::Made {
-                tracing::warn!(
-                    path = %root.join(".signing_key").display(),
-                    "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
-                );
-            }
-            SecretSlice::from(key)
-        }
-    };
-    let auth = Authenticator::new(
-        settings.service_token.as_ref(),
-        &settings.jwt,
-        settings.trusted_origins.clone(),
-    )?;
-    let minter = TokenMinter::new(&settings.jwt)?;
-    let jwks = match &settings.jwt.public_key_pem {
-        Some(pem) => match jwks_document(pem, &settings.jwt.kid, settings.jwt.alg) {
-            Ok(doc) => Some(doc),
-            Err(e) => {
-                tracing::warn!(error = %e, "the public key cannot be published as a JWKS");
-                None
-            }
-        },
-        None => None,
-    };
+    let metrics = Arc::new(Metrics::new()?);
+    let secrets = build_secrets(&settings, &store, &metrics).await?;
     // Recover what a crash left (claimed sessions, half uploads) and recount the quotas
     // before serving, so the first requests see the truth.
     if let Err(e) = store.sweep(true).await {
@@ -109,18 +74,117 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         })
         .await;
     });
-    if settings.service_token.is_none() {
+    if settings.service_tokens.is_empty() {
         tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
     }
     Ok(AppState::new(App {
         settings,
+        secrets: SecretsCell::new(secrets),
+        store,
+        metrics,
+    }))
+}
+
+/// The secrets from `settings`: service tokens, signing keys (the data root's kept key when
+/// `UPLOAD_SIGNING_KEY` is unset), JWT checks, the minter and the published JWKS.
+async fn build_secrets(
+    settings: &Settings,
+    store: &FileStore,
+    metrics: &Metrics,
+) -> anyhow::Result<Secrets> {
+    let root = settings.upload_root.clone();
+    let signing_key = match &settings.signing_key {
+        Some(k) => k.clone(),
+        None => {
+            let kept = store.clone();
+            let (key, origin) =
+                tokio::task::spawn_blocking(move || kept.load_or_create_signing_key())
+                    .await?
+                    .with_context(|| {
+                        format!(
+                            "UPLOAD_ROOT: cannot keep a signing key in {}",
+                            root.display()
+                        )
+                    })?;
+            if origin == KeyOrigin::Made {
+                tracing::warn!(
+                    path = %root.join(".signing_key").display(),
+                    "UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the data root"
+                );
+            }
+            SecretSlice::from(key)
+        }
+    };
+    let counters = AuthCounters {
+        failures: metrics.auth_failures.clone(),
+        jwks_fetch_errors: metrics.jwks_fetch_errors.clone(),
+    };
+    let auth = Authenticator::new(
+        &settings.service_tokens,
+        &settings.jwt,
+        settings.trusted_origins.clone(),
+        counters,
+    )?;
+    let minter = TokenMinter::new(&settings.jwt)?;
+    let jwks = match &settings.jwt.public_key_pem {
+        Some(pem) => match jwks_document(pem, &settings.jwt.kid, settings.jwt.alg) {
+            Ok(doc) => Some(doc),
+            Err(e) => {
+                tracing::warn!(error = %e, "the public key cannot be published as a JWKS");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Secrets {
         auth,
         minter,
         jwks,
-        signing_key,
-        store,
-        metrics: Arc::new(Metrics::new()?),
-    }))
+        signing: SigningKeys::new(signing_key, settings.signing_key_previous.clone()),
+    })
+}
+
+/// Reloads the secrets (`SIGHUP`) from settings read again: service tokens, signing keys,
+/// JWT keys and settings. Requests in flight keep the set they started with; on an error
+/// nothing changes. Other settings need a restart; those that differ are named in the log.
+pub async fn reload_secrets(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
+    let secrets = build_secrets(settings, &state.store, &state.metrics).await?;
+    let tokens = settings.service_tokens.len();
+    let previous_key = settings.signing_key_previous.is_some();
+    state.secrets.replace(secrets);
+    let now = &state.settings;
+    let mut need_restart = Vec::new();
+    for (name, changed) in [
+        ("PORT", now.port != settings.port),
+        ("BIND_HOST", now.bind_host != settings.bind_host),
+        ("UPLOAD_ROOT", now.upload_root != settings.upload_root),
+        (
+            "PUBLIC_BASE_URL",
+            now.public_base_url != settings.public_base_url,
+        ),
+        ("MAX_BODY_MB", now.max_body_bytes != settings.max_body_bytes),
+        ("PER_USER_QUOTA_GB", now.quota_bytes != settings.quota_bytes),
+        (
+            "METRICS_ALLOW_LOCAL",
+            now.metrics_allow_local != settings.metrics_allow_local,
+        ),
+    ] {
+        if changed {
+            need_restart.push(name);
+        }
+    }
+    tracing::info!(
+        service_tokens = tokens,
+        previous_signing_key = previous_key,
+        "reloaded the secrets: service tokens, signing keys, JWT keys and settings"
+    );
+    if !need_restart.is_empty() {
+        tracing::warn!(
+            settings = need_restart.join(", "),
+            "changed in the env file but only taken at a restart"
+        );
+    }
+    Ok(())
 }
 
 /// Sweeps expired sessions in the background, as often as the TTL calls for (between
@@ -165,7 +229,8 @@ pub fn router(state: AppState) -> Router {
             BodyTimeouts::from_settings(&state.settings),
             crate::body_timeout::limit_request_body,
         ))
-        .layer(axum::middleware::map_response(
+        .layer(axum::middleware::map_response_with_state(
+            state.settings.max_body_bytes,
             crate::error::json_error_bodies,
         ))
         .layer(PreflightsOnly(cors))
@@ -234,7 +299,7 @@ where
 }
 
 /// Largest JSON body buffered whole (small control messages; parts stream instead).
-const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+pub const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let methods = [
@@ -273,6 +338,7 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         HeaderName::from_static("upload-draft-interop-version"),
         crate::routes::resumable::UPLOAD_KEY,
         crate::routes::resumable::UPLOAD_URL,
+        HeaderName::from_static("x-request-id"),
     ];
     let base = CorsLayer::new()
         .allow_methods(methods)

@@ -3,13 +3,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::auth::{Authenticator, TokenMinter};
-use secrecy::SecretSlice;
-
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::secrets::{Secrets, SecretsCell};
 use crate::store::FileStore;
 
 /// The application state, shared by all handlers.
@@ -19,16 +15,10 @@ pub struct AppState(Arc<App>);
 /// The parts of the application.
 #[derive(Debug)]
 pub struct App {
-    /// The validated settings.
+    /// The validated settings as read at start (a reload changes only [`App::secrets`]).
     pub settings: Settings,
-    /// Service-token and JWT checks.
-    pub auth: Authenticator,
-    /// Token minting for `/v1/files/generate-token`, when a private key is configured.
-    pub minter: Option<TokenMinter>,
-    /// The document for `/.well-known/jwks.json`, when a public RSA key is configured.
-    pub jwks: Option<Value>,
-    /// The HMAC key for signed URLs.
-    pub signing_key: SecretSlice<u8>,
+    /// Tokens, keys and JWT checks: what `SIGHUP` reloads.
+    pub secrets: SecretsCell,
     /// Files, sessions and quotas on disk.
     pub store: FileStore,
     /// This app's metrics (`/metrics`).
@@ -39,6 +29,11 @@ impl AppState {
     /// Wraps the parts.
     pub fn new(app: App) -> Self {
         Self(Arc::new(app))
+    }
+
+    /// The secrets now (see [`SecretsCell::get`]).
+    pub fn secrets(&self) -> Arc<Secrets> {
+        self.0.secrets.get()
     }
 }
 

@@ -10,29 +10,64 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use prometheus::IntCounter;
+use tracing::Instrument as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::error::Counted;
 use crate::metrics::{Metrics, RouteKind, UNMATCHED};
 use crate::state::AppState;
 use crate::trust::TrustedProxies;
 
-/// Installs the global subscriber: `RUST_LOG` filtering (default `info`), text or JSON lines.
+/// Installs the global subscriber: `RUST_LOG` filtering (default `info`), text or JSON lines
+/// on stdout. Colours only when stdout and stderr are both terminals (journald, files and
+/// pipes get none). JSON lines carry `target` (`access`, `activity`, `auth`, or the module)
+/// and the `request_id` of the request they belong to.
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_ansi(ansi);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_target(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
     };
+}
+
+/// The request id header: taken from the request when sane (nginx sets it to `$request_id`),
+/// else made here; echoed in the response and logged.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id as found in its extensions (set by [`access_log`]).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// A client's `X-Request-Id` when it is one header of 1 to 128 characters from
+/// `A-Z a-z 0-9 - _ . : @ /`; anything else could forge or break log lines, and is replaced.
+fn sane_request_id(headers: &HeaderMap) -> Option<String> {
+    let mut all = headers.get_all(REQUEST_ID).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    let v = v.to_str().ok()?;
+    let ok = (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@/".contains(&b));
+    ok.then(|| v.to_owned())
 }
 
 /// The client's address as logged; `-` when the connection's peer is unknown.
@@ -97,9 +132,16 @@ fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
 
 /// Middleware: logs `method path status bytes duration client` once the body is done, and
 /// counts the request in the app's metrics by its route as matched (never the raw path).
-pub async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let metrics = state.metrics.clone();
     let start = Instant::now();
+    let request_id =
+        sane_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let id_value = HeaderValue::from_str(&request_id).ok();
+    if let Some(v) = &id_value {
+        req.headers_mut().insert(REQUEST_ID, v.clone());
+    }
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -121,6 +163,7 @@ pub async fn access_log(State(state): State<AppState>, req: Request, next: Next)
         start,
         finished: false,
         route,
+        request_id: request_id.clone(),
         _in_progress: InProgress::start(&metrics, kind),
         metrics,
     };
@@ -131,8 +174,17 @@ pub async fn access_log(State(state): State<AppState>, req: Request, next: Next)
         }
         _ => req,
     };
-    let res = next.run(req).await;
-    let (parts, body) = res.into_parts();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let res = next.run(req).instrument(span).await;
+    let (mut parts, body) = res.into_parts();
+    if let Some(v) = id_value {
+        parts.headers.insert(REQUEST_ID, v);
+    }
+    match parts.extensions.get::<Counted>() {
+        Some(Counted::QuotaRejected) => line.metrics.quota_rejections.inc(),
+        Some(Counted::ShaMismatch) => line.metrics.sha256_mismatches.inc(),
+        _ => {}
+    }
     let mut line = line;
     line.status = parts.status;
     line.finished = body.is_end_stream();
@@ -167,6 +219,8 @@ struct AccessLine {
     finished: bool,
     /// The route as matched, the metrics' label.
     route: String,
+    /// `X-Request-Id`.
+    request_id: String,
     metrics: Arc<Metrics>,
     /// Counts the request as in progress until the line is written.
     _in_progress: InProgress,
@@ -214,6 +268,7 @@ impl Drop for AccessLine {
             duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             client = %self.client,
             complete = self.finished,
+            request_id = %self.request_id,
             "{} {} {}",
             self.method,
             self.path,

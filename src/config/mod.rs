@@ -20,8 +20,8 @@ pub use self::table::{help_text, is_setting, markdown_table, Setting, SETTINGS};
 
 use self::env_file::read_env_file;
 use self::values::{
-    decode_pem_base64, parse_cors, parse_decimal, parse_num, positive_secs, read_key_file,
-    trust_settings,
+    decode_pem_base64, parse_cors, parse_decimal, parse_flag, parse_num, parse_service_tokens,
+    positive_secs, read_key_file, trust_settings,
 };
 
 /// A configuration error: which variable, and what is wrong with it.
@@ -95,10 +95,17 @@ pub struct Settings {
     pub public_base_url: String,
     /// Whether `PUBLIC_BASE_URL` was set (else it was made from `BIND_HOST` and `PORT`).
     pub public_base_url_set: bool,
-    /// `AUTH_SERVICE_TOKEN`; `None` turns service auth off.
-    pub service_token: Option<SecretString>,
+    /// `AUTH_SERVICE_TOKEN`: one or more tokens, comma-separated (several while a token is
+    /// rotated); empty turns service auth off.
+    pub service_tokens: Vec<SecretString>,
     /// `UPLOAD_SIGNING_KEY`; `None` means the key kept in `UPLOAD_ROOT/.signing_key`.
     pub signing_key: Option<SecretSlice<u8>>,
+    /// `UPLOAD_SIGNING_KEY_PREVIOUS`: a key whose signed URLs still verify (none are signed
+    /// with it), kept while URLs signed before a rotation are outstanding.
+    pub signing_key_previous: Option<SecretSlice<u8>>,
+    /// `METRICS_ALLOW_LOCAL`: `/metrics` without a token for a loopback peer that came
+    /// through no proxy.
+    pub metrics_allow_local: bool,
     /// `SIGNED_URL_TTL_DEFAULT`, seconds.
     pub signed_url_ttl_default: u64,
     /// `MAX_BODY_MB` in bytes.
@@ -146,6 +153,45 @@ pub struct Settings {
     pub max_connections: Option<usize>,
 }
 
+/// Where the settings were read from at start: what `SIGHUP` reads again.
+#[derive(Debug, Clone)]
+pub struct SettingsSource {
+    env_file: Option<PathBuf>,
+    /// The env file's pairs as read at start.
+    file_at_start: HashMap<String, String>,
+    /// The process environment (it cannot change after start).
+    process: HashMap<String, String>,
+}
+
+impl SettingsSource {
+    /// The env file, when there is one.
+    pub fn env_file(&self) -> Option<&Path> {
+        self.env_file.as_deref()
+    }
+
+    /// Reads the env file again and builds the settings anew. systemd's `EnvironmentFile=`
+    /// also puts the file's pairs into the process environment, where they would win over
+    /// the file forever: a variable whose environment value is the one the file held at
+    /// start is taken to come from the file, so the file's new value wins for it. A variable
+    /// set in the environment to anything else still wins.
+    pub fn reread(&self) -> Result<Settings, ConfigError> {
+        let Some(path) = &self.env_file else {
+            return Err(ConfigError::new(
+                "UPLOAD_ENV_FILE",
+                "no env file was given at start (--env-file or UPLOAD_ENV_FILE): nothing to reload",
+            ));
+        };
+        let file_vars = read_env_file(path)?;
+        let env = self
+            .process
+            .iter()
+            .filter(|(k, v)| self.file_at_start.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Settings::from_sources(file_vars, env)
+    }
+}
+
 /// The raw strings, merged from the env file and the process environment by `config`.
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
@@ -155,6 +201,8 @@ struct Raw {
     public_base_url: Option<String>,
     auth_service_token: Option<String>,
     upload_signing_key: Option<String>,
+    upload_signing_key_previous: Option<String>,
+    metrics_allow_local: Option<String>,
     signed_url_ttl_default: Option<String>,
     max_body_mb: Option<String>,
     per_user_quota_gb: Option<String>,
@@ -209,8 +257,30 @@ impl Settings {
     /// Reads the settings the way the binary does: the env file named by `env_file` (the
     /// `--env-file` option) or by `UPLOAD_ENV_FILE`, then the process environment on top.
     pub fn from_env(env_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let (file_vars, process) = read_sources(env_file)?;
-        Self::from_sources(file_vars, process)
+        Self::load(env_file).map(|(settings, _)| settings)
+    }
+
+    /// As [`Settings::from_env`], also returning where the settings came from, so that
+    /// `SIGHUP` can read them again ([`SettingsSource::reread`]).
+    pub fn load(env_file: Option<&Path>) -> Result<(Self, SettingsSource), ConfigError> {
+        let process: HashMap<String, String> = std::env::vars().collect();
+        let file = match env_file {
+            Some(p) => Some(p.to_path_buf()),
+            None => process
+                .get("UPLOAD_ENV_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+        };
+        let file_vars = match &file {
+            Some(path) => read_env_file(path)?,
+            None => HashMap::new(),
+        };
+        let source = SettingsSource {
+            env_file: file,
+            file_at_start: file_vars.clone(),
+            process: process.clone(),
+        };
+        Ok((Self::from_sources(file_vars, process)?, source))
     }
 
     /// Builds settings from an env file's pairs and an environment's pairs (the latter wins).
@@ -262,15 +332,17 @@ impl Settings {
             None if bind_host.contains(':') => format!("http://[{bind_host}]:{port}"),
             None => format!("http://{bind_host}:{port}"),
         };
-        let service_token = raw
-            .auth_service_token
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from);
+        let service_tokens = parse_service_tokens(raw.auth_service_token.as_deref())?;
         let signing_key = raw
             .upload_signing_key
             .filter(|k| !k.is_empty())
             .map(|k| SecretSlice::from(k.into_bytes()));
+        let signing_key_previous = raw
+            .upload_signing_key_previous
+            .filter(|k| !k.is_empty())
+            .map(|k| SecretSlice::from(k.into_bytes()));
+        let metrics_allow_local =
+            parse_flag("METRICS_ALLOW_LOCAL", raw.metrics_allow_local.as_deref())?;
         let signed_url_ttl_default = parse_num(
             "SIGNED_URL_TTL_DEFAULT",
             raw.signed_url_ttl_default.as_deref(),
@@ -475,8 +547,10 @@ impl Settings {
             upload_root,
             public_base_url,
             public_base_url_set,
-            service_token,
+            service_tokens,
             signing_key,
+            signing_key_previous,
+            metrics_allow_local,
             signed_url_ttl_default,
             max_body_bytes: max_body_mb * 1024 * 1024,
             quota_bytes,
@@ -532,7 +606,9 @@ mod tests {
         assert_eq!(s.bind_host, "127.0.0.1");
         assert_eq!(s.upload_root, PathBuf::from("/data/uploads"));
         assert_eq!(s.public_base_url, "http://127.0.0.1:5070");
-        assert!(s.service_token.is_none());
+        assert!(s.service_tokens.is_empty());
+        assert!(s.signing_key_previous.is_none());
+        assert!(!s.metrics_allow_local);
         assert_eq!(s.max_body_bytes, 5120 * 1024 * 1024);
         assert_eq!(s.quota_bytes, 500 * (1 << 30));
         assert_eq!(s.jwt.kid, "streamline-rsa-1");
@@ -613,6 +689,69 @@ mod tests {
         assert_eq!(e.var, "AUTH_JWT_ALG");
         let e = settings(&[("JWT_PUBLIC_KEY_PATH", "/nonexistent/key.pem")]).unwrap_err();
         assert_eq!(e.var, "JWT_PUBLIC_KEY_PATH");
+    }
+
+    #[test]
+    fn several_service_tokens_none_empty() {
+        use secrecy::ExposeSecret as _;
+        let s = settings(&[("AUTH_SERVICE_TOKEN", " new-token , old-token ")]).unwrap();
+        let tokens: Vec<&str> = s.service_tokens.iter().map(|t| t.expose_secret()).collect();
+        assert_eq!(tokens, ["new-token", "old-token"]);
+        assert!(settings(&[("AUTH_SERVICE_TOKEN", "  ")])
+            .unwrap()
+            .service_tokens
+            .is_empty());
+        for bad in ["a,,b", "a,", ",a", "a, ,b"] {
+            let e = settings(&[("AUTH_SERVICE_TOKEN", bad)]).unwrap_err();
+            assert_eq!(e.var, "AUTH_SERVICE_TOKEN", "{bad}");
+            assert!(e.message.contains("is empty"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn previous_signing_key_and_local_metrics() {
+        let s = settings(&[
+            ("UPLOAD_SIGNING_KEY_PREVIOUS", "old-key"),
+            ("METRICS_ALLOW_LOCAL", "1"),
+        ])
+        .unwrap();
+        assert!(s.signing_key_previous.is_some());
+        assert!(s.metrics_allow_local);
+        assert!(
+            !settings(&[("METRICS_ALLOW_LOCAL", "off")])
+                .unwrap()
+                .metrics_allow_local
+        );
+        let e = settings(&[("METRICS_ALLOW_LOCAL", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "METRICS_ALLOW_LOCAL");
+    }
+
+    #[test]
+    fn a_reread_takes_the_new_file_over_what_systemd_put_in_the_environment() {
+        let dir = std::env::temp_dir().join(format!("reread-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("upload.env");
+        std::fs::write(&file, "AUTH_SERVICE_TOKEN=old\nPORT=1111\n").unwrap();
+        let file_at_start = read_env_file(&file).unwrap();
+        // systemd's EnvironmentFile= put the file's pairs in the environment; PORT was
+        // then overridden by hand.
+        let process: HashMap<String, String> = [("AUTH_SERVICE_TOKEN", "old"), ("PORT", "2222")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let source = SettingsSource {
+            env_file: Some(file.clone()),
+            file_at_start,
+            process,
+        };
+        std::fs::write(&file, "AUTH_SERVICE_TOKEN=new\nPORT=3333\n").unwrap();
+        let s = source.reread().unwrap();
+        use secrecy::ExposeSecret as _;
+        assert_eq!(s.service_tokens[0].expose_secret(), "new");
+        assert_eq!(s.port, 2222);
+        std::fs::write(&file, "AUTH_SERVICE_TOKEN=a,,b\n").unwrap();
+        assert_eq!(source.reread().unwrap_err().var, "AUTH_SERVICE_TOKEN");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

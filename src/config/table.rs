@@ -42,12 +42,17 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "AUTH_SERVICE_TOKEN",
         default: "unset",
-        meaning: "shared secret for `X-Service-Token`; unset = service auth off",
+        meaning: "shared secret(s) for `X-Service-Token`: one token, or several separated by commas while a token is rotated (each is accepted; none may be empty); unset = service auth off. Reloaded on `SIGHUP`",
     },
     Setting {
         name: "UPLOAD_SIGNING_KEY",
         default: "unset",
-        meaning: "HMAC key for signed URLs; unset = a random key generated once into `UPLOAD_ROOT/.signing_key` (mode 0600)",
+        meaning: "HMAC key for signed URLs; unset = a random key generated once into `UPLOAD_ROOT/.signing_key` (mode 0600). Reloaded on `SIGHUP`",
+    },
+    Setting {
+        name: "UPLOAD_SIGNING_KEY_PREVIOUS",
+        default: "unset",
+        meaning: "the signing key before the current one: URLs it signed still verify, no new URL is signed with it. Reloaded on `SIGHUP`",
     },
     Setting {
         name: "SIGNED_URL_TTL_DEFAULT",
@@ -183,6 +188,11 @@ pub const SETTINGS: &[Setting] = &[
         name: "RUST_LOG",
         default: "`info`",
         meaning: "log filter (`tracing` syntax, e.g. `info,access=warn`)",
+    },
+    Setting {
+        name: "METRICS_ALLOW_LOCAL",
+        default: "`0`",
+        meaning: "`1` lets a client on a loopback address scrape `/metrics` without the service token, unless its request came through a proxy (`X-Real-IP`, `X-Forwarded-For` or `Forwarded` present)",
     },
 ];
 

@@ -1,6 +1,8 @@
 //! Parsing single settings: numbers, durations, decimals, the CORS list, the trusted
 //! origins and proxies, key files and base64 PEMs; every error names its variable.
 
+use secrecy::SecretString;
+
 use super::{ConfigError, CorsOrigins};
 use crate::trust::{TrustedOrigins, TrustedProxies, WebOrigin};
 
@@ -28,6 +30,43 @@ pub(super) fn positive_secs(
         return Err(ConfigError::new(var, "must be between 1 and 86400 seconds"));
     }
     Ok(secs)
+}
+
+/// `AUTH_SERVICE_TOKEN`: tokens separated by commas, each trimmed; an empty value (or none)
+/// turns service auth off, an empty token in a list is refused (`a,,b` or a trailing comma
+/// is a typo, and would otherwise be silently ignored).
+pub(super) fn parse_service_tokens(value: Option<&str>) -> Result<Vec<SecretString>, ConfigError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if let Some(i) = items.iter().position(|t| t.is_empty()) {
+        return Err(ConfigError::new(
+            "AUTH_SERVICE_TOKEN",
+            format!(
+                "token {} of {} is empty (tokens are separated by commas)",
+                i + 1,
+                items.len()
+            ),
+        ));
+    }
+    Ok(items
+        .into_iter()
+        .map(|t| SecretString::from(t.to_owned()))
+        .collect())
+}
+
+/// A yes/no setting: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case);
+/// unset or empty is no.
+pub(super) fn parse_flag(var: &str, value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError::new(
+            var,
+            format!("'{other}' is neither 1/true/yes/on nor 0/false/no/off"),
+        )),
+    }
 }
 
 pub(super) fn parse_decimal(

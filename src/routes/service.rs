@@ -9,8 +9,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::ServiceCaller;
+use crate::auth::{MetricsReader, ServiceCaller};
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
+use crate::metrics::{DiskStats, Scrape};
 use crate::state::AppState;
 use crate::store::health::{DiskHealth, Probe};
 use crate::store::key::UserId;
@@ -136,6 +137,7 @@ pub struct Jwk {
     ))]
 async fn jwks(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     state
+        .secrets()
         .jwks
         .clone()
         .map(Json)
@@ -185,7 +187,8 @@ async fn generate_token(
     _service: ServiceCaller,
     AppQuery(q): AppQuery<TokenQuery>,
 ) -> ApiResult<Json<MintedToken>> {
-    let minter = state
+    let secrets = state.secrets();
+    let minter = secrets
         .minter
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("Token generation is not configured".to_owned()))?;
@@ -210,20 +213,30 @@ async fn generate_token(
     }))
 }
 
-/// Prometheus metrics, text format 0.0.4 (service callers only): requests by route and
+/// Prometheus metrics, text format 0.0.4, for service callers (`X-Service-Token`, or the
+/// service token in `Authorization` with the scheme `Bearer` or `ServiceToken`; with
+/// `METRICS_ALLOW_LOCAL`, any loopback client not behind a proxy): requests by route and
 /// status, request durations, bytes uploaded and downloaded, uploads and batch downloads in
-/// progress, upload sessions on disk and free disk bytes.
+/// progress, upload sessions on disk, disk size, free bytes and inodes, stored bytes and
+/// files, quota rejections, SHA-256 mismatches, auth failures by reason, expired sessions
+/// swept, JWKS fetch errors, build and process information.
 #[utoipa::path(get, path = "/metrics", tag = "service",
     security(("service_token" = [])),
     responses(
         (status = 200, description = "The metrics", content_type = "text/plain", body = String),
         (status = 401, description = "Not a service caller", body = ErrorBody),
     ))]
-async fn metrics(State(state): State<AppState>, _service: ServiceCaller) -> ApiResult<Response> {
+async fn metrics(State(state): State<AppState>, _reader: MetricsReader) -> ApiResult<Response> {
     let metrics = state.metrics.clone();
     let store = state.store.clone();
     let text = tokio::task::spawn_blocking(move || {
-        metrics.render(store.sessions_on_disk(), store.free_bytes())
+        let scrape = Scrape {
+            sessions_on_disk: store.sessions_on_disk(),
+            disk: DiskStats::of(store.root()),
+            stored: Some(metrics.stored_totals(|| store.stored_totals())),
+            expired_sessions_swept: store.expired_sessions_swept(),
+        };
+        metrics.render(&scrape)
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;

@@ -3,7 +3,6 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -76,13 +75,11 @@ async fn serve_signed(
         None => Disposition::Inline,
         Some(d) => Disposition::parse(d).ok_or_else(invalid)?,
     };
-    if !signer::verify(
-        state.signing_key.expose_secret(),
-        &key_text,
-        exp,
-        disposition,
-        sig,
-    ) {
+    if !state
+        .secrets()
+        .signing
+        .verify(&key_text, exp, disposition, sig)
+    {
         return Err(invalid());
     }
     if exp < chrono::Utc::now().timestamp() {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::Json;
-use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -87,15 +86,31 @@ pub struct SignedUrl {
 /// Largest signed-URL lifetime: 7 days.
 const MAX_TTL: i64 = 7 * 24 * 3600;
 
+/// Where the parameters came from, as FastAPI names it in a 422's `loc`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ParamsIn {
+    Query,
+    Body,
+}
+
+impl ParamsIn {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Body => "body",
+        }
+    }
+}
+
 pub(crate) async fn sign_url(
     state: &AppState,
     caller: &Caller,
     q: SignQuery,
+    from: ParamsIn,
 ) -> ApiResult<Json<SignedUrl>> {
-    let raw = q
-        .key
-        .or(q.file_key)
-        .ok_or_else(|| ApiError::validation(&["query", "key"], "Field required", "missing"))?;
+    let raw = q.key.or(q.file_key).ok_or_else(|| {
+        ApiError::validation(&[from.as_str(), "key"], "Field required", "missing")
+    })?;
     let key = owned_key(caller, &raw)?;
     let ttl = match q.ttl.or(q.expires_in) {
         None | Some(Value::Null) => state.settings.signed_url_ttl_default as i64,
@@ -105,20 +120,24 @@ pub(crate) async fn sign_url(
     };
     if !(1..=MAX_TTL).contains(&ttl) {
         return Err(ApiError::BadRequest(format!(
-            "ttl must be between 1 and {MAX_TTL} seconds"
+            "ttl must be between 1 and {MAX_TTL} seconds (in the {})",
+            from.as_str()
         )));
     }
     let disposition = match q.disposition.as_deref() {
         None | Some("") => Disposition::Inline,
         Some(d) => Disposition::parse(d).ok_or_else(|| {
-            ApiError::BadRequest("disposition must be 'inline' or 'attachment'".to_owned())
+            ApiError::BadRequest(format!(
+                "disposition must be 'inline' or 'attachment' (in the {})",
+                from.as_str()
+            ))
         })?,
     };
     state.store.entry(&key).await?;
     let exp = chrono::Utc::now().timestamp() + ttl;
     let url = signer::signed_url(
         &state.settings.public_base_url,
-        state.signing_key.expose_secret(),
+        state.secrets().signing.current(),
         &key.to_string(),
         exp,
         disposition,
@@ -163,7 +182,7 @@ pub(crate) async fn signed_url_get(
         expires_in: get("expires_in").map(Value::from),
         disposition: get("disposition"),
     };
-    sign_url(&state, &caller, q).await
+    sign_url(&state, &caller, q, ParamsIn::Query).await
 }
 
 /// Signs a download URL for a file, parameters in a JSON body (the old Python SDK's form).
@@ -184,5 +203,5 @@ pub(crate) async fn signed_url_post(
     caller: Caller,
     AppJson(q): AppJson<SignQuery>,
 ) -> ApiResult<Json<SignedUrl>> {
-    sign_url(&state, &caller, q).await
+    sign_url(&state, &caller, q, ParamsIn::Body).await
 }

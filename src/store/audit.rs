@@ -67,6 +67,7 @@ impl FileStore {
             meta_cache: std::sync::Arc::default(),
             sidecar_ttl: Duration::ZERO,
             staging: std::sync::Arc::default(),
+            swept: std::sync::Arc::default(),
         })
     }
 

@@ -36,10 +36,12 @@ pub mod sidecar;
 pub mod signing_key;
 pub mod sink;
 pub mod staging;
+mod totals;
 
 pub use one_request::DirectUpload;
 pub use parts::PartUpload;
 pub use resumable::{Finished, NewResumable};
+pub use totals::StoredTotals;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,6 +188,8 @@ pub struct FileStore {
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
     /// Bytes of JSON parts staged before their session is known.
     staging: std::sync::Arc<staging::StagingBudget>,
+    /// Expired sessions the sweeps removed (`/metrics`).
+    swept: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -244,6 +248,7 @@ impl FileStore {
             meta_cache: std::sync::Arc::default(),
             sidecar_ttl,
             staging: std::sync::Arc::default(),
+            swept: std::sync::Arc::default(),
         })
     }
 

@@ -48,6 +48,8 @@ impl FileStore {
                             parts.join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
                         if std::fs::rename(&path, &doomed).is_ok() {
                             let _ = std::fs::remove_dir_all(&doomed);
+                            self.swept
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.quotas.release(
                                 info.user_id.as_str(),
                                 &id.to_string(),

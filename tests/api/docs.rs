@@ -421,9 +421,9 @@ async fn init_takes_a_size_written_with_a_zero_fraction() {
 // /metrics
 
 /// One sample of the text format: name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
+pub(crate) type Sample = (String, BTreeMap<String, String>, f64);
 
-fn parse_metrics(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text
         .lines()
@@ -448,7 +448,7 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the series `name` whose labels include `labels` (0 when absent).
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {
@@ -461,7 +461,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(app: &TestApp) -> Vec<Sample> {
+pub(crate) async fn scrape(app: &TestApp) -> Vec<Sample> {
     let res = app.get("/metrics").as_service().send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
@@ -473,7 +473,7 @@ async fn scrape(app: &TestApp) -> Vec<Sample> {
 
 /// Scrapes until `ok` holds (a request is counted when its body has been sent, a moment
 /// after the client has it).
-async fn scrape_until(app: &TestApp, ok: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+pub(crate) async fn scrape_until(app: &TestApp, ok: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let samples = scrape(app).await;

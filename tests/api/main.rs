@@ -2,6 +2,8 @@
 //! contract (API.md) against the real app on 127.0.0.1, or against the real binary.
 #![allow(clippy::unwrap_used)]
 
+mod actionable_errors;
+mod alerts;
 mod auth;
 mod batch;
 mod check;
@@ -15,10 +17,12 @@ mod forwarded;
 mod fuzz_found;
 mod health;
 mod helpers;
+mod logs;
 mod nginx;
 mod parts;
 mod reading;
 mod resumable;
+mod rotation;
 mod security;
 mod shutdown;
 mod slow;

@@ -77,7 +77,7 @@ pub(crate) fn cause_of_body_error(e: &(dyn std::error::Error + 'static)) -> Opti
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            return Some(ApiError::TooLarge("Request body too large".to_owned()));
+            return Some(ApiError::BodyTooLarge);
         }
         if let Some(cut) = crate::error::body_cut_off(s) {
             return Some(cut);

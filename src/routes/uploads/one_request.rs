@@ -145,16 +145,42 @@ pub(crate) async fn upload_files(
         let multipart = Multipart::from_request(req, &state).await.map_err(|e| {
             ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
         })?;
-        upload_multipart(&state, &caller, q, multipart).await?
+        upload_multipart(&state, &caller, q, multipart).await
     } else {
-        upload_raw(&state, &caller, q, &headers, req.into_body()).await?
+        upload_raw(&state, &caller, q, &headers, req.into_body()).await
     };
+    let stored = stored.map_err(|e| with_declared_size(e, &headers))?;
     for s in &stored {
         tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0));
     }
     Ok(Json(Uploaded {
         files: stored.iter().map(|s| uploaded_file(&state, s)).collect(),
     }))
+}
+
+/// A quota refusal comes as soon as the bytes received pass the room left, so the store
+/// knows only what had arrived; the client asked for the whole body, which its
+/// `Content-Length` says (a multipart body's includes the form's few hundred bytes).
+fn with_declared_size(e: ApiError, headers: &HeaderMap) -> ApiError {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (e, declared) {
+        (
+            ApiError::Quota {
+                used,
+                quota,
+                requested,
+            },
+            Some(declared),
+        ) => ApiError::Quota {
+            used,
+            quota,
+            requested: requested.max(declared),
+        },
+        (e, _) => e,
+    }
 }
 
 pub(crate) async fn upload_raw(
@@ -262,9 +288,15 @@ pub(crate) async fn upload_multipart(
                     "At most {MAX_FILES_PER_UPLOAD} files per request"
                 )));
             }
-            let owner = match &user {
-                Some(u) => u.clone(),
-                None => caller.acting_for(None)?,
+            // The file streams to disk under its owner's quota as it arrives, so the owner
+            // must be known by then; `folder` and `meta` may come after the file.
+            let Some(owner) = user.clone() else {
+                return Err(ApiError::BadRequest(
+                    "user_id is required for service calls: name the user in the query \
+                     (?user_id=...) or in a user_id (or user_email) form field placed before \
+                     the file part"
+                        .to_owned(),
+                ));
             };
             let file_name = ClientFileName::parse(field.file_name().unwrap_or(""))?;
             let mime = field.content_type().map(str::to_owned);
@@ -342,7 +374,7 @@ const MAX_FILES_PER_UPLOAD: usize = 1000;
 
 pub(crate) fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::TooLarge("Request body too large".to_owned());
+        return ApiError::BodyTooLarge;
     }
     if let Some(cause) = cause_of_body_error(e) {
         return cause;
