@@ -301,6 +301,12 @@ if [ ! -d "$UPLOAD_ROOT" ]; then
 else
     note "$UPLOAD_ROOT exists: owner and mode left as they are"
 fi
+# The server reads the env file itself on SIGHUP (secret rotation): the service user owns
+# it, mode 0600, nobody else reads it.
+if id -u "$SERVICE_USER" >/dev/null 2>&1 \
+    && [ "$(stat -c '%U' "$ENV_FILE" 2>/dev/null)" != "$SERVICE_USER" ]; then
+    run chown "$SERVICE_USER:" "$ENV_FILE"
+fi
 
 step "systemd unit"
 unit_tmp=$(mktemp)
