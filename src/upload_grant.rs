@@ -104,7 +104,12 @@ pub fn verify(secret: &[u8], grant: &str, sig_hex: &str, now: i64) -> Result<Gra
 /// Normalises an allowed-type pattern: lower case, parameters dropped; `None` when it is
 /// not `type/subtype`, `type/*` or `*/*` made of token characters.
 pub fn normalize_pattern(raw: &str) -> Option<String> {
-    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let (top, sub) = essence.split_once('/')?;
     let token = |s: &str| {
         !s.is_empty()
@@ -124,7 +129,12 @@ pub fn normalize_pattern(raw: &str) -> Option<String> {
 /// Does `mime` (parameters ignored, any case) match one of `patterns` (normalised, see
 /// [`normalize_pattern`]; `type/*` matches any subtype)?
 pub fn mime_allowed(patterns: &[String], mime: &str) -> bool {
-    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let Some((top, _)) = essence.split_once('/') else {
         return false;
     };
@@ -163,7 +173,11 @@ mod tests {
             json,
             r#"{"u":"u1","f":"a/b","e":2000000000,"m":1024,"t":["image/png","video/*"]}"#
         );
-        let any = Grant { t: None, f: None, ..g };
+        let any = Grant {
+            t: None,
+            f: None,
+            ..g
+        };
         let json = String::from_utf8(URL_SAFE_NO_PAD.decode(any.encode()).unwrap()).unwrap();
         assert_eq!(json, r#"{"u":"u1","f":null,"e":2000000000,"m":1024}"#);
     }
@@ -185,11 +199,21 @@ mod tests {
         let sig = sign(b"k", &text);
         assert_eq!(verify(b"k", &text, &sig, 1_000).unwrap(), g);
         assert_eq!(verify(b"k", &text, &sig.to_uppercase(), 1_000).unwrap(), g);
-        assert_eq!(verify(b"other", &text, &sig, 1_000), Err(GrantError::Invalid));
+        assert_eq!(
+            verify(b"other", &text, &sig, 1_000),
+            Err(GrantError::Invalid)
+        );
         assert_eq!(verify(b"k", &text, "zz", 1_000), Err(GrantError::Invalid));
         assert_eq!(verify(b"k", &text, "", 1_000), Err(GrantError::Invalid));
-        let tampered = Grant { m: 1 << 40, ..g.clone() }.encode();
-        assert_eq!(verify(b"k", &tampered, &sig, 1_000), Err(GrantError::Invalid));
+        let tampered = Grant {
+            m: 1 << 40,
+            ..g.clone()
+        }
+        .encode();
+        assert_eq!(
+            verify(b"k", &tampered, &sig, 1_000),
+            Err(GrantError::Invalid)
+        );
         assert_eq!(
             verify(b"k", &text, &sig, 2_000_000_000),
             Err(GrantError::Expired)
@@ -209,7 +233,13 @@ mod tests {
         let download = signer::sign(b"k", &text, 2_000_000_000, Disposition::Inline);
         assert_eq!(verify(b"k", &text, &download, 0), Err(GrantError::Invalid));
         let sig = sign(b"k", &text);
-        assert!(!signer::verify(b"k", &text, 2_000_000_000, Disposition::Inline, &sig));
+        assert!(!signer::verify(
+            b"k",
+            &text,
+            2_000_000_000,
+            Disposition::Inline,
+            &sig
+        ));
     }
 
     #[test]
@@ -221,7 +251,15 @@ mod tests {
         );
         assert_eq!(normalize_pattern("video/*").as_deref(), Some("video/*"));
         assert_eq!(normalize_pattern("*/*").as_deref(), Some("*/*"));
-        for bad in ["", "image", "*/png", "/png", "image/", "im age/png", "a/b/c"] {
+        for bad in [
+            "",
+            "image",
+            "*/png",
+            "/png",
+            "image/",
+            "im age/png",
+            "a/b/c",
+        ] {
             assert_eq!(normalize_pattern(bad), None, "{bad}");
         }
     }

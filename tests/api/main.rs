@@ -22,3 +22,4 @@ mod shutdown;
 mod slow;
 mod stalled;
 mod upload;
+mod upload_grant;

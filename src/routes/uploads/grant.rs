@@ -122,11 +122,12 @@ impl UploadGrant {
     /// Verifies `grant` and `sig` (as they came in the query) with the signed-URL key.
     pub fn verify(state: &AppState, grant: &str, sig: &str) -> Result<Self, ApiError> {
         let now = chrono::Utc::now().timestamp();
-        let g = upload_grant::verify(state.signing_key.expose_secret(), grant, sig, now)
-            .map_err(|e| match e {
+        let g = upload_grant::verify(state.signing_key.expose_secret(), grant, sig, now).map_err(
+            |e| match e {
                 GrantError::Invalid => ApiError::Forbidden(INVALID_SIGNATURE.to_owned()),
                 GrantError::Expired => ApiError::Forbidden(EXPIRED.to_owned()),
-            })?;
+            },
+        )?;
         let invalid = || ApiError::Forbidden(INVALID_SIGNATURE.to_owned());
         let user = UserId::parse(&g.u).map_err(|_| invalid())?;
         let folder = match g.f.as_deref() {
@@ -223,7 +224,9 @@ mod tests {
 
     #[test]
     fn types_are_checked_only_when_listed() {
-        assert!(grant(None, None).check_mime("application/x-anything").is_ok());
+        assert!(grant(None, None)
+            .check_mime("application/x-anything")
+            .is_ok());
         let g = grant(None, Some(&["image/png", "video/*"]));
         assert!(g.check_mime("image/png").is_ok());
         assert!(g.check_mime("Video/MP4; codecs=x").is_ok());

@@ -82,7 +82,11 @@ pub(crate) async fn sign_upload(
     caller: Caller,
     AppJson(req): AppJson<SignUploadRequest>,
 ) -> ApiResult<Json<SignedUpload>> {
-    let named = req.user_id.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let named = req
+        .user_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
     let user = match (&caller, named) {
         (Caller::User(me), Some(other)) if other != me.as_str() => {
             return Err(ApiError::Forbidden(
