@@ -17,8 +17,8 @@ mod values;
 
 use self::env_file::read_env_file;
 use self::values::{
-    decode_pem_base64, parse_cors, parse_decimal, parse_num, positive_secs, read_key_file,
-    trust_settings,
+    decode_pem_base64, parse_cors, parse_decimal, parse_num, parse_switch, positive_secs,
+    read_key_file, trust_settings,
 };
 
 /// A configuration error: which variable, and what is wrong with it.
@@ -139,6 +139,8 @@ pub struct Settings {
     /// `MAX_CONNECTIONS`: most connections open at once; `None` lets the server derive it
     /// from the descriptor limit.
     pub max_connections: Option<usize>,
+    /// `UPLOAD_PAGE`: serve the upload page at `/upload` (on by default; `0` turns it off).
+    pub upload_page: bool,
 }
 
 /// Every variable the service reads.
@@ -175,6 +177,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SIDECAR_CACHE_SECS",
     "RESPONSE_STALL_TIMEOUT_SECS",
     "MAX_CONNECTIONS",
+    "UPLOAD_PAGE",
 ];
 
 /// The raw strings, merged from the env file and the process environment by `config`.
@@ -212,6 +215,7 @@ struct Raw {
     sidecar_cache_secs: Option<String>,
     response_stall_timeout_secs: Option<String>,
     max_connections: Option<String>,
+    upload_page: Option<String>,
 }
 
 impl Settings {
@@ -486,6 +490,7 @@ impl Settings {
                 }
             },
         };
+        let upload_page = parse_switch("UPLOAD_PAGE", raw.upload_page.as_deref(), true)?;
         Ok(Self {
             bind_host,
             port,
@@ -512,6 +517,7 @@ impl Settings {
             sidecar_cache: Duration::from_secs(sidecar_cache),
             response_stall_timeout: Duration::from_secs(stall_timeout),
             max_connections,
+            upload_page,
         })
     }
 
@@ -710,5 +716,25 @@ mod tests {
         let e = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/40")]).unwrap_err();
         assert_eq!(e.var, "TRUSTED_PROXIES");
         assert!(e.message.contains("10.0.0.0/40"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_upload_page_is_on_unless_turned_off() {
+        assert!(settings(&[]).unwrap().upload_page);
+        for (v, on) in [
+            ("0", false),
+            ("off", false),
+            ("FALSE", false),
+            ("1", true),
+            ("yes", true),
+        ] {
+            assert_eq!(
+                settings(&[("UPLOAD_PAGE", v)]).unwrap().upload_page,
+                on,
+                "{v}"
+            );
+        }
+        let e = settings(&[("UPLOAD_PAGE", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "UPLOAD_PAGE");
     }
 }

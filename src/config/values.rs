@@ -30,6 +30,23 @@ pub(super) fn positive_secs(
     Ok(secs)
 }
 
+/// A switch: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case); empty: `default`.
+pub(super) fn parse_switch(
+    var: &str,
+    value: Option<&str>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError::new(
+            var,
+            format!("'{v}' is not 0 or 1 (or false/true, no/yes, off/on)"),
+        )),
+    }
+}
+
 pub(super) fn parse_decimal(
     var: &str,
     value: Option<&str>,

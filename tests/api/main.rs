@@ -23,3 +23,4 @@ mod slow;
 mod stalled;
 mod upload;
 mod upload_grant;
+mod upload_page;
