@@ -255,6 +255,44 @@ async fn the_page_renders_in_headless_chromium_under_its_csp() {
     assert!(shot.is_file());
 }
 
+/// With a token pasted into the page (no grant), it lists the user's files with working
+/// public links, keeps the token in sessionStorage only, and clears the field.
+#[tokio::test]
+async fn with_a_token_the_page_lists_the_users_files_with_their_links() {
+    let Some(dir) = browser_driver() else { return };
+    let app = spawn_app().await;
+    let svc = app.as_service().acting_for("u5");
+    svc.upload_file("one.txt", Some("docs"), b"first").await;
+    svc.upload_file("two words.txt", None, b"second").await;
+    app.as_service()
+        .acting_for("u6")
+        .upload_file("not-mine.txt", None, b"x")
+        .await;
+    let token = app.user_token("u5");
+    let url = app.url("/upload");
+    let (ok, report) = drive(
+        &dir,
+        &["--url", &url, "--token", &token, "--expect-listed", "2"],
+    )
+    .await;
+    assert!(ok, "{report:#}");
+    assert_eq!(report["tokenStored"], true, "{report:#}");
+    assert_eq!(report["tokenFieldCleared"], true, "{report:#}");
+    let listed = report["listed"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{report:#}");
+    for item in listed {
+        let key = item["key"].as_str().unwrap();
+        assert!(key.starts_with("storage/u5/"), "{key}");
+        let link = item["url"].as_str().unwrap();
+        assert!(
+            link.starts_with(&format!("{}/storage/u5/", app.base)),
+            "{link}"
+        );
+        let res = app.http.get(link).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{link}");
+    }
+}
+
 /// The browser test: Uppy in headless Chromium uploads a 20 MiB file from
 /// `/upload` with a signed upload URL, over tus, and the page lists it with its link.
 ///
