@@ -205,11 +205,7 @@ mod tests {
         );
         assert_eq!(verify(b"k", &text, "zz", 1_000), Err(GrantError::Invalid));
         assert_eq!(verify(b"k", &text, "", 1_000), Err(GrantError::Invalid));
-        let tampered = Grant {
-            m: 1 << 40,
-            ..g.clone()
-        }
-        .encode();
+        let tampered = Grant { m: 1 << 40, ..g }.encode();
         assert_eq!(
             verify(b"k", &tampered, &sig, 1_000),
             Err(GrantError::Invalid)
