@@ -35,15 +35,16 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Our own page files change with the server: a short cache.
 const SHORT: &str = "public, max-age=300";
 
-fn not_found() -> ApiError {
-    ApiError::NotFound("Not Found".to_owned())
-}
+/// What a request for a file the page does not have is told (404).
+pub const NO_SUCH_FILE: &str = "File not found";
+/// What every request is told when `UPLOAD_PAGE=0` (404).
+pub const TURNED_OFF: &str = "The upload page is turned off";
 
 fn enabled(state: &AppState) -> Result<(), ApiError> {
     if state.settings.upload_page {
         Ok(())
     } else {
-        Err(not_found())
+        Err(ApiError::NotFound(TURNED_OFF.to_owned()))
     }
 }
 
@@ -125,7 +126,7 @@ async fn upload_page_file(
                 "text/plain; charset=utf-8",
                 SHORT,
             ),
-            _ => return Err(not_found()),
+            _ => return Err(ApiError::NotFound(NO_SUCH_FILE.to_owned())),
         };
     Ok((
         [

@@ -121,7 +121,10 @@ async fn the_page_and_its_files_are_served_from_here() {
         let (s, body) = send(app.get(missing)).await;
         assert_eq!(
             (s, &body),
-            (StatusCode::NOT_FOUND, &json!({ "detail": "Not Found" })),
+            (
+                StatusCode::NOT_FOUND,
+                &json!({ "detail": "File not found" })
+            ),
             "{missing}"
         );
     }
@@ -139,7 +142,10 @@ async fn upload_page_0_turns_it_off() {
         let (s, body) = send(app.get(path)).await;
         assert_eq!(
             (s, &body),
-            (StatusCode::NOT_FOUND, &json!({ "detail": "Not Found" })),
+            (
+                StatusCode::NOT_FOUND,
+                &json!({ "detail": "The upload page is turned off" })
+            ),
             "{path}"
         );
     }
