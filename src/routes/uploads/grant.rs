@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::key::{FolderPath, UserId};
+use crate::store::sidecar::guess_mime;
 use crate::upload_grant::{self, GrantError};
 
 /// What a tampered, unknown or malformed grant is told (403).
@@ -55,6 +56,9 @@ pub struct UploadGrant {
     /// When the grant ends, Unix seconds. An upload started before may finish after it
     /// only where the route says so; the one-request upload checks it once, at the start.
     pub expires_at: i64,
+    /// `grant=..&sig=..` as the request carried them, to hand on (e.g. in a tus
+    /// `Location`, so that later requests to the upload carry the grant too).
+    pub query: String,
 }
 
 impl Uploader {
@@ -102,6 +106,23 @@ impl UploadGrant {
         }
     }
 
+    /// Checks a file about to be uploaded: its type as it will be stored (from `name`'s
+    /// extension, else `declared_mime`; see [`guess_mime`]) and, when known, its size.
+    /// Returns that type.
+    pub fn check_file(
+        &self,
+        name: &str,
+        declared_mime: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<String, ApiError> {
+        let mime = guess_mime(name, declared_mime);
+        self.check_mime(&mime)?;
+        if let Some(size) = size {
+            self.check_size(size)?;
+        }
+        Ok(mime)
+    }
+
     /// The folder an upload goes to: the grant's. A client may repeat it (compared after
     /// sanitising, so `a//b/` is `a/b`) or send none; any other folder is refused (403),
     /// rather than the file quietly landing somewhere the client did not ask for.
@@ -140,6 +161,7 @@ impl UploadGrant {
             max_size: g.m,
             mime_types: g.t,
             expires_at: g.e,
+            query: format!("grant={grant}&sig={}", sig.trim()),
         })
     }
 }
@@ -210,6 +232,7 @@ mod tests {
             max_size: 100,
             mime_types: types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
             expires_at: 0,
+            query: String::new(),
         }
     }
 
@@ -235,6 +258,26 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "File type 'text/html' is not allowed by this upload URL (allowed: image/png, video/*)"
+        );
+    }
+
+    #[test]
+    fn a_file_is_checked_by_its_stored_type_and_size() {
+        let g = grant(None, Some(&["image/*"]));
+        assert_eq!(g.check_file("a.png", None, Some(100)).unwrap(), "image/png");
+        assert_eq!(
+            g.check_file("a", Some("image/gif"), None).unwrap(),
+            "image/gif"
+        );
+        assert_eq!(
+            g.check_file("a.html", Some("image/png"), None)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            g.check_file("a.png", None, Some(101)).unwrap_err().status(),
+            413
         );
     }
 

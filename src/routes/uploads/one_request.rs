@@ -19,7 +19,6 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
 use crate::state::AppState;
 use crate::store::key::{ClientFileName, FolderPath, Key, UserId};
-use crate::store::sidecar::guess_mime;
 use crate::store::Stored;
 
 /// Query parameters of the one-request upload.
@@ -131,7 +130,7 @@ pub(crate) fn uploaded_file(state: &AppState, s: &Stored) -> UploadedFile {
         (UploadForm = "multipart/form-data"),
         (Vec<u8> = "application/octet-stream"),
     )),
-    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = []), ("upload_grant" = [])),
     responses(
         (status = 200, description = "The stored files", body = Uploaded),
         (status = 400, description = "An invalid file name, a bad form, SHA256 mismatch, or a service caller named no user", body = ErrorBody),
@@ -192,10 +191,7 @@ pub(crate) async fn upload_raw(
     let folder = match grant {
         Some(g) => {
             // Everything the grant decides is checked before a byte is read.
-            g.check_mime(&guess_mime(name.as_str(), mime.as_deref()))?;
-            if let Some(len) = content_length(headers) {
-                g.check_size(len)?;
-            }
+            g.check_file(name.as_str(), mime.as_deref(), content_length(headers))?;
             g.folder_for(q.folder.as_deref())?
         }
         None => q.folder.as_deref().and_then(FolderPath::sanitize),
@@ -246,6 +242,10 @@ pub(crate) async fn upload_multipart(
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut text_bytes = 0usize;
     let grant = caller.grant();
+    if let Some(g) = grant {
+        // A folder in the query is known now: refuse it before reading the body.
+        g.folder_for(q.folder.as_deref())?;
+    }
     let mut user: Option<UserId> = match caller {
         Uploader::Grant(g) => Some(g.user.clone()),
         Uploader::Caller(Caller::User(u)) => Some(u.clone()),
@@ -311,7 +311,7 @@ pub(crate) async fn upload_multipart(
             let file_name = ClientFileName::parse(field.file_name().unwrap_or(""))?;
             let mime = field.content_type().map(str::to_owned);
             if let Some(g) = grant {
-                g.check_mime(&guess_mime(file_name.as_str(), mime.as_deref()))?;
+                g.check_file(file_name.as_str(), mime.as_deref(), None)?;
             }
             if upload.is_none() {
                 upload = Some(state.store.begin_upload(&owner).await?);
