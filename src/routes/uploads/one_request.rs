@@ -160,7 +160,8 @@ pub(crate) async fn upload_files(
         upload_raw(&state, &caller, q, &headers, req.into_body()).await?
     };
     for s in &stored {
-        tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0));
+        // `signed_upload`: made with a signed upload URL (no token), so the log shows which.
+        tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0), signed_upload = caller.grant().is_some());
     }
     Ok(Json(Uploaded {
         files: stored.iter().map(|s| uploaded_file(&state, s)).collect(),
