@@ -21,8 +21,10 @@ type HmacSha256 = Hmac<Sha256>;
 /// What the HMAC of a grant starts with (domain separation from download signatures).
 pub const DOMAIN: &str = "upload-grant\n";
 
-/// Longest `grant` text accepted, before anything is decoded.
-pub const MAX_GRANT_LEN: usize = 8 * 1024;
+/// Longest `grant` text signed or accepted (checked before anything is decoded). With the
+/// signature and a path it keeps the request line under the 8 KiB nginx allows by default
+/// (`large_client_header_buffers`).
+pub const MAX_GRANT_LEN: usize = 6 * 1024;
 
 /// What a signed upload URL allows, as it travels (compact field names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,6 +246,27 @@ async fn bad_sign_requests_say_why() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let (s, _) = sign(&app.as_service(), json!({ "user_id": "../x" })).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A grant must fit in a URL that proxies accept.
+    let deep = vec!["a".repeat(100); 80].join("/");
+    let (s, b) = sign(
+        &app.as_service(),
+        json!({ "user_id": "u1", "folder": deep }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("The upload URL would be too long"));
+    let many: Vec<String> = (0..32)
+        .map(|i| format!("application/x-{i}-{}", "b".repeat(80)))
+        .collect();
+    let b = sign_ok(
+        &app,
+        json!({ "mime_types": many, "folder": "x".repeat(100) }),
+    )
+    .await;
+    assert!(b["url"].as_str().unwrap().len() < 8000, "{b}");
 }
 
 #[tokio::test]

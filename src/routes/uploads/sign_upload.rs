@@ -127,6 +127,13 @@ pub(crate) async fn sign_upload(
         m: max_size,
         t: mime_types.clone(),
     };
+    if grant.encode().len() > upload_grant::MAX_GRANT_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "The upload URL would be too long (its grant over {} characters): \
+             use a shorter folder or fewer mime_types",
+            upload_grant::MAX_GRANT_LEN
+        )));
+    }
     let query = grant.query(state.signing_key.expose_secret());
     let base = &state.settings.public_base_url;
     let expires_at = chrono::DateTime::from_timestamp(exp, 0)
