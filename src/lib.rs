@@ -20,4 +20,5 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod trust;
+pub mod upload_grant;
 pub mod zip_stream;

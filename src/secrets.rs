@@ -41,6 +41,11 @@ impl SigningKeys {
         self.current.expose_secret()
     }
 
+    /// The keys that verify: the current one, then the previous one if any.
+    pub fn verifying(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.current()).chain(self.previous.as_ref().map(|p| p.expose_secret()))
+    }
+
     /// Whether `sig` was made by the current key or by the previous one (each compared in
     /// constant time).
     pub fn verify(&self, key: &str, exp: i64, disposition: Disposition, sig: &str) -> bool {

@@ -20,7 +20,7 @@ pub use self::table::{help_text, is_setting, markdown_table, Setting, SETTINGS};
 
 use self::env_file::read_env_file;
 use self::values::{
-    decode_pem_base64, parse_cors, parse_decimal, parse_flag, parse_num, parse_service_tokens,
+    decode_pem_base64, parse_cors, parse_decimal, parse_num, parse_service_tokens, parse_switch,
     positive_secs, read_key_file, trust_settings,
 };
 
@@ -151,6 +151,8 @@ pub struct Settings {
     /// `MAX_CONNECTIONS`: most connections open at once; `None` lets the server derive it
     /// from the descriptor limit.
     pub max_connections: Option<usize>,
+    /// `UPLOAD_PAGE`: serve the upload page at `/upload` (on by default; `0` turns it off).
+    pub upload_page: bool,
 }
 
 /// Where the settings were read from at start: what `SIGHUP` reads again.
@@ -229,6 +231,7 @@ struct Raw {
     sidecar_cache_secs: Option<String>,
     response_stall_timeout_secs: Option<String>,
     max_connections: Option<String>,
+    upload_page: Option<String>,
 }
 
 /// Variables by name.
@@ -341,8 +344,11 @@ impl Settings {
             .upload_signing_key_previous
             .filter(|k| !k.is_empty())
             .map(|k| SecretSlice::from(k.into_bytes()));
-        let metrics_allow_local =
-            parse_flag("METRICS_ALLOW_LOCAL", raw.metrics_allow_local.as_deref())?;
+        let metrics_allow_local = parse_switch(
+            "METRICS_ALLOW_LOCAL",
+            raw.metrics_allow_local.as_deref(),
+            false,
+        )?;
         let signed_url_ttl_default = parse_num(
             "SIGNED_URL_TTL_DEFAULT",
             raw.signed_url_ttl_default.as_deref(),
@@ -541,6 +547,7 @@ impl Settings {
                 }
             },
         };
+        let upload_page = parse_switch("UPLOAD_PAGE", raw.upload_page.as_deref(), true)?;
         Ok(Self {
             bind_host,
             port,
@@ -570,6 +577,7 @@ impl Settings {
             sidecar_cache: Duration::from_secs(sidecar_cache),
             response_stall_timeout: Duration::from_secs(stall_timeout),
             max_connections,
+            upload_page,
         })
     }
 
@@ -833,5 +841,25 @@ mod tests {
         let e = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/40")]).unwrap_err();
         assert_eq!(e.var, "TRUSTED_PROXIES");
         assert!(e.message.contains("10.0.0.0/40"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_upload_page_is_on_unless_turned_off() {
+        assert!(settings(&[]).unwrap().upload_page);
+        for (v, on) in [
+            ("0", false),
+            ("off", false),
+            ("FALSE", false),
+            ("1", true),
+            ("yes", true),
+        ] {
+            assert_eq!(
+                settings(&[("UPLOAD_PAGE", v)]).unwrap().upload_page,
+                on,
+                "{v}"
+            );
+        }
+        let e = settings(&[("UPLOAD_PAGE", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "UPLOAD_PAGE");
     }
 }

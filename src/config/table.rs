@@ -194,6 +194,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "`0`",
         meaning: "`1` lets a client on a loopback address scrape `/metrics` without the service token, unless its request came through a proxy (`X-Real-IP`, `X-Forwarded-For` or `Forwarded` present)",
     },
+    Setting {
+        name: "UPLOAD_PAGE",
+        default: "`1`",
+        meaning: "`0` turns off the upload page at `/upload` (Uppy, tus; 404 then)",
+    },
 ];
 
 /// Whether `name` is one of [`SETTINGS`].

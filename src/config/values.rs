@@ -56,15 +56,19 @@ pub(super) fn parse_service_tokens(value: Option<&str>) -> Result<Vec<SecretStri
         .collect())
 }
 
-/// A yes/no setting: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case);
-/// unset or empty is no.
-pub(super) fn parse_flag(var: &str, value: Option<&str>) -> Result<bool, ConfigError> {
+/// A switch: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case); empty: `default`.
+pub(super) fn parse_switch(
+    var: &str,
+    value: Option<&str>,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("" | "0" | "false" | "no" | "off") => Ok(false),
+        None | Some("") => Ok(default),
         Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some(other) => Err(ConfigError::new(
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError::new(
             var,
-            format!("'{other}' is neither 1/true/yes/on nor 0/false/no/off"),
+            format!("'{v}' is not 0 or 1 (or false/true, no/yes, off/on)"),
         )),
     }
 }

@@ -93,6 +93,15 @@ impl Modify for SecuritySchemes {
                  or `same-site`; else 403",
             ))),
         );
+        components.add_security_scheme(
+            "upload_grant",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "grant",
+                "A signed upload URL's `grant`, always sent with its `sig` (both from \
+                 `POST /v1/files/sign-upload`): uploads for the grant's user and folder \
+                 only, within its `max_size` and MIME types; invalid or expired → 403",
+            ))),
+        );
     }
 }
 

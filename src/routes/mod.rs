@@ -15,6 +15,7 @@ pub mod service;
 pub mod signed;
 pub mod signed_url;
 pub mod storage;
+pub mod upload_page;
 pub mod uploads;
 
 use std::sync::LazyLock;
@@ -60,6 +61,7 @@ pub fn routes() -> Routes {
         .merge(storage::routes())
         .merge(signed::routes())
         .merge(batch::routes())
+        .merge(upload_page::routes())
 }
 
 /// The routes whose requests the metrics count apart (every other is [`RouteKind::Other`]),

@@ -52,6 +52,9 @@ pub struct NewResumable {
     pub metadata: Option<String>,
     /// A partial upload of a concatenation (never published on its own).
     pub partial: bool,
+    /// A length the upload may not pass (a signed upload URL's maximum), besides
+    /// `MAX_BODY_MB`.
+    pub max_length: Option<u64>,
 }
 
 /// A finished resumable upload, remembered until its session would have expired.
@@ -89,7 +92,8 @@ impl FileStore {
     /// Begins a resumable upload: one session, its length reserved against the quota when
     /// known (over the quota or `MAX_BODY_MB`: refused, nothing made).
     pub async fn create_resumable(&self, new: NewResumable) -> Result<Session, StoreError> {
-        if new.length.is_some_and(|l| l > self.max_file) {
+        let max = new.max_length.unwrap_or(u64::MAX).min(self.max_file);
+        if new.length.is_some_and(|l| l > max) {
             return Err(StoreError::TooLarge);
         }
         let created_at = Utc::now();
@@ -441,7 +445,8 @@ impl FileStore {
             }
             length = length.zip(p.length()).map(|(a, b)| a + b);
         }
-        if length.is_some_and(|l| l > self.max_file) {
+        let max = new.max_length.unwrap_or(u64::MAX).min(self.max_file);
+        if length.is_some_and(|l| l > max) {
             return Err(StoreError::TooLarge);
         }
         let created_at = Utc::now();

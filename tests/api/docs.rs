@@ -371,6 +371,7 @@ async fn instructions_use_the_public_base_url_and_hold_no_secret() {
         "/v1/files/upload",
         "/v1/files/all",
         "/v1/files/signed-url",
+        "/v1/files/sign-upload",
         "/v1/files/batch-download",
         "/v1/files/uploads/$UPLOAD_ID",
     ] {

@@ -28,3 +28,5 @@ mod shutdown;
 mod slow;
 mod stalled;
 mod upload;
+mod upload_grant;
+mod upload_page;

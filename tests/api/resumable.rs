@@ -974,3 +974,118 @@ async fn the_same_bytes_by_three_protocols_give_the_same_file() {
         );
     }
 }
+
+/// A signed upload URL's query (`grant=..&sig=..`) for `u1`, folder `inbox`, 1,000 bytes,
+/// text only.
+async fn grant_query(app: &TestApp) -> String {
+    let res = app
+        .as_service()
+        .post("/v1/files/sign-upload")
+        .json(&json!({ "user_id": "u1", "folder": "inbox", "max_size": 1000, "mime_types": ["text/*"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["query"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_signed_upload_url_works_with_tus_and_the_draft_and_holds_its_limits() {
+    let app = spawn_app().await;
+    let q = grant_query(&app).await;
+    let anon =
+        |method: Method, path: &str| app.request(method, path).header("Tus-Resumable", "1.0.0");
+    let create = |len: u64, name: &str| {
+        anon(Method::POST, &format!("{TUS}?{q}"))
+            .header("Upload-Length", len)
+            .header("Upload-Metadata", format!("filename {}", b64s(name)))
+            .send()
+    };
+    // No token at all, only the grant: the upload is u1's, in the grant's folder, and its
+    // URL carries the grant for the PATCHes that follow.
+    let res = create(5, "note.txt").await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let location = header(&res, "location").unwrap().to_owned();
+    assert!(location.ends_with(&format!("?{q}")), "{location}");
+    let res = anon(Method::PATCH, &location)
+        .header("Upload-Offset", 0)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let key = header(&res, "x-upload-key").unwrap();
+    assert!(key.starts_with("storage/u1/inbox/"), "{key}");
+    // Without the grant the same URL is nobody's.
+    let bare = location.split('?').next().unwrap();
+    let res = anon(Method::HEAD, bare).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // Over the maximum, a type it does not list, another folder, a deferred length.
+    assert_eq!(
+        create(1001, "big.txt").await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        create(10, "clip.mp4").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = anon(Method::POST, &format!("{TUS}?{q}"))
+        .header("Upload-Length", 3)
+        .header(
+            "Upload-Metadata",
+            format!("filename {},folder {}", b64s("a.txt"), b64s("elsewhere")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = anon(Method::POST, &format!("{TUS}?{q}"))
+        .header("Upload-Defer-Length", "1")
+        .header("Upload-Metadata", format!("filename {}", b64s("a.txt")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // A tampered grant.
+    let tampered = q.replace("sig=", "sig=0");
+    let res = anon(Method::POST, &format!("{TUS}?{tampered}"))
+        .header("Upload-Length", 3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Another user's upload is not reachable with u1's grant.
+    let other = app
+        .request(Method::POST, TUS)
+        .header("Tus-Resumable", "1.0.0")
+        .bearer_auth(app.user_token("u2"))
+        .header("Upload-Length", 3)
+        .send()
+        .await
+        .unwrap();
+    let other = header(&other, "location").unwrap().to_owned();
+    let res = anon(Method::HEAD, &format!("{other}?{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // The draft, in one request.
+    let res = app
+        .request(Method::POST, &format!("{DRAFT}?{q}"))
+        .header("Upload-Complete", "?1")
+        .header("Content-Disposition", "inline; filename=\"d.txt\"")
+        .body("draft")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("storage/u1/inbox/"));
+}

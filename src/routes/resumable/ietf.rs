@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 
 use super::tus::{parse_metadata, set, FileFields};
 use super::{append_body, owned_upload, stored_headers, supersede, AppendFailure, ChecksumFrom};
-use crate::auth::Caller;
 use crate::error::{ApiError, AppPath, ErrorBody};
+use crate::routes::uploads::grant::Uploader;
 use crate::routes::uploads::one_request::uploaded_file;
 use crate::routes::{route, Routes};
 use crate::state::AppState;
@@ -375,7 +375,7 @@ fn options(state: &AppState, headers: &HeaderMap) -> Response {
     ))]
 pub(crate) async fn ietf_create(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     Query(query): Query<CreateQuery>,
     body: Body,
@@ -431,7 +431,8 @@ pub(crate) async fn ietf_create(
             }
         }
     }
-    let fields = FileFields::from_pairs(pairs).map_err(api)?;
+    let mut fields = FileFields::from_pairs(pairs).map_err(api)?;
+    fields.apply_grant(&caller, length).map_err(api)?;
     let user = caller.acting_for(fields.user.as_deref()).map_err(api)?;
     let session = state
         .store
@@ -445,11 +446,12 @@ pub(crate) async fn ietf_create(
             meta: fields.extra,
             metadata: None,
             partial: false,
+            max_length: caller.grant().map(|g| g.max_size),
         })
         .await
         .map_err(|e| store_error(&state, interop, e))?;
     tracing::info!(target: "activity", event = "resumable_create", user = %session.user_id, upload_id = %session.upload_id, length = ?length);
-    let location = format!("{BASE}{}", session.upload_id);
+    let location = format!("{BASE}{}{}", session.upload_id, caller.url_suffix());
     let appended = append_body(&state, &session, 0, body, ChecksumFrom::None).await;
     let mut res = match appended {
         Ok(offset) if complete => {
@@ -594,7 +596,7 @@ fn completed_response(
     ))]
 pub(crate) async fn ietf_head(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
 ) -> DraftResult {
@@ -666,7 +668,7 @@ pub(crate) async fn ietf_head(
     ))]
 pub(crate) async fn ietf_patch(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
     body: Body,
@@ -769,7 +771,7 @@ pub(crate) async fn ietf_patch(
     ))]
 pub(crate) async fn ietf_delete(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
 ) -> DraftResult {

@@ -15,6 +15,7 @@ use http_body_util::BodyExt as _;
 use super::uploads::body_error;
 use super::uploads::one_request::public_url;
 use crate::error::ApiError;
+use crate::routes::uploads::grant::Uploader;
 use crate::state::AppState;
 use crate::store::key::Key;
 use crate::store::resumable::Progress;
@@ -103,7 +104,7 @@ pub(crate) fn stored_headers(state: &AppState, key: &Key, headers: &mut HeaderMa
 /// three-step session are all as unknown as a missing one.
 pub(crate) async fn owned_upload(
     state: &AppState,
-    caller: &crate::auth::Caller,
+    caller: &Uploader,
     id: &str,
     protocol: Protocol,
 ) -> Result<Progress, ApiError> {

@@ -19,8 +19,8 @@ use super::{
     append_body, stored_headers, AppendFailure, ChecksumFault, ChecksumFrom, ExpectedChecksum,
     CHECKSUM_ALGORITHMS,
 };
-use crate::auth::Caller;
 use crate::error::{ApiError, AppPath, ErrorBody};
+use crate::routes::uploads::grant::Uploader;
 use crate::routes::{route, Routes};
 use crate::state::AppState;
 use crate::store::key::{ClientFileName, FolderPath};
@@ -179,6 +179,28 @@ pub(crate) struct FileFields {
 }
 
 impl FileFields {
+    /// What a signed upload URL allows: its folder (another one is refused), a length
+    /// known up front within its maximum, a type it lists. Nothing for header callers.
+    pub(crate) fn apply_grant(
+        &mut self,
+        who: &Uploader,
+        length: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let Some(grant) = who.grant() else {
+            return Ok(());
+        };
+        let length = length.ok_or_else(|| {
+            ApiError::BadRequest(
+                "With a signed upload URL, the upload's length is declared when it is created"
+                    .to_owned(),
+            )
+        })?;
+        let requested = self.folder.as_ref().map(FolderPath::as_string);
+        self.folder = grant.folder_for(requested.as_deref())?;
+        grant.check_file(self.name.as_str(), self.mime.as_deref(), Some(length))?;
+        Ok(())
+    }
+
     /// From metadata pairs: `filename` (or `name`), `filetype` (or `type`), `folder`,
     /// `user_id` (or `user_email`); the rest become the sidecar's client fields.
     pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
@@ -279,7 +301,7 @@ fn options(state: &AppState) -> Response {
     ))]
 pub(crate) async fn tus_create(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     body: Body,
 ) -> TusResult {
@@ -335,6 +357,15 @@ pub(crate) async fn tus_create(
     let fields = FileFields::from_pairs(
         parse_metadata(raw_metadata.as_deref().unwrap_or_default()).map_err(bad)?,
     )?;
+    let mut fields = fields;
+    let partial = matches!(final_of, Some(None));
+    if !is_final {
+        fields.apply_grant(&caller, length)?;
+    } else if let Some(grant) = caller.grant() {
+        let requested = fields.folder.as_ref().map(FolderPath::as_string);
+        fields.folder = grant.folder_for(requested.as_deref())?;
+        grant.check_file(fields.name.as_str(), fields.mime.as_deref(), None)?;
+    }
     let user = caller.acting_for(fields.user.as_deref())?;
     let new = NewResumable {
         user,
@@ -345,7 +376,8 @@ pub(crate) async fn tus_create(
         folder: fields.folder,
         meta: fields.extra,
         metadata: raw_metadata.filter(|m| !m.trim().is_empty()),
-        partial: matches!(final_of, Some(None)),
+        partial,
+        max_length: caller.grant().map(|g| g.max_size),
     };
     let has_body = headers
         .get(header::CONTENT_LENGTH)
@@ -354,7 +386,7 @@ pub(crate) async fn tus_create(
     if let Some(Some(parts)) = final_of {
         let (session, stored) = state.store.create_concat(new, parts).await?;
         tracing::info!(target: "activity", event = "tus_concat", user = %session.user_id, upload_id = %session.upload_id);
-        let mut res = created(&session);
+        let mut res = created(&session, &caller);
         if let Some(stored) = stored {
             stored_headers(&state, &stored.key, res.headers_mut());
             log_stored(&session, &stored);
@@ -367,7 +399,7 @@ pub(crate) async fn tus_create(
     let checksum = request_checksum(&headers)?;
     let session = state.store.create_resumable(new).await?;
     tracing::info!(target: "activity", event = "tus_create", user = %session.user_id, upload_id = %session.upload_id, length = ?length);
-    let mut res = created(&session);
+    let mut res = created(&session, &caller);
     if has_body {
         let offset = match append_body(&state, &session, 0, body, checksum).await {
             Ok(o) => o,
@@ -393,10 +425,14 @@ pub(crate) async fn tus_create(
     Ok(res)
 }
 
-fn created(session: &Session) -> Response {
+fn created(session: &Session, who: &Uploader) -> Response {
     let mut res = StatusCode::CREATED.into_response();
     let h = res.headers_mut();
-    set(h, "location", format!("{BASE}{}", session.upload_id));
+    set(
+        h,
+        "location",
+        format!("{BASE}{}{}", session.upload_id, who.url_suffix()),
+    );
     h.insert("upload-expires", expires(session));
     res
 }
@@ -479,7 +515,7 @@ fn append_error(e: AppendFailure) -> TusError {
     }
 }
 
-async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<Progress, TusError> {
+async fn owned(state: &AppState, caller: &Uploader, id: &str) -> Result<Progress, TusError> {
     Ok(super::owned_upload(state, caller, id, Protocol::Tus).await?)
 }
 
@@ -500,7 +536,7 @@ async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<Progress, 
     ))]
 pub(crate) async fn tus_head(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
 ) -> TusResult {
@@ -508,7 +544,7 @@ pub(crate) async fn tus_head(
     head(&state, &caller, &upload_id).await
 }
 
-async fn head(state: &AppState, caller: &Caller, upload_id: &str) -> TusResult {
+async fn head(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult {
     let progress = owned(state, caller, upload_id).await?;
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
@@ -582,7 +618,7 @@ async fn head(state: &AppState, caller: &Caller, upload_id: &str) -> TusResult {
     ))]
 pub(crate) async fn tus_patch(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
     body: Body,
@@ -593,7 +629,7 @@ pub(crate) async fn tus_patch(
 
 async fn patch(
     state: &AppState,
-    caller: &Caller,
+    caller: &Uploader,
     headers: &HeaderMap,
     upload_id: &str,
     body: Body,
@@ -665,7 +701,7 @@ async fn patch(
     ))]
 pub(crate) async fn tus_delete(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
 ) -> TusResult {
@@ -673,7 +709,7 @@ pub(crate) async fn tus_delete(
     delete(&state, &caller, &upload_id).await
 }
 
-async fn delete(state: &AppState, caller: &Caller, upload_id: &str) -> TusResult {
+async fn delete(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult {
     match owned(state, caller, upload_id).await? {
         Progress::Open(session, _) => {
             state.store.terminate(&session).await?;
@@ -712,7 +748,7 @@ async fn delete(state: &AppState, caller: &Caller, upload_id: &str) -> TusResult
     ))]
 pub(crate) async fn tus_override(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     headers: HeaderMap,
     AppPath(upload_id): AppPath<String>,
     body: Body,

@@ -1,11 +1,15 @@
 //! `/v1/files` uploads (API.md §3): the three-step init/part/complete, raw parts, upload
 //! sessions and the one-request upload, one module per action; what they share is here.
+//! Signed upload URLs (issue 15): `sign_upload` mints them, `grant` is the extractor
+//! ([`grant::Uploader`]) upload routes take to accept them.
 
 pub mod complete;
+pub mod grant;
 pub mod init;
 pub mod one_request;
 pub mod parts;
 pub mod sessions;
+pub mod sign_upload;
 
 use axum::extract::DefaultBodyLimit;
 use serde_json::{Map, Value};
@@ -26,6 +30,7 @@ pub fn routes() -> Routes {
         .route(route!(complete::complete_upload))
         .route(route!(sessions::session_status))
         .route(route!(sessions::abort_session))
+        .route(route!(sign_upload::sign_upload))
         .route(
             route!(one_request::upload_files)
                 .counted_as(RouteKind::Upload)

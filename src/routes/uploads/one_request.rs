@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
+use super::grant::{UploadGrant, Uploader};
 use super::{body_error, cause_of_body_error, client_fields};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
@@ -112,27 +113,36 @@ pub(crate) fn uploaded_file(state: &AppState, s: &Stored) -> UploadedFile {
 
 /// Uploads in one request: a multipart form with one or more `file` fields,
 /// or the raw bytes with `filename` in the query. Bodies stream to disk.
+///
+/// With a signed upload URL's `grant` and `sig` in the query (from `POST
+/// /v1/files/sign-upload`) no other credential is needed: the files go to the grant's user
+/// and folder (another `folder` → 403), each at most its `max_size` (413, nothing kept) and
+/// of one of its types (403; the type is the one the file is stored with: from the name's
+/// extension, else the declared one).
 #[utoipa::path(post, path = "/v1/files/upload", tag = "uploads",
     params(
         UploadQuery,
         ("X-Content-SHA256" = Option<String>, Header, description = "Hex SHA-256 of a raw body; checked when given"),
+        ("grant" = Option<String>, Query, description = "A signed upload URL's grant (with `sig`): authenticates instead of a token"),
+        ("sig" = Option<String>, Query, description = "The grant's signature"),
     ),
     request_body(content(
         (UploadForm = "multipart/form-data"),
         (Vec<u8> = "application/octet-stream"),
     )),
-    security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    security(("service_token" = []), ("bearer" = []), ("cookie" = []), ("upload_grant" = [])),
     responses(
         (status = 200, description = "The stored files", body = Uploaded),
         (status = 400, description = "An invalid file name, a bad form, SHA256 mismatch, or a service caller named no user", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
-        (status = 413, description = "Over `MAX_BODY_MB` or the quota", body = ErrorBody),
+        (status = 403, description = "A signed upload URL that is invalid or expired, or a type or folder it does not allow", body = ErrorBody),
+        (status = 413, description = "Over `MAX_BODY_MB`, the quota, or a signed upload URL's `max_size`", body = ErrorBody),
         (status = 422, description = "No file given", body = ErrorBody),
         (status = 507, description = "The disk is full", body = ErrorBody),
     ))]
 pub(crate) async fn upload_files(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Uploader,
     AppQuery(q): AppQuery<UploadQuery>,
     headers: HeaderMap,
     req: Request,
@@ -151,7 +161,8 @@ pub(crate) async fn upload_files(
     };
     let stored = stored.map_err(|e| with_declared_size(e, &headers))?;
     for s in &stored {
-        tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0));
+        // `signed_upload`: made with a signed upload URL (no token), so the log shows which.
+        tracing::info!(target: "activity", event = "upload", user = %s.key.owner(), key = %s.key, size = s.meta.size.unwrap_or(0), signed_upload = caller.grant().is_some());
     }
     Ok(Json(Uploaded {
         files: stored.iter().map(|s| uploaded_file(&state, s)).collect(),
@@ -185,12 +196,13 @@ fn with_declared_size(e: ApiError, headers: &HeaderMap) -> ApiError {
 
 pub(crate) async fn upload_raw(
     state: &AppState,
-    caller: &Caller,
+    caller: &Uploader,
     q: UploadQuery,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Vec<Stored>> {
     let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
+    let grant = caller.grant();
     let name = q
         .filename
         .ok_or_else(|| ApiError::validation(&["query", "filename"], "Field required", "missing"))?;
@@ -203,15 +215,23 @@ pub(crate) async fn upload_raw(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+    let folder = match grant {
+        Some(g) => {
+            // Everything the grant decides is checked before a byte is read.
+            g.check_file(name.as_str(), mime.as_deref(), content_length(headers))?;
+            g.folder_for(q.folder.as_deref())?
+        }
+        None => q.folder.as_deref().and_then(FolderPath::sanitize),
+    };
     let mut upload = state.store.begin_upload(&user).await?;
     let result = async {
         let mut sink = upload.begin_file().await?;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| body_error(&e))?;
+            check_grant_size(grant, sink.written(), &chunk)?;
             upload.write(&mut sink, chunk, 0).await?;
         }
-        let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
         let file = sink.finish().await?;
         let stored = upload
             .publish_file(file, name, folder, mime, expected_sha, Map::new())
@@ -223,17 +243,40 @@ pub(crate) async fn upload_raw(
     result
 }
 
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// With a grant, 413 as soon as a file's bytes would pass its `max_size` (the chunk is not
+/// written, and the caller's error drops everything received).
+fn check_grant_size(grant: Option<&UploadGrant>, written: u64, chunk: &[u8]) -> ApiResult<()> {
+    match grant {
+        Some(g) => g.check_size(written + chunk.len() as u64),
+        None => Ok(()),
+    }
+}
+
 pub(crate) async fn upload_multipart(
     state: &AppState,
-    caller: &Caller,
+    caller: &Uploader,
     q: UploadQuery,
     mut multipart: Multipart,
 ) -> ApiResult<Vec<Stored>> {
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut text_bytes = 0usize;
+    let grant = caller.grant();
+    if let Some(g) = grant {
+        // A folder in the query is known now: refuse it before reading the body.
+        g.folder_for(q.folder.as_deref())?;
+    }
     let mut user: Option<UserId> = match caller {
-        Caller::User(u) => Some(u.clone()),
-        Caller::Service => q
+        Uploader::Grant(g) => Some(g.user.clone()),
+        Uploader::Caller(Caller::User(u)) => Some(u.clone()),
+        Uploader::Caller(Caller::Service) => q
             .user_id
             .as_deref()
             .or(q.user_email.as_deref())
@@ -300,12 +343,16 @@ pub(crate) async fn upload_multipart(
             };
             let file_name = ClientFileName::parse(field.file_name().unwrap_or(""))?;
             let mime = field.content_type().map(str::to_owned);
+            if let Some(g) = grant {
+                g.check_file(file_name.as_str(), mime.as_deref(), None)?;
+            }
             if upload.is_none() {
                 upload = Some(state.store.begin_upload(&owner).await?);
             }
             let Some(up) = upload.as_mut() else { continue };
             let mut sink = up.begin_file().await?;
             while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+                check_grant_size(grant, sink.written(), &chunk)?;
                 up.write(&mut sink, chunk, total).await?;
             }
             total += sink.written();
@@ -319,11 +366,14 @@ pub(crate) async fn upload_multipart(
                 "missing",
             ));
         }
-        let folder = fields
+        let asked = fields
             .get("folder")
             .map(String::as_str)
-            .or(q.folder.as_deref())
-            .and_then(FolderPath::sanitize);
+            .or(q.folder.as_deref());
+        let folder = match grant {
+            Some(g) => g.folder_for(asked)?,
+            None => asked.and_then(FolderPath::sanitize),
+        };
         let extra = match fields.get("meta") {
             Some(text) => match serde_json::from_str::<Value>(text) {
                 Ok(Value::Object(m)) => client_fields(Some(m)),
