@@ -81,7 +81,10 @@ done
 # stored files, ids are single safe path segments), so schema-valid random values are
 # rightly refused with 400/404 and that check would only report those rules.
 status=0
-timeout "${SCHEMATHESIS_TIMEOUT:-600}" "$venv/bin/schemathesis" run "$base/openapi.json" \
+here=$(cd "$(dirname "$0")" && pwd)
+PYTHONPATH="$here" SCHEMATHESIS_HOOKS=schemathesis_hooks \
+    timeout "${SCHEMATHESIS_TIMEOUT:-600}" "$venv/bin/schemathesis" \
+    --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
     --header "X-Service-Token: $token" \
     --checks all --exclude-checks positive_data_acceptance \
     --max-examples "$examples" \
