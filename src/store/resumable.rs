@@ -92,18 +92,33 @@ impl FileStore {
     /// Begins a resumable upload: one session, its length reserved against the quota when
     /// known (over the quota or `MAX_BODY_MB`: refused, nothing made).
     pub async fn create_resumable(&self, new: NewResumable) -> Result<Session, StoreError> {
+        let length = new.length;
+        let concat = new.partial.then_some(Concat::Partial);
+        let session = self.new_session(new, length, concat)?;
+        self.make_session(&session, length.unwrap_or(0)).await?;
+        Ok(session)
+    }
+
+    /// The session of a new resumable upload of `length` (`None`: deferred), refused when
+    /// the length passes `MAX_BODY_MB` or the upload's own maximum.
+    fn new_session(
+        &self,
+        new: NewResumable,
+        length: Option<u64>,
+        concat: Option<Concat>,
+    ) -> Result<Session, StoreError> {
         let max = new.max_length.unwrap_or(u64::MAX).min(self.max_file);
-        if new.length.is_some_and(|l| l > max) {
+        if length.is_some_and(|l| l > max) {
             return Err(StoreError::TooLarge);
         }
         let created_at = Utc::now();
-        let session = Session {
+        Ok(Session {
             upload_id: SessionId::new(),
             user_id: new.user,
             mode: UploadMode::Single,
             file: FileSpec {
                 name: new.name,
-                size: new.length.unwrap_or(0),
+                size: length.unwrap_or(0),
                 mime: new.mime,
             },
             folder: new.folder,
@@ -112,13 +127,11 @@ impl FileStore {
             expires_at: self.expiry(created_at),
             resumable: Some(Resumable {
                 protocol: new.protocol,
-                length_deferred: new.length.is_none(),
-                concat: new.partial.then_some(Concat::Partial),
+                length_deferred: length.is_none(),
+                concat,
                 metadata: new.metadata,
             }),
-        };
-        self.make_session(&session, new.length.unwrap_or(0)).await?;
-        Ok(session)
+        })
     }
 
     /// Writes a new session's folder and reserves `reserve` bytes for it (all or nothing).
@@ -445,33 +458,10 @@ impl FileStore {
             }
             length = length.zip(p.length()).map(|(a, b)| a + b);
         }
-        let max = new.max_length.unwrap_or(u64::MAX).min(self.max_file);
-        if length.is_some_and(|l| l > max) {
-            return Err(StoreError::TooLarge);
-        }
-        let created_at = Utc::now();
-        let session = Session {
-            upload_id: SessionId::new(),
-            user_id: new.user,
-            mode: UploadMode::Single,
-            file: FileSpec {
-                name: new.name,
-                size: length.unwrap_or(0),
-                mime: new.mime,
-            },
-            folder: new.folder,
-            meta: new.meta,
-            created_at,
-            expires_at: self.expiry(created_at),
-            resumable: Some(Resumable {
-                protocol: new.protocol,
-                length_deferred: length.is_none(),
-                concat: Some(Concat::Final {
-                    parts: parts.clone(),
-                }),
-                metadata: new.metadata,
-            }),
+        let concat = Concat::Final {
+            parts: parts.clone(),
         };
+        let session = self.new_session(new, length, Some(concat))?;
         // The partial uploads hold the reservations until the join moves them here.
         self.make_session(&session, 0).await?;
         // Each partial upload names the final one that waits for it.

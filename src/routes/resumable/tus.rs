@@ -290,9 +290,8 @@ fn options(state: &AppState) -> Response {
     security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created: Location, Upload-Expires (Upload-Offset with bytes; X-Upload-Key and X-Upload-Url when finished)"),
-        (status = 400, description = "A header that does not parse, or a bad name", body = ErrorBody),
+        (status = 400, description = "A header that does not parse, a bad name, or a concatenation of uploads that are not partial uploads of the caller", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
-        (status = 409, description = "Concatenation of uploads that are not partial uploads of the caller", body = ErrorBody),
         (status = 412, description = "Tus-Resumable is not 1.0.0", body = ErrorBody),
         (status = 413, description = "Over MAX_BODY_MB or the quota", body = ErrorBody),
         (status = 415, description = "Bytes with another Content-Type", body = ErrorBody),
