@@ -53,6 +53,11 @@ impl FileStore {
         if in_place {
             tracing::error!(session = %id, "complete failed after its file was in place: the session ends");
         }
+        if info.resumable.is_some() {
+            if let Ok(stored) = &result {
+                self.record_finished(info, &stored.key.to_string(), stored.meta.size.unwrap_or(0));
+            }
+        }
         if result.is_ok() || in_place {
             self.end_claim(id, &claimed);
         } else {

@@ -110,6 +110,7 @@ impl FileStore {
         if let Some(p) = &publish {
             if p.data.exists() && p.sidecar.exists() {
                 tracing::info!(session = %id, "recovered a complete that had finished");
+                self.record_recovered(claimed, &p.data);
                 let _ = std::fs::remove_dir_all(claimed);
                 return;
             }
@@ -128,6 +129,25 @@ impl FileStore {
             Err(e) => {
                 tracing::error!(session = %id, error = %e, "cannot recover a claimed session")
             }
+        }
+    }
+}
+
+impl FileStore {
+    /// A resumable upload whose complete finished before a crash: its finished record, so
+    /// that `HEAD` says so (from the session in the claimed folder and the published file).
+    fn record_recovered(&self, claimed: &Path, data: &Path) {
+        let Ok(info) = sessions::read_info(claimed) else {
+            return;
+        };
+        if info.resumable.is_none() {
+            return;
+        }
+        let (Ok(rel), Ok(md)) = (data.strip_prefix(&self.root), std::fs::metadata(data)) else {
+            return;
+        };
+        if let Some(key) = rel.to_str() {
+            self.record_finished(&info, key, md.len());
         }
     }
 }

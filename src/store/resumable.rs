@@ -55,6 +55,8 @@ pub struct NewResumable {
     /// A length the upload may not pass (a signed upload URL's maximum), besides
     /// `MAX_BODY_MB`.
     pub max_length: Option<u64>,
+    /// The fingerprint of the signed upload URL making it, if one is.
+    pub grant: Option<String>,
 }
 
 /// A finished resumable upload, remembered until its session would have expired.
@@ -130,6 +132,7 @@ impl FileStore {
                 length_deferred: length.is_none(),
                 concat,
                 metadata: new.metadata,
+                grant: new.grant,
             }),
         })
     }
@@ -184,9 +187,8 @@ impl FileStore {
                 Err(e) => return Err(e),
             }
             let finished: Finished = match std::fs::read(&record) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    StoreError::Io(std::io::Error::other(format!("corrupt record: {e}")))
-                })?,
+                // A record a crash left unreadable says nothing: as if there were none.
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| not_found())?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
                 Err(e) => return Err(e.into()),
             };
@@ -359,10 +361,7 @@ impl FileStore {
             ..CompleteRequest::default()
         };
         match self.complete(session, req).await {
-            Ok(stored) => {
-                self.remember_finished(session, &stored).await;
-                Ok(Some(stored))
-            }
+            Ok(stored) => Ok(Some(stored)),
             Err(StoreError::NotFound(_)) => match self.progress(&session.upload_id).await? {
                 Progress::Finished(f) => {
                     let entry = self.entry(&super::key::Key::parse(&f.key)?).await?;
@@ -377,23 +376,24 @@ impl FileStore {
         }
     }
 
-    async fn remember_finished(&self, session: &Session, stored: &Stored) {
+    /// Records a resumable upload as finished (`.parts/.finished/{id}.json`, fsynced) before
+    /// its claim ends, so that a client asking after a crash learns it finished instead of
+    /// uploading it again. Called by `complete` and by the recovery of a claim.
+    pub(super) fn record_finished(&self, session: &Session, key: &str, size: u64) {
         let record = Finished {
             session: session.clone(),
-            key: stored.key.to_string(),
-            size: stored.meta.size.unwrap_or(0),
+            key: key.to_owned(),
+            size,
         };
         let path = self.dirs.finished(&session.upload_id);
-        let written = blocking(move || {
+        let written = (|| -> std::io::Result<()> {
             let tmp = path.with_extension("tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec(&record).map_err(std::io::Error::from)?,
-            )?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&record)?)?;
+            f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            Ok(())
-        })
-        .await;
+            fsync_dir(&self.dirs.finished_dir())
+        })();
         if let Err(e) = written {
             tracing::error!(session = %session.upload_id, error = %e, "cannot record a finished upload; HEAD will answer 404 for it");
         }
@@ -476,8 +476,44 @@ impl FileStore {
             Ok(())
         })
         .await?;
-        let stored = self.try_join(&session).await?;
-        Ok((session, stored))
+        match self.try_join(&session).await {
+            Ok(stored) => Ok((session, stored)),
+            Err(e) => {
+                // The client is told no upload was made: the final upload goes, and the
+                // partial uploads get their reservations back, to be joined again.
+                self.undo_final(&session, &parts).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a final upload that could not be published and gives its reservation back
+    /// to its partial uploads.
+    async fn undo_final(&self, fin: &Session, parts: &[SessionId]) {
+        let this = self.clone();
+        let fin = fin.clone();
+        let parts = parts.to_vec();
+        let undone = blocking(move || {
+            let mut lengths = Vec::new();
+            for id in &parts {
+                if let Ok(p) = sessions::read_info(&this.dirs.live(id)) {
+                    lengths.push((id.to_string(), p.length().unwrap_or(0)));
+                }
+            }
+            this.quotas.with_ledger(fin.user_id.as_str(), |ledger| {
+                ledger.reserved.remove(&fin.upload_id.to_string());
+                for (id, len) in lengths {
+                    ledger.reserved.insert(id, len);
+                }
+                Ok(())
+            })?;
+            this.remove_session_dir(&fin.upload_id);
+            Ok(())
+        })
+        .await;
+        if let Err(e) = undone {
+            tracing::error!(session = %fin.upload_id, error = %e, "cannot undo a final concatenation; the sweep and the recount will");
+        }
     }
 
     /// A partial upload has all its bytes: publishes the final upload waiting for it, if
@@ -506,6 +542,23 @@ impl FileStore {
         Ok(None)
     }
 
+    /// Publishes a final concatenation whose partial uploads are all complete (after a
+    /// crash or a failed publish nothing else would): `None` while one is not.
+    pub async fn finish_concat(&self, fin: &Session) -> Result<Option<Stored>, StoreError> {
+        self.try_join(fin).await
+    }
+
+    /// Removes a live session's folder (its reservation is someone else's business).
+    fn remove_session_dir(&self, id: &SessionId) {
+        let doomed = self
+            .dirs
+            .parts
+            .join(format!(".aborted-{id}-{}", uuid::Uuid::new_v4().simple()));
+        if std::fs::rename(self.dirs.live(id), &doomed).is_ok() {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
+    }
+
     /// Joins and publishes a final upload when all its partial uploads are complete;
     /// `None` while one is not.
     async fn try_join(&self, fin: &Session) -> Result<Option<Stored>, StoreError> {
@@ -514,19 +567,34 @@ impl FileStore {
         };
         let this = self.clone();
         let final_info = fin.clone();
-        let joined = blocking(move || this.join_blocking(&final_info, &parts)).await?;
+        let ids = parts.clone();
+        let joined = blocking(move || this.join_blocking(&final_info, &ids)).await?;
         let Some(fin) = joined else {
             return Ok(None);
         };
-        let stored = self.complete(&fin, CompleteRequest::default()).await?;
-        self.remember_finished(&fin, &stored).await;
+        let stored = match self.complete(&fin, CompleteRequest::default()).await {
+            Ok(s) => s,
+            // A racing finish published it.
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Only now are the partial uploads spent: had the publish failed, they would still be
+        // there for the client to join again.
+        let this = self.clone();
+        blocking(move || {
+            for id in &parts {
+                this.remove_session_dir(id);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(Some(stored))
     }
 
     /// Under every partial upload's lock (taken in id order), when all are complete: their
     /// bytes copied into the final upload's data file, hashed once, recorded as its one
-    /// segment; the reservations moved to it; the partial uploads removed. Returns the
-    /// final session with its length.
+    /// segment; the reservations moved to it. The partial uploads stay until the final
+    /// upload is published. Returns the final session with its length.
     fn join_blocking(
         &self,
         fin: &Session,
@@ -539,15 +607,14 @@ impl FileStore {
             Err(StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        // Joined before, and the process died before publishing: publish now.
+        // Joined already (a racing finish, or before a crash or a failed publish): never
+        // written again, so a publish in progress reads stable bytes.
         let current = sessions::read_info(&final_dir)?;
         let own: u64 = sessions::read_parts(&final_dir)?
             .iter()
             .map(|p| p.size)
             .sum();
-        if current.length().is_some_and(|l| l == own && own > 0)
-            && parts.iter().all(|id| !self.dirs.live(id).exists())
-        {
+        if current.length().is_some_and(|l| l == own) && !current.is_partial() && own > 0 {
             return Ok(Some(current));
         }
         let mut order: Vec<&SessionId> = parts.iter().collect();
@@ -639,16 +706,6 @@ impl FileStore {
                 .insert(info.upload_id.to_string(), moved.max(total));
             Ok(())
         })?;
-        for (dir, _, p) in &sources {
-            let doomed = self.dirs.parts.join(format!(
-                ".aborted-{}-{}",
-                p.upload_id,
-                uuid::Uuid::new_v4().simple()
-            ));
-            if std::fs::rename(dir, &doomed).is_ok() {
-                let _ = std::fs::remove_dir_all(&doomed);
-            }
-        }
         drop(locks);
         Ok(Some(info))
     }

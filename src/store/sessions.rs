@@ -195,6 +195,10 @@ pub struct Resumable {
     /// tus `Upload-Metadata` as the client sent it, given back on `HEAD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
+    /// The fingerprint of the signed upload URL that made it, if one did: requests
+    /// authorised by a signed upload URL reach only the uploads that URL made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// tus concatenation (parallel uploads).

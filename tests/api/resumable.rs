@@ -667,8 +667,6 @@ async fn a_newer_patch_ends_a_stalled_one_and_nothing_interleaves() {
     // A PATCH that sent 30,000 bytes and then stalled (the client thinks it failed).
     let mut stalled = open_patch(&app, &path, 0, data.len(), &data[..30_000]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // HEAD does not wait for it and shows only what was recorded.
-    assert_eq!(offset(&tus_head(&app, &path).await), 0);
     // The retry at offset 0 ends the stalled one, which keeps its 30,000 bytes: the retry
     // is told where the upload really is.
     let res = tus_patch(&app, &path, 0, &data).await;
@@ -681,6 +679,58 @@ async fn a_newer_patch_ends_a_stalled_one_and_nothing_interleaves() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_head_ends_a_stalled_patch_and_gives_an_offset_that_works() {
+    let app = spawn_app().await;
+    let data = pattern(80_000, 2);
+    let path = tus_create(&app, Some(data.len() as u64), &meta("head.bin")).await;
+    let _stalled = open_patch(&app, &path, 0, data.len(), &data[..20_000]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client resumes as tus clients do: HEAD, then PATCH from there.
+    let at = offset(&tus_head(&app, &path).await);
+    assert_eq!(at, 20_000);
+    let res = tus_patch(&app, &path, at, &data[20_000..]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let key = header(&res, "x-upload-key").unwrap();
+    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+}
+
+#[tokio::test]
+async fn an_empty_file_is_stored_at_creation() {
+    let app = spawn_app().await;
+    let res = tus(&app, Method::POST, TUS)
+        .header("Upload-Length", 0)
+        .header("Upload-Metadata", meta("empty.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = header(&res, "x-upload-key").unwrap();
+    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), b"");
+    let head = tus_head(&app, header(&res, "location").unwrap()).await;
+    assert_eq!(offset(&head), 0);
+    assert_eq!(header(&head, "upload-length"), Some("0"));
+}
+
+#[tokio::test]
+async fn a_creation_refused_for_its_bytes_leaves_no_upload_and_no_reservation() {
+    let app = spawn_app_with(&[("PER_USER_QUOTA_GB", "0.0009765625")]).await;
+    // Bytes past the declared length in the creation request: 413, and the reservation of
+    // the whole quota is not left behind.
+    let res = tus(&app, Method::POST, TUS)
+        .header("Upload-Length", 1 << 20)
+        .header("Upload-Metadata", meta("over"))
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 460);
+    assert!(header(&res, "location").is_none());
+    let _ = tus_create(&app, Some(1 << 20), &meta("fits")).await;
 }
 
 // ---- the IETF draft ----
@@ -1073,6 +1123,21 @@ async fn a_signed_upload_url_works_with_tus_and_the_draft_and_holds_its_limits()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // u1's own uploads made with a token are not reachable with u1's grant either.
+    let own = tus_create(&app, Some(3), &meta("own.txt")).await;
+    let res = anon(Method::HEAD, &format!("{own}?{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = anon(Method::PATCH, &format!("{own}?{q}"))
+        .header("Upload-Offset", 0)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
     // The draft, in one request.
     let res = app
         .request(Method::POST, &format!("{DRAFT}?{q}"))
@@ -1088,4 +1153,57 @@ async fn a_signed_upload_url_works_with_tus_and_the_draft_and_holds_its_limits()
         .as_str()
         .unwrap()
         .starts_with("storage/u1/inbox/"));
+}
+
+#[tokio::test]
+async fn a_concatenation_that_cannot_be_published_keeps_its_partial_uploads() {
+    let app = spawn_app().await;
+    let partial = |data: &'static [u8]| {
+        let app = &app;
+        async move {
+            let res = tus(app, Method::POST, TUS)
+                .header("Upload-Length", data.len())
+                .header("Upload-Concat", "partial")
+                .header("Upload-Metadata", format!("user_id {}", b64s("u1")))
+                .send()
+                .await
+                .unwrap();
+            let p = header(&res, "location").unwrap().to_owned();
+            assert_eq!(
+                tus_patch(app, &p, 0, data).await.status(),
+                StatusCode::NO_CONTENT
+            );
+            p
+        }
+    };
+    let a = partial(b"left-").await;
+    let b = partial(b"right").await;
+    // A file where the folder should be: the publish fails.
+    std::fs::create_dir_all(app.root.path().join("storage/u1")).unwrap();
+    std::fs::write(app.root.path().join("storage/u1/blocked"), b"x").unwrap();
+    let res = tus(&app, Method::POST, TUS)
+        .header("Upload-Concat", format!("final;{a} {b}"))
+        .header(
+            "Upload-Metadata",
+            format!("{},folder {}", meta("j.txt"), b64s("blocked")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // The partial uploads are still there, and join fine elsewhere.
+    assert_eq!(tus_head(&app, &a).await.status(), StatusCode::OK);
+    let res = tus(&app, Method::POST, TUS)
+        .header("Upload-Concat", format!("final;{a} {b}"))
+        .header("Upload-Metadata", meta("j.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = header(&res, "x-upload-key").unwrap();
+    assert_eq!(
+        std::fs::read(app.root.path().join(key)).unwrap(),
+        b"left-right"
+    );
+    assert_eq!(tus_head(&app, &a).await.status(), StatusCode::NOT_FOUND);
 }

@@ -79,13 +79,12 @@ impl Interop {
         {
             None | Some(b"8") => Ok(Self::V8),
             Some(b"6") => Ok(Self::V6),
-            Some(_) => Err(DraftError {
-                interop: Self::V8,
-                status: StatusCode::PRECONDITION_FAILED,
-                problem: None,
-                detail: "Upload-Draft-Interop-Version: only 6 and 8 are supported".to_owned(),
-                offset: None,
-            }),
+            Some(_) => Err(DraftError::draft(
+                Self::V8,
+                StatusCode::PRECONDITION_FAILED,
+                None,
+                "Upload-Draft-Interop-Version: only 6 and 8 are supported".to_owned(),
+            )),
         }
     }
 
@@ -97,35 +96,56 @@ impl Interop {
     }
 }
 
-/// A failed draft request.
+/// A failed draft request: one of the usual errors, or one of the draft's own (a problem
+/// type in version 8, a status of its own otherwise), with the upload's offset when known.
 #[derive(Debug)]
 pub(crate) struct DraftError {
     interop: Interop,
-    status: StatusCode,
-    /// The problem type (after [`PROBLEM_BASE`]), its title and extension members.
-    problem: Option<(&'static str, &'static str, Value)>,
-    detail: String,
+    kind: DraftFault,
     /// The upload's offset, for `Upload-Offset` on the answer.
     offset: Option<u64>,
+    /// The upload's URL, for `Location`, when the request made an upload that stays.
+    location: Option<String>,
+}
+
+#[derive(Debug)]
+enum DraftFault {
+    /// Answered as everywhere else (its words, its headers, its metric).
+    Api(ApiError),
+    /// The draft's own: a status, and a problem type (after [`PROBLEM_BASE`]) with its
+    /// title and extension members, used in version 8.
+    Draft {
+        status: StatusCode,
+        problem: Option<(&'static str, &'static str, Value)>,
+        detail: String,
+    },
 }
 
 impl DraftError {
     fn api(interop: Interop, e: impl Into<ApiError>) -> Self {
-        let e: ApiError = e.into();
-        let status = e.status();
-        let detail = match &e {
-            ApiError::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
-                "Internal Server Error".to_owned()
-            }
-            other => other.to_string(),
-        };
         Self {
             interop,
-            status,
-            problem: None,
-            detail,
+            kind: DraftFault::Api(e.into()),
             offset: None,
+            location: None,
+        }
+    }
+
+    fn draft(
+        interop: Interop,
+        status: StatusCode,
+        problem: Option<(&'static str, &'static str, Value)>,
+        detail: String,
+    ) -> Self {
+        Self {
+            interop,
+            kind: DraftFault::Draft {
+                status,
+                problem,
+                detail,
+            },
+            offset: None,
+            location: None,
         }
     }
 
@@ -134,69 +154,74 @@ impl DraftError {
     }
 
     fn mismatch(interop: Interop, expected: u64, provided: u64) -> Self {
-        Self {
+        let mut e = Self::draft(
             interop,
-            status: StatusCode::CONFLICT,
-            problem: Some((
+            StatusCode::CONFLICT,
+            Some((
                 "mismatching-upload-offset",
                 "offset from request does not match offset of resource",
                 json!({ "expected-offset": expected, "provided-offset": provided }),
             )),
-            detail: format!(
-                "Upload-Offset {provided} does not match: the upload is at offset {expected}"
-            ),
-            offset: Some(expected),
-        }
+            format!("Upload-Offset {provided} does not match: the upload is at offset {expected}"),
+        );
+        e.offset = Some(expected);
+        e
     }
 
     fn inconsistent(interop: Interop, detail: String) -> Self {
-        Self {
+        Self::draft(
             interop,
-            status: StatusCode::BAD_REQUEST,
-            problem: Some((
+            StatusCode::BAD_REQUEST,
+            Some((
                 "inconsistent-upload-length",
                 "inconsistent length values for upload",
                 json!({}),
             )),
             detail,
-            offset: None,
-        }
+        )
     }
 
     fn completed(interop: Interop) -> Self {
-        Self {
+        Self::draft(
             interop,
-            status: StatusCode::BAD_REQUEST,
-            problem: Some(("completed-upload", "upload is already completed", json!({}))),
-            detail: "The upload is already complete".to_owned(),
-            offset: None,
-        }
+            StatusCode::BAD_REQUEST,
+            Some(("completed-upload", "upload is already completed", json!({}))),
+            "The upload is already complete".to_owned(),
+        )
     }
 }
 
 impl IntoResponse for DraftError {
     fn into_response(self) -> Response {
-        let mut res = match (self.interop, self.problem) {
-            (Interop::V8, Some((kind, title, extra))) => {
+        let mut res = match (self.interop, self.kind) {
+            (_, DraftFault::Api(e)) => e.into_response(),
+            (
+                Interop::V8,
+                DraftFault::Draft {
+                    status,
+                    problem: Some((kind, title, extra)),
+                    detail,
+                },
+            ) => {
                 let mut body = json!({
                     "type": format!("{PROBLEM_BASE}{kind}"),
                     "title": title,
-                    "detail": self.detail,
+                    "detail": detail,
                 });
                 if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
                     b.extend(extra);
                 }
-                let mut res = (self.status, axum::Json(body)).into_response();
+                let mut res = (status, axum::Json(body)).into_response();
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/problem+json"),
                 );
                 res
             }
-            _ => (
-                self.status,
+            (_, DraftFault::Draft { status, detail, .. }) => (
+                status,
                 axum::Json(ErrorBody {
-                    detail: Value::from(self.detail),
+                    detail: Value::from(detail),
                 }),
             )
                 .into_response(),
@@ -205,6 +230,9 @@ impl IntoResponse for DraftError {
         h.insert("upload-draft-interop-version", self.interop.header());
         if let Some(o) = self.offset {
             set(h, "upload-offset", o);
+        }
+        if let Some(l) = self.location {
+            set(h, "location", l);
         }
         res
     }
@@ -447,6 +475,7 @@ pub(crate) async fn ietf_create(
             metadata: None,
             partial: false,
             max_length: caller.grant().map(|g| g.max_size),
+            grant: caller.fingerprint(),
         })
         .await
         .map_err(|e| store_error(&state, interop, e))?;
@@ -457,7 +486,13 @@ pub(crate) async fn ietf_create(
         Ok(offset) if complete => {
             match finish(&state, interop, &session, offset, sha256.as_deref()).await {
                 Ok(res) => res,
-                Err(e) => return Err(e),
+                // The bytes are all there but were not stored (a digest that differs, the
+                // quota): the upload stays, named, for the client to cancel or inspect.
+                Err(mut e) => {
+                    e.location = Some(location);
+                    e.offset = Some(offset);
+                    return Err(e);
+                }
             }
         }
         Ok(offset) => incomplete(&state, interop, &session, offset, StatusCode::CREATED),
@@ -465,26 +500,27 @@ pub(crate) async fn ietf_create(
             tracing::info!(upload_id = %session.upload_id, offset, reason = %cause, "resumable creation cut short");
             let mut e = DraftError::api(interop, cause);
             e.offset = Some(offset);
-            let mut res = e.into_response();
-            set(res.headers_mut(), "location", &location);
-            return Ok(res);
+            e.location = Some(location);
+            return Err(e);
         }
-        Err(e) => return Err(append_error(&state, interop, e, 0)),
+        Err(e) => {
+            // Refused before anything was kept: the upload goes, with its reservation.
+            let _ = state.store.terminate(&session).await;
+            return Err(append_error(&state, interop, e, 0));
+        }
     };
     set(res.headers_mut(), "location", &location);
     Ok(res)
 }
 
 fn too_large(state: &AppState, interop: Interop) -> DraftError {
-    let mut e = DraftError::api(
+    DraftError::api(
         interop,
         ApiError::TooLarge(format!(
             "Over the maximum upload size of {} bytes (MAX_BODY_MB)",
             state.settings.max_body_bytes
         )),
-    );
-    e.problem = None;
-    e
+    )
 }
 
 fn store_error(state: &AppState, interop: Interop, e: StoreError) -> DraftError {
@@ -680,13 +716,12 @@ pub(crate) async fn ietf_patch(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(PARTIAL_UPLOAD));
     if !is_partial_upload {
-        return Err(DraftError {
+        return Err(DraftError::draft(
             interop,
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            problem: None,
-            detail: format!("Content-Type must be {PARTIAL_UPLOAD}"),
-            offset: None,
-        });
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            format!("Content-Type must be {PARTIAL_UPLOAD}"),
+        ));
     }
     let offset = sf_integer(&headers, "upload-offset", interop)?
         .ok_or_else(|| DraftError::bad(interop, "Upload-Offset is required"))?;

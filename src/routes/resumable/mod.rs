@@ -64,6 +64,11 @@ impl Drop for Running {
     }
 }
 
+/// Is an append running on `id` in this process?
+pub(crate) fn is_running(id: &SessionId) -> bool {
+    RUNNING.lock().is_ok_and(|m| m.contains_key(id))
+}
+
 /// Ends the append running on `id` in this process, if any, and waits (a few seconds at
 /// most) until it has let go. Returns whether none runs any more.
 pub(crate) async fn supersede(id: &SessionId) -> bool {
@@ -120,7 +125,8 @@ pub(crate) async fn owned_upload(
         .resumable
         .as_ref()
         .is_some_and(|r| r.protocol == protocol);
-    if !same || !caller.may_access(session.user_id.as_str()) {
+    let made_by = session.resumable.as_ref().and_then(|r| r.grant.as_deref());
+    if !same || !caller.may_access(session.user_id.as_str(), made_by) {
         return Err(unknown());
     }
     Ok(progress)

@@ -377,6 +377,7 @@ pub(crate) async fn tus_create(
         metadata: raw_metadata.filter(|m| !m.trim().is_empty()),
         partial,
         max_length: caller.grant().map(|g| g.max_size),
+        grant: caller.fingerprint(),
     };
     let has_body = headers
         .get(header::CONTENT_LENGTH)
@@ -405,12 +406,10 @@ pub(crate) async fn tus_create(
             // Made, but the bytes did not all come: the client resumes with HEAD.
             Err(AppendFailure::Cut { offset, .. }) => offset,
             Err(e) => {
-                // The upload exists without the bytes: the client may PATCH them again.
-                let err = append_error(e);
-                if matches!(err, TusError::ChecksumMismatch) {
-                    let _ = state.store.terminate(&session).await;
-                }
-                return Err(err);
+                // Refused before anything was kept, and the client has no Location to go on
+                // with: the upload goes, with its reservation.
+                let _ = state.store.terminate(&session).await;
+                return Err(append_error(e));
             }
         };
         set(res.headers_mut(), "upload-offset", offset);
@@ -419,6 +418,12 @@ pub(crate) async fn tus_create(
                 stored_headers(&state, &stored.key, res.headers_mut());
                 log_stored(&session, &stored);
             }
+        }
+    } else if session.length() == Some(0) {
+        // An empty file is complete when made: clients send no PATCH for it.
+        if let Some(stored) = state.store.finish_resumable(&session).await? {
+            stored_headers(&state, &stored.key, res.headers_mut());
+            log_stored(&session, &stored);
         }
     }
     Ok(res)
@@ -545,6 +550,28 @@ pub(crate) async fn tus_head(
 
 async fn head(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult {
     let progress = owned(state, caller, upload_id).await?;
+    // A client asks where its upload stands when it gave up on a request: a PATCH of it
+    // still running here is ended (keeping its bytes), and the offset read after, so it is
+    // the one the next PATCH must use.
+    if let Progress::Open(session, _) = &progress {
+        // A final concatenation whose partial uploads are all complete but that is not
+        // published (a crash, a publish that failed): publish it now.
+        if session.concat_parts().is_some() {
+            if let Some(stored) = state.store.finish_concat(session).await? {
+                log_stored(session, &stored);
+                return head_with(state, owned(state, caller, upload_id).await?);
+            }
+        }
+        let id = session.upload_id;
+        if super::is_running(&id) {
+            super::supersede(&id).await;
+            return head_with(state, owned(state, caller, upload_id).await?);
+        }
+    }
+    head_with(state, progress)
+}
+
+fn head_with(state: &AppState, progress: Progress) -> TusResult {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -642,6 +669,9 @@ async fn patch(
     let checksum = request_checksum(headers)?;
     let mut session = match owned(state, caller, upload_id).await? {
         Progress::Open(s, _) => s,
+        Progress::Finished(f) if f.session.concat_parts().is_some() => {
+            return Err(StoreError::ConcatFinal.into());
+        }
         Progress::Finished(f) => {
             // Sent again after it finished (its answer was lost): the same answer.
             if offset == f.size && length.is_none_or(|l| l == f.size) {

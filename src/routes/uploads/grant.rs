@@ -69,12 +69,21 @@ impl Uploader {
         }
     }
 
-    /// May this uploader touch an upload of `owner`? A grant reaches its own user's only.
-    pub fn may_access(&self, owner: &str) -> bool {
+    /// May this uploader touch an upload of `owner` made by the grant whose fingerprint is
+    /// `made_by`? A header caller: as [`Caller::may_access`]. A grant: only the uploads it
+    /// made itself (not the user's others).
+    pub fn may_access(&self, owner: &str, made_by: Option<&str>) -> bool {
         match self {
             Self::Caller(c) => c.may_access(owner),
-            Self::Grant(g) => g.user.as_str() == owner,
+            Self::Grant(g) => {
+                g.user.as_str() == owner && made_by.is_some_and(|f| f == g.fingerprint())
+            }
         }
+    }
+
+    /// The fingerprint to store on an upload this uploader makes.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.grant().map(UploadGrant::fingerprint)
     }
 
     /// `?grant=..&sig=..` to put on the URL of an upload this uploader made, so that the
@@ -96,6 +105,24 @@ impl Uploader {
 }
 
 impl UploadGrant {
+    /// What identifies the grant (its user, folder, limits and expiry), as stored on the
+    /// uploads it makes: hex SHA-256, nothing secret.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let text = format!(
+            "{}\n{}\n{}\n{}\n{}",
+            self.user.as_str(),
+            self.folder
+                .as_ref()
+                .map(FolderPath::as_string)
+                .unwrap_or_default(),
+            self.max_size,
+            self.mime_types.as_deref().unwrap_or_default().join(","),
+            self.expires_at
+        );
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+
     /// Checks a declared or actual file size: 413 naming the limit when over it.
     pub fn check_size(&self, size: u64) -> Result<(), ApiError> {
         if size > self.max_size {
