@@ -41,13 +41,15 @@ async fn serve_third_party_page() -> String {
     origin
 }
 
-/// Runs `cross_origin.mjs` on `steps` with `file` in the page's file input; its report.
-async fn drive(file: &Path, steps: &Value) -> Value {
+/// Runs `cross_origin.mjs` on `steps` with `file` in the page's file input and `cookies`
+/// in the browser; its report.
+async fn drive(file: &Path, steps: &Value, cookies: &Value) -> Value {
     let dir = browser_driver().expect("Chromium, Node and puppeteer-core are needed");
     let run = tokio::process::Command::new("node")
         .arg(dir.join("cross_origin.mjs"))
         .args(["--file", file.to_str().unwrap(), "--timeout", "20"])
         .args(["--steps", &steps.to_string()])
+        .args(["--cookies", &cookies.to_string()])
         .current_dir(&dir)
         .kill_on_drop(true)
         .output();
@@ -180,8 +182,9 @@ fn draft_finished(result: &Value, len: usize) -> (String, String) {
 /// The cross-origin case: from a page on an origin listed in `CORS_ALLOW_ORIGINS`,
 /// Uppy uploads a few MiB over tus (chunked, so several PATCHes) with a signed upload URL
 /// and with a Bearer token in its `headers`, and `fetch()` does the draft's POST / PATCH /
-/// HEAD / PATCH both ways. The page reads `Location`, `Upload-Offset`, `Upload-Length`,
-/// `Upload-Complete`, `X-Upload-Key` and `X-Upload-Url`; the stored bytes are the file's.
+/// HEAD / PATCH both ways; then both again in credentials mode with the `auth_token` cookie.
+/// The page reads `Location`, `Upload-Offset`, `Upload-Length`, `Upload-Complete`,
+/// `X-Upload-Key` and `X-Upload-Url`; the stored bytes are the file's.
 #[tokio::test]
 async fn uppy_and_fetch_upload_from_a_listed_origin_and_read_the_headers() {
     let page = serve_third_party_page().await;
@@ -200,8 +203,15 @@ async fn uppy_and_fetch_upload_from_a_listed_origin_and_read_the_headers() {
           "endpoint": app.url(&format!("/v1/files/resumable/?{grant}")) },
         { "page": page, "kind": "draft", "endpoint": app.url("/v1/files/resumable/"),
           "headers": bearer },
+        { "page": page, "kind": "tus", "endpoint": app.url("/v1/files/tus/"),
+          "credentials": true, "meta": { "folder": "cookie" } },
+        { "page": page, "kind": "draft", "endpoint": app.url("/v1/files/resumable/"),
+          "credentials": true },
     ]);
-    let report = drive(&file, &steps).await;
+    // The `auth_token` cookie of u4, for the credentialed steps (a cookie is per host, not
+    // per port: the page's origin is the same site as ours).
+    let cookie = json!([{ "url": app.base, "name": "auth_token", "value": app.user_token("u4") }]);
+    let report = drive(&file, &steps, &cookie).await;
     let results = report["results"].as_array().unwrap();
 
     let (key, url) = tus_finished(&results[0], len, 4);
@@ -218,6 +228,14 @@ async fn uppy_and_fetch_upload_from_a_listed_origin_and_read_the_headers() {
     assert_stored(&app, &key, &url, &data).await;
     let (key, url) = draft_finished(&results[3], len);
     assert!(key.starts_with("storage/u2/"), "{key}");
+    assert_stored(&app, &key, &url, &data).await;
+    // Credentials mode (withCredentials / credentials: 'include'): the listed origin gets
+    // `Access-Control-Allow-Credentials: true` and its exact name, so the cookie works too.
+    let (key, url) = tus_finished(&results[4], len, 1);
+    assert!(key.starts_with("storage/u4/cookie/"), "{key}");
+    assert_stored(&app, &key, &url, &data).await;
+    let (key, url) = draft_finished(&results[5], len);
+    assert!(key.starts_with("storage/u4/"), "{key}");
     assert_stored(&app, &key, &url, &data).await;
     let blocked: Vec<&Value> = report["console"]
         .as_array()
@@ -251,7 +269,7 @@ async fn an_origin_not_listed_is_refused_and_nothing_is_stored() {
           "headers": bearer },
         { "page": listed, "kind": "tus", "endpoint": tus },
     ]);
-    let report = drive(&file, &steps).await;
+    let report = drive(&file, &steps, &json!([])).await;
     let results = report["results"].as_array().unwrap();
     for tus in &results[..2] {
         assert_eq!(tus["failed"], 1, "{tus:#}");
@@ -326,7 +344,7 @@ async fn any_origin_by_default_uploads_with_a_bearer_token() {
         { "page": page, "kind": "draft", "endpoint": app.url("/v1/files/resumable/"),
           "headers": bearer },
     ]);
-    let report = drive(&file, &steps).await;
+    let report = drive(&file, &steps, &json!([])).await;
     let results = report["results"].as_array().unwrap();
     let (key, url) = tus_finished(&results[0], len, 1);
     assert!(key.starts_with("storage/u3/"), "{key}");

@@ -2,9 +2,11 @@
 // cross_origin.html, served from an origin other than the upload server's, uploads to it.
 // Run by tests/api/cross_origin.rs.
 //
-//   node cross_origin.mjs --file PATH --steps JSON [--timeout SECS]
+//   node cross_origin.mjs --file PATH --steps JSON [--cookies JSON] [--timeout SECS]
 //
-// JSON is a list of steps { page, kind: "tus" | "draft", endpoint, headers, meta, chunkSize }:
+// --cookies: puppeteer cookie objects ({ url, name, value }) set before the first page.
+// --steps: a list of { page, kind: "tus" | "draft", endpoint, headers, meta, chunkSize,
+// credentials }:
 // each loads `page` (once per distinct URL), puts PATH in its file input, and awaits
 // window.xo[kind](step). Prints one JSON line: { ok, results (one per step), console
 // (every console message, by page), errors }. `ok` says the driver itself ran; what the
@@ -22,6 +24,7 @@ function arg(name) {
 
 const file = arg('file');
 const steps = JSON.parse(arg('steps') || 'null');
+const cookies = JSON.parse(arg('cookies') || '[]');
 const timeoutMs = Number(arg('timeout') || 60) * 1000;
 if (!file || !Array.isArray(steps)) {
   console.error('usage: node cross_origin.mjs --file PATH --steps JSON [--timeout SECS]');
@@ -51,6 +54,7 @@ try {
   const open = async (url) => {
     if (pages.has(url)) return pages.get(url);
     const page = await browser.newPage();
+    if (cookies.length && pages.size === 0) await page.setCookie(...cookies);
     page.on('pageerror', (e) => report.errors.push(`${url}: ${e && e.message ? e.message : e}`));
     page.on('console', (m) => report.console.push({ page: url, type: m.type(), text: m.text() }));
     await page.goto(url, { waitUntil: 'load', timeout: 30000 });
