@@ -344,9 +344,14 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         .allow_methods(methods)
         .expose_headers(expose);
     match origins {
+        // Not `Access-Control-Allow-Headers: *`: the Fetch standard keeps `Authorization`
+        // out of the wildcard (browsers are moving to enforce it; Chromium 156 still lets it
+        // through), so a page elsewhere could not send its Bearer token to tus or the draft.
+        // Echoing the requested names allows it; without credentials no cookie rides along,
+        // so this grants nothing `*` did not.
         CorsOrigins::Any => base
             .allow_origin(AllowOrigin::any())
-            .allow_headers(tower_http::cors::Any),
+            .allow_headers(AllowHeaders::mirror_request()),
         CorsOrigins::List(list) => {
             let values: Vec<HeaderValue> = list
                 .iter()

@@ -10,6 +10,7 @@ mod check;
 mod config;
 mod cors;
 mod crash;
+mod cross_origin;
 mod csrf;
 mod docs;
 mod errors;

@@ -164,7 +164,7 @@ async fn upload_page_0_turns_it_off() {
 
 /// `tests/browser`, when Chromium, Node and puppeteer-core are all there; else `None` and a
 /// note (the test is skipped), except in CI where it fails.
-fn browser_driver() -> Option<PathBuf> {
+pub(crate) fn browser_driver() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let on_path = |name: &str| {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
