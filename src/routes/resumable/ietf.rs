@@ -101,7 +101,7 @@ impl Interop {
 #[derive(Debug)]
 pub(crate) struct DraftError {
     interop: Interop,
-    kind: DraftFault,
+    kind: Box<DraftFault>,
     /// The upload's offset, for `Upload-Offset` on the answer.
     offset: Option<u64>,
     /// The upload's URL, for `Location`, when the request made an upload that stays.
@@ -125,7 +125,7 @@ impl DraftError {
     fn api(interop: Interop, e: impl Into<ApiError>) -> Self {
         Self {
             interop,
-            kind: DraftFault::Api(e.into()),
+            kind: Box::new(DraftFault::Api(e.into())),
             offset: None,
             location: None,
         }
@@ -139,11 +139,11 @@ impl DraftError {
     ) -> Self {
         Self {
             interop,
-            kind: DraftFault::Draft {
+            kind: Box::new(DraftFault::Draft {
                 status,
                 problem,
                 detail,
-            },
+            }),
             offset: None,
             location: None,
         }
@@ -193,7 +193,7 @@ impl DraftError {
 
 impl IntoResponse for DraftError {
     fn into_response(self) -> Response {
-        let mut res = match (self.interop, self.kind) {
+        let mut res = match (self.interop, *self.kind) {
             (_, DraftFault::Api(e)) => e.into_response(),
             (
                 Interop::V8,
