@@ -4,7 +4,8 @@
 //! offload, and the client's address reaching the server's access log; HSTS on offloaded
 //! answers too, /metrics and the docs only from allowed addresses, and no signature or batch
 //! token in nginx's access log. tus and the IETF draft with a signed upload URL (no grant
-//! in the log; nginx drops request trailers, so checksum-trailer is not offered).
+//! in the log; nginx drops request trailers, so checksum-trailer is not offered), and one
+//! request id in nginx's log, the server's log and the answer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -816,4 +817,85 @@ async fn tus_and_the_draft_through_nginx_with_a_signed_upload_url() {
     // The bodies streamed through: nginx kept none of them in a temporary file.
     let errors = d.nginx.log("error.log");
     assert!(!errors.contains("buffered to a temporary file"), "{errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_and_the_server_log_the_same_request_id() {
+    let Some(d) = deploy("nginx_and_the_server_log_the_same_request_id").await else {
+        return;
+    };
+    // The id is nginx's, whatever the client sent: the server logs it and answers with it.
+    let res = d
+        .http
+        .get(d.url("/v1/files/all?user_id=ops"))
+        .header("x-service-token", SERVICE_TOKEN)
+        .header("x-request-id", "chosen-by-the-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
+    let id = header(&res, "x-request-id").to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    // A file served by nginx from disk (the offload) and an answer nginx makes itself.
+    let small: Value = d
+        .http
+        .post(d.url("/v1/files/upload?user_id=ops&filename=a.txt"))
+        .header("x-service-token", SERVICE_TOKEN)
+        .body("offloaded")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = d
+        .http
+        .get(d.url(&format!("/{}", small["files"][0]["key"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
+    let offloaded = header(&res, "x-request-id").to_owned();
+    let res = d.http.get(d.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let refused = header(&res, "x-request-id").to_owned();
+
+    let nginx_log = d.nginx.access_log_with(&refused).await;
+    let logged_id = |path: &str| {
+        nginx_log
+            .lines()
+            .find(|l| l.contains(&format!(" {path} HTTP/1.1\"")))
+            .unwrap_or_else(|| panic!("no {path} in {nginx_log}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(logged_id("/v1/files/all?user_id=ops"), id);
+    assert_eq!(
+        logged_id(&format!("/{}", small["files"][0]["key"].as_str().unwrap())),
+        offloaded
+    );
+    assert_eq!(logged_id("/metrics"), refused);
+    let server_log = d.server.stdout();
+    let server_ids: Vec<String> = server_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["path"] == "/v1/files/all"
+                || v["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/storage/"))
+        })
+        .filter_map(|v| v["request_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(server_ids.contains(&id), "{id} not in {server_log}");
+    assert!(
+        server_ids.contains(&offloaded),
+        "{offloaded} not in {server_log}"
+    );
+    assert!(!server_log.contains("chosen-by-the-client"), "{server_log}");
 }
