@@ -302,10 +302,12 @@ else
     note "$UPLOAD_ROOT exists: owner and mode left as they are"
 fi
 # The server reads the env file itself on SIGHUP (secret rotation): the service user owns
-# it, mode 0600, nobody else reads it.
-if id -u "$SERVICE_USER" >/dev/null 2>&1 \
-    && [ "$(stat -c '%U' "$ENV_FILE" 2>/dev/null)" != "$SERVICE_USER" ]; then
+# it, mode 0600 (made so above), nobody else reads it. (The user exists by now, or a dry
+# run said it would be made.)
+if [ "$(stat -c '%U' "$ENV_FILE" 2>/dev/null)" != "$SERVICE_USER" ]; then
     run chown "$SERVICE_USER:" "$ENV_FILE"
+else
+    note "$ENV_FILE is owned by $SERVICE_USER"
 fi
 
 step "systemd unit"
@@ -314,6 +316,7 @@ site_tmp=$(mktemp)
 trap 'rm -f "$unit_tmp" "$site_tmp" "$site_tmp.http"' EXIT
 sed -e "s|^ReadWritePaths=.*|ReadWritePaths=$UPLOAD_ROOT|" \
     -e "s|^EnvironmentFile=.*|EnvironmentFile=$ENV_FILE|" \
+    -e "s|^Environment=UPLOAD_ENV_FILE=.*|Environment=UPLOAD_ENV_FILE=$ENV_FILE|" \
     -e "s|^ExecStart=.*|ExecStart=$BIN|" \
     "$HERE/upload-server.service" >"$unit_tmp"
 UNIT_CHANGED=0

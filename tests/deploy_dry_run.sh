@@ -2,9 +2,9 @@
 # deploy.sh --dry-run, branch by branch, without root or systemd: every path deploy.sh
 # touches is moved into a temporary folder (DEPLOY_* variables), and each case checks the
 # exit code, what the output says would change, and that nothing was written.
-# Then, as root only (CI), real runs against stand-ins for systemctl, nginx, certbot, curl
-# and useradd: the new env file (0600) and the stop, the install, no restart when nothing
-# changed, and the automatic rollback when the new binary does not become healthy.
+# Then, as root only (CI), real runs against stand-ins for systemctl, nginx, certbot, curl,
+# useradd and chown: the new env file (0600) and the stop, the install, the env file handed
+# to the service user, no restart when nothing changed, and the automatic rollback when the new binary does not become healthy.
 # Run: tests/deploy_dry_run.sh   (from anywhere; .ci/run runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,6 +110,11 @@ expect_out "would check that http://files.example.org/.well-known/acme-challenge
 expect_out "certbot certonly --webroot -w $DEPLOY_ACME_ROOT -d files.example.org"
 expect_out "restart needed: binary unit env file"
 expect_no_out "put $DEPLOY_PREFIX/bin/upload-server.previous back"
+# The server rereads the env file on SIGHUP as the service user: it gets the file.
+if ! id -u uploadsvc >/dev/null 2>&1; then
+    expect_out "would run: useradd --system"
+fi
+expect_out "would run: chown uploadsvc: $DEPLOY_ENV_FILE"
 
 case_name="--skip-domain-check: certbot asked directly"
 deploy --dry-run --binary /bin/true --skip-domain-check
@@ -210,7 +215,7 @@ FAKE
 echo "curl \$*" >>"$work/calls"
 cmp -s "$bin" "$good"
 FAKE
-    for tool in nginx certbot useradd; do
+    for tool in nginx certbot useradd chown; do
         printf '#!/bin/sh\necho "%s $*" >>"%s/calls"\n' "$tool" "$work" >"$fake/$tool"
     done
     chmod +x "$fake"/*
@@ -250,6 +255,10 @@ FAKE
     expect_out "healthy"
     cmp -s "$bin" "$good" || fail "the binary is not installed"
     grep -q "systemctl restart upload-server.service" "$work/calls" || fail "no restart"
+    grep -qx "chown uploadsvc: $DEPLOY_ENV_FILE" "$work/calls" || fail "the env file not given to uploadsvc"
+    [ "$(stat -c %a "$DEPLOY_ENV_FILE")" = 600 ] || fail "env file mode $(stat -c %a "$DEPLOY_ENV_FILE")"
+    grep -qx "Environment=UPLOAD_ENV_FILE=$DEPLOY_ENV_FILE" "$DEPLOY_UNIT" \
+        || fail "the unit does not name the env file for SIGHUP: $(grep UPLOAD_ENV_FILE "$DEPLOY_UNIT")"
     [ -e "$DEPLOY_NGINX_DIR/upload-server-admin-allow.conf" ] || fail "no admin allow file"
     [ -x "$DEPLOY_LETSENCRYPT_DIR/renewal-hooks/deploy/reload-nginx.sh" ] || fail "no certbot hook"
     nginx_accepts_site "before a certificate exists (port 80 only)"
