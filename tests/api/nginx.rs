@@ -595,6 +595,8 @@ async fn tus_and_the_draft_through_nginx_with_a_signed_upload_url() {
     assert!(extensions.contains(&"concatenation"), "{extensions:?}");
     assert!(!extensions.contains(&"checksum-trailer"), "{extensions:?}");
     assert_eq!(res.headers().get_all("tus-extension").iter().count(), 1);
+    // This location's own header lines keep the server-level ones: one request id.
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
     assert_eq!(
         header(&res, "strict-transport-security"),
         "max-age=31536000"
