@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Deploys the Stream-Line upload server on this host: binary (the previous one kept), service
 # user, folders, systemd unit, env file (written once, never overwritten), nginx site, TLS
-# certificate and its renewal hook, restart, health, rollback.
-# Idempotent: a second run changes nothing that is already right, and restarts the server
-# only when its binary, unit or env file changed.
+# certificate and its renewal hook, restart or reload, health, rollback.
+# Idempotent: a second run changes nothing that is already right. The server is restarted
+# when its binary or unit changed, or its env file changed beyond the settings SIGHUP
+# rereads; when only those changed (service tokens, signing keys, JWT keys), it is
+# reloaded (systemctl reload: connections stay open); otherwise it is left running.
 #
 # Usage: sudo ./deploy.sh [--dry-run] [--binary PATH] [--domain NAME] [--email ADDR]
 #                         [--accept-new-secrets] [--skip-domain-check]
@@ -18,8 +20,9 @@
 #   --skip-domain-check   ask certbot for a certificate without first checking that the
 #                         domain reaches this host's nginx
 #   --rollback            put the previous binary back, restart, wait for /healthz
-# Exit: 0 done; 1 failed (a failed start is rolled back); 2 bad usage; 3 a new env file was
-# written: edit it, then run again; 4 the env file lacks secrets the old service made up.
+# Exit: 0 done; 1 failed (a failed start is rolled back; a refused reload leaves the server
+# on the secrets it had); 2 bad usage; 3 a new env file was written: edit it, then run
+# again; 4 the env file lacks secrets the old service made up.
 # Paths can be moved for tests: DEPLOY_PREFIX, DEPLOY_ENV_FILE, DEPLOY_UNIT,
 # DEPLOY_NGINX_DIR, DEPLOY_LETSENCRYPT_DIR, DEPLOY_ACME_ROOT; DEPLOY_HEALTH_WAIT (seconds, 30).
 set -euo pipefail
@@ -46,13 +49,19 @@ RENEW_HOOK=$LETSENCRYPT/renewal-hooks/deploy/reload-nginx.sh
 ACME_ROOT=${DEPLOY_ACME_ROOT:-/var/www/letsencrypt}
 BIN=$PREFIX/bin/upload-server
 PREVIOUS=$BIN.previous
-# The env file's checksum at the last successful deploy: a changed file needs a restart.
+# At the last successful deploy: the env file's checksum, then the checksum of its settings
+# other than the reloadable ones (env_restart_sum). Holds no secret.
 DEPLOYED_ENV=$PREFIX/deployed-env.sha256
 # How long the server may take to answer /healthz after a start.
 HEALTH_WAIT=${DEPLOY_HEALTH_WAIT:-30}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # The settings the old Python service made up when unset (README, "Upgrading").
 UPGRADE_SETTINGS=(AUTH_SERVICE_TOKEN UPLOAD_SIGNING_KEY PUBLIC_BASE_URL)
+# The settings SIGHUP rereads (src/secrets.rs; src/startup.rs, reload_secrets): service
+# tokens, signing keys, JWT keys and settings. A change of any other needs a restart.
+RELOADABLE_SETTINGS=(AUTH_SERVICE_TOKEN UPLOAD_SIGNING_KEY UPLOAD_SIGNING_KEY_PREVIOUS
+    AUTH_JWT_PUBLIC_KEY_BASE64 JWT_PUBLIC_KEY_PATH JWT_PRIVATE_KEY_PATH AUTH_JWT_ALG
+    AUTH_JWT_ISSUER AUTH_JWT_AUDIENCE AUTH_JWKS_URL AUTH_JWKS_MIN_REFETCH_SECS JWKS_KID)
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -63,7 +72,7 @@ while [ $# -gt 0 ]; do
         --accept-new-secrets) ACCEPT_NEW_SECRETS=1 ;;
         --skip-domain-check) SKIP_DOMAIN_CHECK=1 ;;
         --rollback) ROLLBACK=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "deploy.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -97,6 +106,16 @@ env_value() {
     line=${line%\"}
     line=${line#\"}
     printf '%s\n' "$line"
+}
+
+# The checksum of the env file's lines that need a restart when they change: every line
+# but blank ones, comments (# or ;, as the server reads them) and the reloadable settings.
+env_restart_sum() {
+    local names
+    names=$(IFS='|'; printf '%s' "${RELOADABLE_SETTINGS[*]}")
+    { grep -vE '^[[:space:]]*([#;]|$)' "$ENV_FILE" || true; } \
+        | { grep -vE "^[[:space:]]*($names)[[:space:]]*=" || true; } \
+        | sha256sum | cut -d' ' -f1
 }
 
 random_hex() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
@@ -152,6 +171,46 @@ restart_and_wait() {
         return 0
     fi
     wait_healthy
+}
+
+# systemctl reload: SIGHUP, the server rereads the env file's secrets and keeps every
+# connection open. It logs "reloaded the secrets", or "reload failed" and keeps the ones in
+# use (then a restart would not start either: it stops here). Returns 1 then, 2 when
+# systemctl itself failed (a restart is the way then), 3 when /healthz does not answer.
+reload_and_wait() {
+    local since log
+    since=$(date +%s)
+    note "reloading: the server rereads its secrets, connections stay open"
+    if ! run systemctl reload "$SERVICE"; then
+        return 2
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] would look for \"reloaded the secrets\" in journalctl -u $SERVICE, and wait up to ${HEALTH_WAIT} s for $(health_url)"
+        return 0
+    fi
+    if command -v journalctl >/dev/null 2>&1; then
+        log=""
+        for _ in $(seq 1 10); do
+            log=$(journalctl -u "$SERVICE" --since "@$since" -o cat 2>/dev/null || true)
+            case "$log" in
+                *"reload failed"*)
+                    printf 'deploy.sh: the server refused the new env file and kept its secrets:\n%s\n' \
+                        "$(grep -F "reload failed" <<<"$log")" >&2
+                    return 1
+                    ;;
+                *"reloaded the secrets"*)
+                    note "the server reloaded its secrets"
+                    break
+                    ;;
+            esac
+            sleep 1
+        done
+        case "$log" in
+            *"reloaded the secrets"*) ;;
+            *) note "the journal does not show the reload yet: look at journalctl -u $SERVICE" ;;
+        esac
+    fi
+    wait_healthy || return 3
 }
 
 rollback() {
@@ -302,10 +361,12 @@ else
     note "$UPLOAD_ROOT exists: owner and mode left as they are"
 fi
 # The server reads the env file itself on SIGHUP (secret rotation): the service user owns
-# it, mode 0600, nobody else reads it.
-if id -u "$SERVICE_USER" >/dev/null 2>&1 \
-    && [ "$(stat -c '%U' "$ENV_FILE" 2>/dev/null)" != "$SERVICE_USER" ]; then
+# it, mode 0600 (made so above), nobody else reads it. (The user exists by now, or a dry
+# run said it would be made.)
+if [ "$(stat -c '%U' "$ENV_FILE" 2>/dev/null)" != "$SERVICE_USER" ]; then
     run chown "$SERVICE_USER:" "$ENV_FILE"
+else
+    note "$ENV_FILE is owned by $SERVICE_USER"
 fi
 
 step "systemd unit"
@@ -314,6 +375,7 @@ site_tmp=$(mktemp)
 trap 'rm -f "$unit_tmp" "$site_tmp" "$site_tmp.http"' EXIT
 sed -e "s|^ReadWritePaths=.*|ReadWritePaths=$UPLOAD_ROOT|" \
     -e "s|^EnvironmentFile=.*|EnvironmentFile=$ENV_FILE|" \
+    -e "s|^Environment=UPLOAD_ENV_FILE=.*|Environment=UPLOAD_ENV_FILE=$ENV_FILE|" \
     -e "s|^ExecStart=.*|ExecStart=$BIN|" \
     "$HERE/upload-server.service" >"$unit_tmp"
 UNIT_CHANGED=0
@@ -415,10 +477,20 @@ else
     fi
 fi
 
-step "restart and health"
+step "restart or reload, and health"
 env_sum=$(sha256sum "$ENV_FILE" | cut -d' ' -f1)
+env_settings_sum=$(env_restart_sum)
+deployed_sum=$(sed -n 1p "$DEPLOYED_ENV" 2>/dev/null || true)
+deployed_settings_sum=$(sed -n 2p "$DEPLOYED_ENV" 2>/dev/null || true)
+record_env() {
+    if [ "$DRY_RUN" = 1 ]; then
+        note "[dry-run] would record the env file's checksums in $DEPLOYED_ENV"
+    else
+        printf '%s\n%s\n' "$env_sum" "$env_settings_sum" >"$DEPLOYED_ENV"
+    fi
+}
 ENV_CHANGED=0
-[ "$(cat "$DEPLOYED_ENV" 2>/dev/null || true)" = "$env_sum" ] || ENV_CHANGED=1
+[ "$deployed_sum" = "$env_sum" ] || ENV_CHANGED=1
 active=0
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$SERVICE" 2>/dev/null; then
     active=1
@@ -427,22 +499,45 @@ if [ "$BINARY_CHANGED$UNIT_CHANGED$ENV_CHANGED" = 000 ] && [ "$active" = 1 ]; th
     note "binary, unit and env file unchanged and the server running: not restarted"
     exit 0
 fi
+if [ "$BINARY_CHANGED$UNIT_CHANGED" = 00 ] && [ "$active" = 1 ] \
+    && [ -n "$deployed_settings_sum" ] && [ "$deployed_settings_sum" = "$env_settings_sum" ]; then
+    note "reload needed: the env file changed only in settings SIGHUP rereads (service tokens, signing keys, JWT keys and settings) or in comments"
+    set +e
+    reload_and_wait
+    reloaded=$?
+    set -e
+    case "$reloaded" in
+        0)
+            record_env
+            [ "$DRY_RUN" = 1 ] || note "healthy"
+            exit 0
+            ;;
+        2) note "systemctl reload failed: restarting instead" ;;
+        3) die 1 "the server did not answer $(health_url) within ${HEALTH_WAIT} s after the reload; see journalctl -u upload-server" ;;
+        *) die 1 "not reloaded: see journalctl -u upload-server, fix $ENV_FILE, then run deploy.sh again" ;;
+    esac
+fi
 changed=()
 [ "$BINARY_CHANGED" = 0 ] || changed+=(binary)
 [ "$UNIT_CHANGED" = 0 ] || changed+=(unit)
-[ "$ENV_CHANGED" = 0 ] || changed+=("env file")
-[ "$active" = 1 ] || changed+=("server not running")
-note "restart needed: ${changed[*]}"
-if restart_and_wait; then
-    if [ "$DRY_RUN" = 1 ]; then
-        if [ "$BINARY_CHANGED" = 1 ] && [ -e "$BIN" ]; then
-            note "[dry-run] if it does not become healthy: put $PREVIOUS back and restart"
-        fi
-        note "[dry-run] would record the env file's checksum in $DEPLOYED_ENV"
+if [ "$ENV_CHANGED" = 1 ]; then
+    if [ -z "$deployed_settings_sum" ]; then
+        changed+=("env file (no record of the settings deployed before)")
+    elif [ "$deployed_settings_sum" != "$env_settings_sum" ]; then
+        changed+=("env file (settings other than the secrets and JWT keys)")
     else
-        printf '%s\n' "$env_sum" >"$DEPLOYED_ENV"
-        note "healthy"
+        changed+=("env file")
     fi
+fi
+[ "$active" = 1 ] || changed+=("server not running")
+reasons=$(printf '%s, ' "${changed[@]}")
+note "restart needed: ${reasons%, }"
+if restart_and_wait; then
+    if [ "$DRY_RUN" = 1 ] && [ "$BINARY_CHANGED" = 1 ] && [ -e "$BIN" ]; then
+        note "[dry-run] if it does not become healthy: put $PREVIOUS back and restart"
+    fi
+    record_env
+    [ "$DRY_RUN" = 1 ] || note "healthy"
     exit 0
 fi
 echo "deploy.sh: the server did not answer $(health_url) within ${HEALTH_WAIT} s; see journalctl -u upload-server" >&2

@@ -2,9 +2,11 @@
 # deploy.sh --dry-run, branch by branch, without root or systemd: every path deploy.sh
 # touches is moved into a temporary folder (DEPLOY_* variables), and each case checks the
 # exit code, what the output says would change, and that nothing was written.
-# Then, as root only (CI), real runs against stand-ins for systemctl, nginx, certbot, curl
-# and useradd: the new env file (0600) and the stop, the install, no restart when nothing
-# changed, and the automatic rollback when the new binary does not become healthy.
+# Then, as root only (CI), real runs against stand-ins for systemctl, journalctl, nginx,
+# certbot, curl, useradd and chown: the new env file (0600) and the stop, the install, the
+# env file handed to the service user, no restart when nothing changed, a reload (dry and
+# real) when only secrets changed and a restart when other settings did, and the automatic
+# rollback when the new binary does not become healthy.
 # Run: tests/deploy_dry_run.sh   (from anywhere; .ci/run runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,8 +110,14 @@ expect_out "$DEPLOY_NGINX_DIR/upload-server-admin-allow.conf"
 expect_out "$DEPLOY_LETSENCRYPT_DIR/renewal-hooks/deploy/reload-nginx.sh"
 expect_out "would check that http://files.example.org/.well-known/acme-challenge/ reaches this nginx"
 expect_out "certbot certonly --webroot -w $DEPLOY_ACME_ROOT -d files.example.org"
-expect_out "restart needed: binary unit env file"
+expect_out "restart needed: binary, unit, env file"
 expect_no_out "put $DEPLOY_PREFIX/bin/upload-server.previous back"
+# The server rereads the env file on SIGHUP as the service user: it gets the file.
+if ! id -u uploadsvc >/dev/null 2>&1; then
+    expect_out "would run: useradd --system"
+fi
+expect_out "would run: chown uploadsvc: $DEPLOY_ENV_FILE"
+expect_no_out "systemctl reload upload-server"
 
 case_name="--skip-domain-check: certbot asked directly"
 deploy --dry-run --binary /bin/true --skip-domain-check
@@ -199,19 +207,28 @@ BAD
     chmod +x "$good" "$bad"
     cat >"$fake/systemctl" <<FAKE
 #!/bin/sh
-echo "systemctl \$*" >>"$work/calls"
+echo "systemctl \$*" >>"\${FAKE_CALLS:-$work/calls}"
 case "\$1" in
     is-active) [ -e "$work/active" ] ;;
     restart) touch "$work/active" ;;
 esac
 FAKE
+    # What the server logged since the reload, as the test sets it.
+    cat >"$fake/journalctl" <<FAKE
+#!/bin/sh
+echo "journalctl \$*" >>"\${FAKE_CALLS:-$work/calls}"
+cat "$work/journal" 2>/dev/null || true
+FAKE
     cat >"$fake/curl" <<FAKE
 #!/bin/sh
-echo "curl \$*" >>"$work/calls"
+echo "curl \$*" >>"\${FAKE_CALLS:-$work/calls}"
 cmp -s "$bin" "$good"
 FAKE
-    for tool in nginx certbot useradd; do
-        printf '#!/bin/sh\necho "%s $*" >>"%s/calls"\n' "$tool" "$work" >"$fake/$tool"
+    for tool in nginx certbot useradd chown; do
+        cat >"$fake/$tool" <<FAKE
+#!/bin/sh
+echo "$tool \$*" >>"\${FAKE_CALLS:-$work/calls}"
+FAKE
     done
     chmod +x "$fake"/*
     # nginx -t (the real one) on the site deploy.sh installed, its log moved into $work.
@@ -229,6 +246,21 @@ FAKE
         out=$(PATH="$fake:$PATH" DEPLOY_HEALTH_WAIT=2 bash "$DEPLOY" "$@" 2>&1)
         code=$?
         set -e
+    }
+    # A dry run with the stand-ins (systemctl says whether the server runs), which then
+    # record nothing: it writes nothing.
+    dry() {
+        local saved=$PATH
+        PATH="$fake:$PATH"
+        FAKE_CALLS=/dev/null deploy --dry-run "$@"
+        PATH=$saved
+    }
+    set_env() {
+        if grep -q "^$1=" "$DEPLOY_ENV_FILE"; then
+            sed -i "s|^$1=.*|$1=$2|" "$DEPLOY_ENV_FILE"
+        else
+            printf '%s=%s\n' "$1" "$2" >>"$DEPLOY_ENV_FILE"
+        fi
     }
 
     case_name="real: no env file: written 0600 with secrets and the URL, then stop"
@@ -250,6 +282,10 @@ FAKE
     expect_out "healthy"
     cmp -s "$bin" "$good" || fail "the binary is not installed"
     grep -q "systemctl restart upload-server.service" "$work/calls" || fail "no restart"
+    grep -qx "chown uploadsvc: $DEPLOY_ENV_FILE" "$work/calls" || fail "the env file not given to uploadsvc"
+    [ "$(stat -c %a "$DEPLOY_ENV_FILE")" = 600 ] || fail "env file mode $(stat -c %a "$DEPLOY_ENV_FILE")"
+    grep -qx "Environment=UPLOAD_ENV_FILE=$DEPLOY_ENV_FILE" "$DEPLOY_UNIT" \
+        || fail "the unit does not name the env file for SIGHUP: $(grep UPLOAD_ENV_FILE "$DEPLOY_UNIT")"
     [ -e "$DEPLOY_NGINX_DIR/upload-server-admin-allow.conf" ] || fail "no admin allow file"
     [ -x "$DEPLOY_LETSENCRYPT_DIR/renewal-hooks/deploy/reload-nginx.sh" ] || fail "no certbot hook"
     nginx_accepts_site "before a certificate exists (port 80 only)"
@@ -272,6 +308,76 @@ FAKE
     expect_code 0
     expect_out "not restarted"
     if grep -q "restart" "$work/calls"; then fail "restarted"; fi
+
+    case_name="dry: only a service token changed: a reload"
+    set_env AUTH_SERVICE_TOKEN "new-token,abc"
+    dry --binary "$good" --skip-domain-check
+    expect_code 0
+    expect_out "reload needed: the env file changed only in settings SIGHUP rereads"
+    expect_out "would run: systemctl reload upload-server.service"
+    expect_out "would record the env file's checksums"
+    expect_no_out "systemctl restart"
+
+    case_name="real: only secrets changed: reloaded, not restarted"
+    set_env UPLOAD_SIGNING_KEY_PREVIOUS def
+    set_env UPLOAD_SIGNING_KEY "new-key"
+    echo '# a comment changes nothing' >>"$DEPLOY_ENV_FILE"
+    echo "reloaded the secrets: service tokens, signing keys, JWT keys and settings" >"$work/journal"
+    : >"$work/calls"
+    real --binary "$good" --skip-domain-check
+    expect_code 0
+    expect_out "the server reloaded its secrets"
+    expect_out "healthy"
+    grep -q "systemctl reload upload-server.service" "$work/calls" || fail "no reload"
+    if grep -q "restart" "$work/calls"; then fail "restarted"; fi
+    real --binary "$good" --skip-domain-check
+    expect_out "not restarted"
+
+    case_name="real: a reload the server refuses: stops, no restart, tried again next time"
+    set_env AUTH_JWT_AUDIENCE files
+    echo '{"level":"ERROR","fields":{"message":"reload failed: the secrets in use are kept","error":"JWT_PUBLIC_KEY_PATH: cannot read"}}' >"$work/journal"
+    : >"$work/calls"
+    real --binary "$good" --skip-domain-check
+    expect_code 1
+    expect_out "refused the new env file and kept its secrets"
+    expect_out "JWT_PUBLIC_KEY_PATH: cannot read"
+    if grep -q "restart" "$work/calls"; then fail "restarted"; fi
+    echo "reloaded the secrets" >"$work/journal"
+    dry --binary "$good" --skip-domain-check
+    expect_out "would run: systemctl reload upload-server.service"
+
+    case_name="dry: a secret and another setting changed: a restart"
+    set_env PER_USER_QUOTA_GB 1
+    dry --binary "$good" --skip-domain-check
+    expect_code 0
+    expect_out "restart needed: env file (settings other than the secrets and JWT keys)"
+    expect_out "would run: systemctl restart upload-server.service"
+    expect_no_out "systemctl reload upload-server"
+
+    case_name="real: another setting changed: restarted"
+    : >"$work/calls"
+    real --binary "$good" --skip-domain-check
+    expect_code 0
+    grep -q "systemctl restart upload-server.service" "$work/calls" || fail "no restart"
+    if grep -q "systemctl reload" "$work/calls"; then fail "reloaded"; fi
+
+    case_name="dry: a record from before (one checksum): a restart"
+    sed -i 2d "$DEPLOY_PREFIX/deployed-env.sha256"
+    set_env AUTH_SERVICE_TOKEN "newer-token"
+    dry --binary "$good" --skip-domain-check
+    expect_out "restart needed: env file (no record of the settings deployed before)"
+    expect_no_out "systemctl reload upload-server"
+
+    case_name="dry: the server not running: a restart, not a reload"
+    real --binary "$good" --skip-domain-check
+    set_env AUTH_SERVICE_TOKEN "newest-token"
+    rm "$work/active"
+    dry --binary "$good" --skip-domain-check
+    expect_out "restart needed: env file, server not running"
+    expect_no_out "env file ("
+    expect_no_out "systemctl reload upload-server"
+    real --binary "$good" --skip-domain-check
+    expect_code 0
 
     case_name="real: a new binary that does not become healthy is rolled back"
     real --binary "$bad" --skip-domain-check

@@ -3,7 +3,9 @@
 //! raw-part upload, a ranged download, a streamed ZIP, a signed URL, the X-Accel-Redirect
 //! offload, and the client's address reaching the server's access log; HSTS on offloaded
 //! answers too, /metrics and the docs only from allowed addresses, and no signature or batch
-//! token in nginx's access log.
+//! token in nginx's access log. tus and the IETF draft with a signed upload URL (no grant
+//! in the log; nginx drops request trailers, so checksum-trailer is not offered), and one
+//! request id in nginx's log, the server's log and the answer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +44,19 @@ impl Drop for Nginx {
 impl Nginx {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// The access log once it has a line containing `needle` (nginx writes a request's
+    /// line after its answer is sent, so a client may look before it is there).
+    async fn access_log_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log("access.log");
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -188,15 +203,34 @@ fn start_nginx(dir: &Path, http: u16, https: u16, upstream: u16, root: &Path) ->
     nginx
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_nginx_over_https() {
+/// The server behind nginx as deployed: the real binary (JSON logs, X-Accel offload) and
+/// nginx with the site, over HTTPS on `public`; `http` connects from 127.0.0.2.
+struct Deployment {
+    server: Server,
+    nginx: Nginx,
+    http: reqwest::Client,
+    public: String,
+    http_port: u16,
+    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public)
+    }
+}
+
+/// Starts the server and nginx, or `None` (the test is skipped) when nginx is not installed
+/// outside CI.
+async fn deploy(test: &str) -> Option<Deployment> {
     if Command::new("nginx").arg("-v").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
             "nginx is not installed (.ci/run installs it)"
         );
-        eprintln!("SKIPPED through_nginx_over_https: nginx is not installed");
-        return;
+        eprintln!("SKIPPED {test}: nginx is not installed");
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
@@ -232,7 +266,25 @@ async fn through_nginx_over_https() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let url = |p: &str| format!("{public}{p}");
+    Some(Deployment {
+        server,
+        nginx,
+        http,
+        public,
+        http_port,
+        dir,
+        root,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_over_https() {
+    let Some(d) = deploy("through_nginx_over_https").await else {
+        return;
+    };
+    let (server, nginx, http, dir) = (&d.server, &d.nginx, &d.http, &d.dir);
+    let http_port = d.http_port;
+    let url = |p: &str| d.url(p);
 
     // Plain HTTP is redirected to HTTPS.
     let res = http
@@ -466,4 +518,386 @@ async fn through_nginx_over_https() {
         "{}",
         nginx.log("access.log")
     );
+}
+
+/// The value of `name=` in a query.
+fn query_value(query: &str, name: &str) -> String {
+    query
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+        .unwrap()
+        .to_owned()
+}
+
+/// Sends `request` (raw HTTP/1.1) to nginx over TLS with `openssl s_client` and gives the
+/// answer's status line: reqwest cannot send a request trailer.
+fn raw_https(port: u16, request: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(request).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", res.headers()))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tus_and_the_draft_through_nginx_with_a_signed_upload_url() {
+    let Some(d) = deploy("tus_and_the_draft_through_nginx_with_a_signed_upload_url").await else {
+        return;
+    };
+    let http = &d.http;
+    let signed: Value = http
+        .post(d.url("/v1/files/sign-upload"))
+        .header("x-service-token", SERVICE_TOKEN)
+        .json(&json!({ "user_id": "ops", "folder": "inbox", "max_size": 8 << 20 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let q = signed["query"].as_str().unwrap().to_owned();
+    assert_eq!(
+        signed["tus_url"].as_str().unwrap(),
+        d.url(&format!("/v1/files/tus/?{q}"))
+    );
+    let (grant, sig) = (query_value(&q, "grant"), query_value(&q, "sig"));
+
+    // OPTIONS: what tus offers through nginx, without checksum-trailer (nginx drops
+    // request trailers).
+    let res = http
+        .request(reqwest::Method::OPTIONS, d.url("/v1/files/tus/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&res, "tus-version"), "1.0.0");
+    let extensions: Vec<&str> = header(&res, "tus-extension").split(',').collect();
+    assert!(extensions.contains(&"checksum"), "{extensions:?}");
+    assert!(extensions.contains(&"concatenation"), "{extensions:?}");
+    assert!(!extensions.contains(&"checksum-trailer"), "{extensions:?}");
+    assert_eq!(res.headers().get_all("tus-extension").iter().count(), 1);
+    // This location's own header lines keep the server-level ones: one request id.
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
+    assert_eq!(
+        header(&res, "strict-transport-security"),
+        "max-age=31536000"
+    );
+
+    // tus: create with the grant, two PATCHes to the Location (one with a length, one in
+    // chunks, as tus-js-client sends a stream), HEAD.
+    let size = 3 << 20;
+    let data = pattern(size, 9);
+    let tus = |method: reqwest::Method, path: &str| {
+        http.request(method, d.url(path))
+            .header("tus-resumable", "1.0.0")
+    };
+    let res = tus(reqwest::Method::POST, &format!("/v1/files/tus/?{q}"))
+        .header("upload-length", size)
+        .header("upload-metadata", "filename bW92aWUuYmlu")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+    let location = header(&res, "location").to_owned();
+    assert!(location.ends_with(&format!("?{q}")), "{location}");
+    let bare = location.split('?').next().unwrap().to_owned();
+    let first = (1 << 20) + 3;
+    let res = tus(reqwest::Method::PATCH, &location)
+        .header("upload-offset", 0)
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        res.text().await
+    );
+    assert_eq!(header(&res, "upload-offset"), first.to_string());
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = data[first..]
+        .chunks(300_000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let res = tus(reqwest::Method::PATCH, &location)
+        .header("upload-offset", first)
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        res.text().await
+    );
+    let key = header(&res, "x-upload-key").to_owned();
+    assert!(key.starts_with("storage/ops/inbox/"), "{key}");
+    let res = tus(reqwest::Method::HEAD, &location).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "upload-offset"), size.to_string());
+    assert_eq!(header(&res, "upload-length"), size.to_string());
+    assert_eq!(header(&res, "cache-control"), "no-store");
+    assert_eq!(std::fs::read(d.root.path().join(&key)).unwrap(), data);
+
+    // A checksum in the Upload-Checksum header works through nginx; one in a trailer does
+    // not reach the server (nginx drops it), so the PATCH is refused and nothing is kept.
+    let res = tus(reqwest::Method::POST, &format!("/v1/files/tus/?{q}"))
+        .header("upload-length", 6)
+        .send()
+        .await
+        .unwrap();
+    let small = header(&res, "location").to_owned();
+    let sha256 = |b: &[u8]| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b))
+    };
+    let port: u16 = d.public.rsplit(':').next().unwrap().parse().unwrap();
+    let trailer = format!(
+        "PATCH {small} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: Upload-Checksum\r\nConnection: close\r\n\r\n\
+         3\r\nabc\r\n0\r\nUpload-Checksum: sha256 {}\r\n\r\n",
+        sha256(b"abc")
+    );
+    let status = tokio::task::spawn_blocking(move || raw_https(port, trailer.as_bytes()))
+        .await
+        .unwrap();
+    assert!(status.contains(" 400"), "{status}");
+    let res = tus(reqwest::Method::HEAD, &small).send().await.unwrap();
+    assert_eq!(header(&res, "upload-offset"), "0");
+    let res = tus(reqwest::Method::PATCH, &small)
+        .header("upload-offset", 0)
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-checksum", format!("sha256 {}", sha256(b"abcdef")))
+        .body("abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // X-HTTP-Method-Override (clients behind proxies that allow only GET and POST).
+    let res = tus(reqwest::Method::POST, &format!("/v1/files/tus/?{q}"))
+        .header("upload-length", 5)
+        .send()
+        .await
+        .unwrap();
+    let doomed = header(&res, "location").to_owned();
+    let res = tus(reqwest::Method::POST, &doomed)
+        .header("x-http-method-override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = tus(reqwest::Method::HEAD, &doomed).send().await.unwrap();
+    assert!(
+        matches!(res.status(), StatusCode::NOT_FOUND | StatusCode::GONE),
+        "{}",
+        res.status()
+    );
+
+    // The IETF draft: create with the first part, PATCH the rest.
+    let draft_data = pattern(2 << 20, 3);
+    let res = http
+        .post(d.url(&format!("/v1/files/resumable/?{q}")))
+        .header("upload-draft-interop-version", "8")
+        .header("upload-complete", "?0")
+        .header("upload-length", draft_data.len())
+        .header("content-disposition", "inline; filename=\"draft.bin\"")
+        .body(draft_data[..700_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+    assert_eq!(header(&res, "upload-offset"), "700000");
+    let draft_location = header(&res, "location").to_owned();
+    assert!(
+        draft_location.ends_with(&format!("?{q}")),
+        "{draft_location}"
+    );
+    let res = http
+        .patch(d.url(&draft_location))
+        .header("upload-draft-interop-version", "8")
+        .header("upload-offset", 700_000)
+        .header("upload-complete", "?1")
+        .header("content-type", "application/partial-upload")
+        .body(draft_data[700_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{:?}", res.text().await);
+    let done: Value = res.json().await.unwrap();
+    let draft_key = done["key"].as_str().unwrap();
+    assert!(draft_key.starts_with("storage/ops/inbox/"), "{draft_key}");
+    assert_eq!(done["sha256"], sha_hex(&draft_data));
+    assert_eq!(
+        std::fs::read(d.root.path().join(draft_key)).unwrap(),
+        draft_data
+    );
+    let res = http
+        .head(d.url(&draft_location))
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res, "upload-complete"), "?1");
+
+    // The upload page: the page itself is never cached (its URL holds the grant), Uppy's
+    // versioned bundle for a year.
+    let res = http
+        .get(d.url(&format!("/upload?{q}")))
+        .header("referer", d.url(&format!("/upload?{q}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "cache-control"), "no-store");
+    let res = http
+        .get(d.url("/upload/uppy-6.0.1.min.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        header(&res, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+
+    // A query naming sig twice, as a confused client may send.
+    let _ = http
+        .head(d.url("/v1/files/tus/x?sig=firstsecretsig&grant=secretgrant&sig=secondsecretsig"))
+        .send()
+        .await
+        .unwrap();
+
+    // nginx's access log: every upload request is there, no grant or signature is.
+    let log = d.nginx.access_log_with("\"HEAD /v1/files/tus/x?").await;
+    for secret in [
+        grant.as_str(),
+        sig.as_str(),
+        "firstsecretsig",
+        "secretgrant",
+        "secondsecretsig",
+    ] {
+        assert!(!log.contains(secret), "{secret} in {log}");
+    }
+    for line in [
+        "\"POST /v1/files/tus/?grant=-&sig=- HTTP/1.1\" 201".to_owned(),
+        format!("\"PATCH {bare}?grant=-&sig=- HTTP/1.1\" 204"),
+        format!("\"HEAD {bare}?grant=-&sig=- HTTP/1.1\" 200"),
+        "\"POST /v1/files/resumable/?grant=-&sig=- HTTP/1.1\" 201".to_owned(),
+        // The referer named the grant too: not logged ("-").
+        "\"GET /upload?grant=-&sig=- HTTP/1.1\" 200".to_owned(),
+        "\"-\" \"-\"".to_owned(),
+        "\"HEAD /v1/files/tus/x?- HTTP/1.1\"".to_owned(),
+    ] {
+        assert!(log.contains(&line), "{line} not in {log}");
+    }
+    // The bodies streamed through: nginx kept none of them in a temporary file.
+    let errors = d.nginx.log("error.log");
+    assert!(!errors.contains("buffered to a temporary file"), "{errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_and_the_server_log_the_same_request_id() {
+    let Some(d) = deploy("nginx_and_the_server_log_the_same_request_id").await else {
+        return;
+    };
+    // The id is nginx's, whatever the client sent: the server logs it and answers with it.
+    let res = d
+        .http
+        .get(d.url("/v1/files/all?user_id=ops"))
+        .header("x-service-token", SERVICE_TOKEN)
+        .header("x-request-id", "chosen-by-the-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
+    let id = header(&res, "x-request-id").to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    // A file served by nginx from disk (the offload) and an answer nginx makes itself.
+    let small: Value = d
+        .http
+        .post(d.url("/v1/files/upload?user_id=ops&filename=a.txt"))
+        .header("x-service-token", SERVICE_TOKEN)
+        .body("offloaded")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = d
+        .http
+        .get(d.url(&format!("/{}", small["files"][0]["key"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
+    let offloaded = header(&res, "x-request-id").to_owned();
+    let res = d.http.get(d.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let refused = header(&res, "x-request-id").to_owned();
+
+    let nginx_log = d.nginx.access_log_with(&refused).await;
+    let logged_id = |path: &str| {
+        nginx_log
+            .lines()
+            .find(|l| l.contains(&format!(" {path} HTTP/1.1\"")))
+            .unwrap_or_else(|| panic!("no {path} in {nginx_log}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(logged_id("/v1/files/all?user_id=ops"), id);
+    assert_eq!(
+        logged_id(&format!("/{}", small["files"][0]["key"].as_str().unwrap())),
+        offloaded
+    );
+    assert_eq!(logged_id("/metrics"), refused);
+    let server_log = d.server.stdout();
+    let server_ids: Vec<String> = server_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["path"] == "/v1/files/all"
+                || v["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/storage/"))
+        })
+        .filter_map(|v| v["request_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(server_ids.contains(&id), "{id} not in {server_log}");
+    assert!(
+        server_ids.contains(&offloaded),
+        "{offloaded} not in {server_log}"
+    );
+    assert!(!server_log.contains("chosen-by-the-client"), "{server_log}");
 }
