@@ -21,4 +21,5 @@ mod security;
 mod shutdown;
 mod slow;
 mod stalled;
+mod tus_clients;
 mod upload;
