@@ -415,6 +415,64 @@ async fn tus_js_client_terminates_and_the_quota_is_free_again() {
     assert_eq!(list["total_count"], 0, "{list}");
 }
 
+/// Regression: an empty file (`Upload-Length: 0`) was created and never published, as
+/// tus-js-client (and tuspy) send no `PATCH` for it and report success after the `POST`.
+/// Also creation-with-upload (the first chunk in the `POST`) and `X-HTTP-Method-Override`.
+#[tokio::test]
+async fn tus_js_client_empty_file_creation_with_upload_and_method_override() {
+    if !have_node("tus_js_client_empty_file_creation_with_upload_and_method_override") {
+        return;
+    }
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = app.user_token("u8");
+    let bearer = json!({ "Authorization": format!("Bearer {token}") });
+    let (empty, _) = write_file(dir.path(), "empty.txt", 0, 0);
+    let out = ClientRun::new(&app.url("/v1/files/tus/"), &empty)
+        .headers(bearer.clone())
+        .metadata(json!({ "filename": "empty.txt" }))
+        .node("chunked")
+        .await;
+    assert_eq!(out["statuses"], json!(["POST 201"]), "{out}");
+    let want = Expect {
+        user: "u8",
+        name: "empty.txt",
+        mime: None,
+        folder: None,
+        extra: json!({}),
+    };
+    check_stored(&app.base, &out, &[], &want).await;
+
+    let (file, data) = write_file(dir.path(), "first.bin", 2 * CHUNK + 1000, 9);
+    let out = ClientRun::new(&app.url("/v1/files/tus/"), &file)
+        .headers(bearer)
+        .metadata(json!({ "filename": "first.bin" }))
+        .chunk(CHUNK)
+        .set("TUS_DURING_CREATION", "1")
+        .set("TUS_OVERRIDE_PATCH", "1")
+        .node("chunked")
+        .await;
+    // The first chunk came with the POST; the others as POSTs that say PATCH.
+    assert_eq!(
+        offsets(&out),
+        chunk_offsets(data.len())[1..].to_vec(),
+        "{out}"
+    );
+    assert_eq!(
+        out["statuses"],
+        json!(["POST 201", "POST 204", "POST 204"]),
+        "{out}"
+    );
+    let want = Expect {
+        user: "u8",
+        name: "first.bin",
+        mime: None,
+        folder: None,
+        extra: json!({}),
+    };
+    check_stored(&app.base, &out, &data, &want).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // A TCP proxy in front of the server, to cut or stall a request for real.
 

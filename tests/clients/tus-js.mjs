@@ -5,12 +5,14 @@
 // Environment: TUS_ENDPOINT (the creation URL), TUS_FILE (what to upload), TUS_HEADERS (JSON
 // object of request headers: the credentials), TUS_METADATA (JSON object, Upload-Metadata),
 // TUS_CHUNK (bytes per PATCH; default: the whole rest in one), TUS_PROTOCOL (tus-v1,
-// ietf-draft-05), TUS_STATE (a file holding `{}` at first: the URL storage of the restart
-// cases).
+// ietf-draft-05), TUS_DURING_CREATION (1: the first chunk in the POST), TUS_OVERRIDE_PATCH
+// (1: POST with X-HTTP-Method-Override), TUS_STATE (a file holding `{}` at first: the URL
+// storage of the restart cases).
 //
 // The last line on stdout is one JSON object: what the test checks against the server
 // (`url`, `key` and `publicUrl` from X-Upload-Key / X-Upload-Url, the PATCH offsets sent,
-// the statuses seen, the Locations of the uploads created, ...). Anything wrong exits 1 with the error on stderr.
+// the statuses seen, the Locations of the uploads created, ...). Anything wrong exits 1
+// with the error on stderr.
 
 import { createReadStream, readFileSync } from 'node:fs'
 import { Readable } from 'node:stream'
@@ -28,12 +30,16 @@ function options(extra = {}) {
     metadata: JSON.parse(env.TUS_METADATA || '{}'),
     chunkSize: env.TUS_CHUNK ? Number(env.TUS_CHUNK) : Number.POSITIVE_INFINITY,
     protocol: env.TUS_PROTOCOL || 'tus-v1',
+    // creation-with-upload: the first chunk in the creation request.
+    uploadDataDuringCreation: env.TUS_DURING_CREATION === '1',
+    overridePatchMethod: env.TUS_OVERRIDE_PATCH === '1',
     // Fast retries: the cases that cut or restart need them; a test is bounded in time.
     retryDelays: [50, 200, 500, 1000, 2000],
     onBeforeRequest(req) {
       seen.methods.push(req.getMethod())
       const offset = req.getHeader('Upload-Offset')
-      if (req.getMethod() === 'PATCH' && offset !== undefined) {
+      // A PATCH, or a POST with X-HTTP-Method-Override: PATCH.
+      if (offset !== undefined) {
         seen.patchOffsets.push(Number(offset))
       }
     },

@@ -374,8 +374,9 @@ pub(crate) async fn tus_create(
     let session = state.store.create_resumable(new).await?;
     tracing::info!(target: "activity", event = "tus_create", user = %session.user_id, upload_id = %session.upload_id, length = ?length);
     let mut res = created(&session);
+    let mut offset = 0;
     if has_body {
-        let offset = match append_body(&state, &session, 0, body, checksum).await {
+        offset = match append_body(&state, &session, 0, body, checksum).await {
             Ok(o) => o,
             // Made, but the bytes did not all come: the client resumes with HEAD.
             Err(AppendFailure::Cut { offset, .. }) => offset,
@@ -389,11 +390,13 @@ pub(crate) async fn tus_create(
             }
         };
         set(res.headers_mut(), "upload-offset", offset);
-        if session.length() == Some(offset) {
-            if let Some(stored) = state.store.finish_resumable(&session).await? {
-                stored_headers(&state, &stored.key, res.headers_mut());
-                log_stored(&session, &stored);
-            }
+    }
+    // Complete already, also an empty file (Upload-Length: 0), for which tus-js-client and
+    // tuspy send no PATCH at all.
+    if session.length() == Some(offset) {
+        if let Some(stored) = state.store.finish_resumable(&session).await? {
+            stored_headers(&state, &stored.key, res.headers_mut());
+            log_stored(&session, &stored);
         }
     }
     Ok(res)
