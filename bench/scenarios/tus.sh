@@ -61,6 +61,7 @@ start_server "$ROOT"
 PEER_STORE="$T/tus-node"
 mkdir -p "$PEER_STORE"
 PEER_LOG="$T/tus-node.log"
+: >"$PEER_LOG"
 TUS_DIR="$PEER_STORE" node "$PEER_DIR/server.mjs" >"$PEER_LOG" 2>&1 &
 PEER_PID=$!
 bench_on_exit "kill $PEER_PID 2>/dev/null; wait $PEER_PID 2>/dev/null"
