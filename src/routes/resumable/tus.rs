@@ -521,11 +521,12 @@ async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<Progress, 
         ("Tus-Resumable" = String, Header, description = "1.0.0"),
     ),
     security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    // The error bodies are GET's: a HEAD answer has the headers (JSON type and length) only.
     responses(
         (status = 200, description = "Upload-Offset and the rest in the headers"),
-        (status = 401, description = "Not authenticated"),
-        (status = 404, description = "No such upload (or another user's, or expired)"),
-        (status = 412, description = "Tus-Resumable is not 1.0.0"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such upload (or another user's, or expired)", body = ErrorBody),
+        (status = 412, description = "Tus-Resumable is not 1.0.0", body = ErrorBody),
     ))]
 pub(crate) async fn tus_head(
     State(state): State<AppState>,
