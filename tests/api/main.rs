@@ -28,6 +28,7 @@ mod security;
 mod shutdown;
 mod slow;
 mod stalled;
+mod tus_clients;
 mod upload;
 mod upload_grant;
 mod upload_page;

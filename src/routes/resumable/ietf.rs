@@ -483,7 +483,7 @@ pub(crate) async fn ietf_create(
     let location = format!("{BASE}{}{}", session.upload_id, caller.url_suffix());
     let appended = append_body(&state, &session, 0, body, ChecksumFrom::None).await;
     let mut res = match appended {
-        Ok(offset) if complete => {
+        Ok(offset) if complete || session.length() == Some(offset) => {
             match finish(&state, interop, &session, offset, sha256.as_deref()).await {
                 Ok(res) => res,
                 // The bytes are all there but were not stored (a digest that differs, the
@@ -771,7 +771,10 @@ pub(crate) async fn ietf_patch(
         Ok(end) => end,
         Err(e) => return Err(append_error(&state, interop, e, offset)),
     };
-    if complete {
+    // Complete when the client says so, or when the bytes reach the length it declared
+    // (tus-js-client's `ietf-draft-05` sends `Upload-Length` and leaves the last chunk's
+    // `Upload-Complete` at ?0; tusd finishes there too).
+    if complete || session.length() == Some(end) {
         if let Some(l) = session.length() {
             if l != end {
                 return Err(DraftError::inconsistent(

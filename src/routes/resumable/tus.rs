@@ -400,8 +400,9 @@ pub(crate) async fn tus_create(
     let session = state.store.create_resumable(new).await?;
     tracing::info!(target: "activity", event = "tus_create", user = %session.user_id, upload_id = %session.upload_id, length = ?length);
     let mut res = created(&session, &caller);
+    let mut offset = 0;
     if has_body {
-        let offset = match append_body(&state, &session, 0, body, checksum).await {
+        offset = match append_body(&state, &session, 0, body, checksum).await {
             Ok(o) => o,
             // Made, but the bytes did not all come: the client resumes with HEAD.
             Err(AppendFailure::Cut { offset, .. }) => offset,
@@ -413,14 +414,10 @@ pub(crate) async fn tus_create(
             }
         };
         set(res.headers_mut(), "upload-offset", offset);
-        if session.length() == Some(offset) {
-            if let Some(stored) = state.store.finish_resumable(&session).await? {
-                stored_headers(&state, &stored.key, res.headers_mut());
-                log_stored(&session, &stored);
-            }
-        }
-    } else if session.length() == Some(0) {
-        // An empty file is complete when made: clients send no PATCH for it.
+    }
+    // Complete already, also an empty file (Upload-Length: 0), for which tus-js-client and
+    // tuspy send no PATCH at all.
+    if session.length() == Some(offset) {
         if let Some(stored) = state.store.finish_resumable(&session).await? {
             stored_headers(&state, &stored.key, res.headers_mut());
             log_stored(&session, &stored);
@@ -532,11 +529,12 @@ async fn owned(state: &AppState, caller: &Uploader, id: &str) -> Result<Progress
         ("Tus-Resumable" = String, Header, description = "1.0.0"),
     ),
     security(("service_token" = []), ("bearer" = []), ("cookie" = [])),
+    // The error bodies are GET's: a HEAD answer has the headers (JSON type and length) only.
     responses(
         (status = 200, description = "Upload-Offset and the rest in the headers"),
-        (status = 401, description = "Not authenticated"),
-        (status = 404, description = "No such upload (or another user's, or expired)"),
-        (status = 412, description = "Tus-Resumable is not 1.0.0"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such upload (or another user's, or expired)", body = ErrorBody),
+        (status = 412, description = "Tus-Resumable is not 1.0.0", body = ErrorBody),
     ))]
 pub(crate) async fn tus_head(
     State(state): State<AppState>,
