@@ -131,6 +131,19 @@ pub fn run(env_file: Option<&Path>, accept_new_secrets: bool) -> Report {
         }
     };
     report.push(Level::Ok, "settings parse");
+    if settings.service_tokens.len() > 1 {
+        // The old service took the whole value as one token: a token holding a comma is now
+        // several tokens, and clients sending the whole value are refused.
+        report.push(
+            Level::Warn,
+            format!(
+                "AUTH_SERVICE_TOKEN holds {} comma-separated tokens: each is accepted on its own, \
+                 a client sending the whole value is refused (fine while rotating; a single \
+                 token of the old service must not contain a comma)",
+                settings.service_tokens.len()
+            ),
+        );
+    }
     if let Ok(addr) = settings.listen_addr() {
         if !settings.public_base_url_set && !addr.ip().is_loopback() {
             report.push(

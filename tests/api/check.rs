@@ -103,6 +103,18 @@ async fn a_complete_env_file_and_a_sound_root_pass() {
         !out.contains("t0k3n") && !out.contains("0123456789abcdef"),
         "{out}"
     );
+    assert!(!out.contains("comma-separated"), "{out}");
+
+    // A token holding a comma is a list now: said, as a warning.
+    let text = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(&env, text.replace("t0k3n", "t0k,3n")).unwrap();
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("2 comma-separated tokens")),
+        "{out}"
+    );
 }
 
 #[tokio::test]
