@@ -131,12 +131,7 @@ pub fn normalize_pattern(raw: &str) -> Option<String> {
 /// Does `mime` (parameters ignored, any case) match one of `patterns` (normalised, see
 /// [`normalize_pattern`]; `type/*` matches any subtype)?
 pub fn mime_allowed(patterns: &[String], mime: &str) -> bool {
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::store::sidecar::mime_essence(mime);
     let Some((top, _)) = essence.split_once('/') else {
         return false;
     };

@@ -241,6 +241,12 @@ pub type Vars = HashMap<String, String>;
 /// `env_file` (the `--env-file` option) or by `UPLOAD_ENV_FILE` (none: empty), and the
 /// process environment, which wins over it.
 pub fn read_sources(env_file: Option<&Path>) -> Result<(Vars, Vars), ConfigError> {
+    let (_, file_vars, process) = sources(env_file)?;
+    Ok((file_vars, process))
+}
+
+/// [`read_sources`], with the env file's path.
+fn sources(env_file: Option<&Path>) -> Result<(Option<PathBuf>, Vars, Vars), ConfigError> {
     let process: HashMap<String, String> = std::env::vars().collect();
     let file = match env_file {
         Some(p) => Some(p.to_path_buf()),
@@ -249,11 +255,11 @@ pub fn read_sources(env_file: Option<&Path>) -> Result<(Vars, Vars), ConfigError
             .filter(|v| !v.trim().is_empty())
             .map(PathBuf::from),
     };
-    let file_vars = match file {
-        Some(path) => read_env_file(&path)?,
+    let file_vars = match &file {
+        Some(path) => read_env_file(path)?,
         None => HashMap::new(),
     };
-    Ok((file_vars, process))
+    Ok((file, file_vars, process))
 }
 
 impl Settings {
@@ -266,18 +272,7 @@ impl Settings {
     /// As [`Settings::from_env`], also returning where the settings came from, so that
     /// `SIGHUP` can read them again ([`SettingsSource::reread`]).
     pub fn load(env_file: Option<&Path>) -> Result<(Self, SettingsSource), ConfigError> {
-        let process: HashMap<String, String> = std::env::vars().collect();
-        let file = match env_file {
-            Some(p) => Some(p.to_path_buf()),
-            None => process
-                .get("UPLOAD_ENV_FILE")
-                .filter(|v| !v.trim().is_empty())
-                .map(PathBuf::from),
-        };
-        let file_vars = match &file {
-            Some(path) => read_env_file(path)?,
-            None => HashMap::new(),
-        };
+        let (file, file_vars, process) = sources(env_file)?;
         let source = SettingsSource {
             env_file: file,
             file_at_start: file_vars.clone(),

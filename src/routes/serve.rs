@@ -68,12 +68,7 @@ pub fn needs_sandbox(mime: &str) -> bool {
         "application/json",
         "application/pdf",
     ];
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::store::sidecar::mime_essence(mime);
     let media = |family: &str| {
         essence.strip_prefix(family).is_some_and(|sub| {
             !sub.is_empty()

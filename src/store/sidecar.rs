@@ -103,6 +103,15 @@ impl Meta {
     }
 }
 
+/// A MIME type's essence: `type/subtype`, lower case, parameters dropped.
+pub fn mime_essence(mime: &str) -> String {
+    mime.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// The type from the file name's extension; else the declared one; else octet-stream.
 pub fn guess_mime(name: &str, declared: Option<&str>) -> String {
     if let Some(m) = mime_guess::from_path(name).first() {
