@@ -173,6 +173,9 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn serve(settings: Settings, source: SettingsSource) -> Result<(), ServeError> {
+    // SIGHUP is taken before the slow part of the start (the recount of the ledgers): from
+    // here on a reload signal can never find the default action, which ends the process.
+    let hangups = hangup_signals();
     let limits = upload_server::server::ConnLimits::from_settings(&settings);
     // Bound first: a port in use is reported before the root is touched.
     let listener = bind(&settings).await.map_err(ServeError::Start)?;
@@ -190,7 +193,7 @@ async fn serve(settings: Settings, source: SettingsSource) -> Result<(), ServeEr
         .await
         .map_err(ServeError::Start)?;
     let app = upload_server::startup::router(state.clone());
-    spawn_reloader(state, source);
+    spawn_reloader(state, source, hangups);
     tracing::info!(
         addr = %bound,
         max_connections = limits.max_connections,
@@ -223,40 +226,55 @@ async fn serve(settings: Settings, source: SettingsSource) -> Result<(), ServeEr
 
 /// Reloads the secrets on each SIGHUP; a reload that fails keeps the secrets in use and
 /// says why.
-fn spawn_reloader(state: upload_server::state::AppState, source: SettingsSource) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        // Taken now, before the server listens: a SIGHUP must never find the default
-        // action (ending the process) in place.
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloads are off");
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                let file = source
-                    .env_file()
-                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
-                tracing::info!(env_file = %file, "SIGHUP: reloading the secrets");
-                let reloaded = match source.reread() {
-                    Ok(settings) => upload_server::startup::reload_secrets(&state, &settings)
-                        .await
-                        .map_err(|e| format!("{e:#}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(why) = reloaded {
-                    tracing::error!(error = %why, "reload failed: the secrets in use are kept");
-                }
-            }
-        });
+/// The SIGHUP stream, when it can be had.
+#[cfg(unix)]
+fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reloads are off");
+            None
+        }
     }
-    #[cfg(not(unix))]
-    drop((state, source));
 }
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Option<()> {
+    None
+}
+
+/// Rereads the env file's secrets on every SIGHUP; a reload that fails keeps those in use.
+#[cfg(unix)]
+fn spawn_reloader(
+    state: upload_server::state::AppState,
+    source: SettingsSource,
+    hangups: Option<tokio::signal::unix::Signal>,
+) {
+    let Some(mut hangups) = hangups else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let file = source
+                .env_file()
+                .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+            tracing::info!(env_file = %file, "SIGHUP: reloading the secrets");
+            let reloaded = match source.reread() {
+                Ok(settings) => upload_server::startup::reload_secrets(&state, &settings)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = reloaded {
+                tracing::error!(error = %why, "reload failed: the secrets in use are kept");
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn spawn_reloader(_: upload_server::state::AppState, _: SettingsSource, _: Option<()>) {}
 
 async fn stop_signal() {
     let ctrl_c = async {

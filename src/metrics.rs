@@ -433,11 +433,13 @@ mod tests {
                     "/v1/files/part/{upload_id}/{part_number}",
                     RouteKind::Upload
                 ),
+                ("POST", "/v1/files/resumable/", RouteKind::Upload),
                 (
                     "PATCH",
                     "/v1/files/resumable/{upload_id}",
                     RouteKind::Upload
                 ),
+                ("POST", "/v1/files/tus/", RouteKind::Upload),
                 ("PATCH", "/v1/files/tus/{upload_id}", RouteKind::Upload),
                 ("POST", "/v1/files/upload", RouteKind::Upload),
             ]

@@ -53,7 +53,13 @@ pub fn routes() -> Routes {
         r.layer(axum::extract::DefaultBodyLimit::disable())
     };
     Routes::new()
-        .route(route!(ietf_options, ietf_create).map(draft))
+        .route(route!(ietf_options).map(draft))
+        // Creation may carry the whole file: an upload too.
+        .route(
+            route!(ietf_create)
+                .counted_as(crate::metrics::RouteKind::Upload)
+                .map(draft),
+        )
         .route(route!(ietf_upload_options, ietf_head, ietf_delete).map(draft))
         .route(
             route!(ietf_patch)
@@ -339,8 +345,14 @@ pub(crate) struct CreateQuery {
     user_id: Option<String>,
 }
 
+/// `Upload-Limit`: the largest upload (`MAX_BODY_MB`; for an upload, its declared length
+/// when known, which is also where a signed upload URL's maximum shows), and the time left.
 fn limits(state: &AppState, session: Option<&Session>) -> String {
-    let mut v = format!("max-size={}", state.settings.max_body_bytes);
+    let max = state.settings.max_body_bytes;
+    let max = session
+        .and_then(Session::length)
+        .map_or(max, |l| l.min(max));
+    let mut v = format!("max-size={max}");
     if let Some(s) = session {
         let age = (s.expires_at - chrono::Utc::now()).num_seconds().max(0);
         v.push_str(&format!(", max-age={age}"));

@@ -45,7 +45,13 @@ pub fn routes() -> Routes {
             .layer(axum::extract::DefaultBodyLimit::disable())
     };
     Routes::new()
-        .route(route!(tus_options, tus_create).map(tus))
+        .route(route!(tus_options).map(tus))
+        // Creation may carry the first bytes (creation-with-upload): an upload too.
+        .route(
+            route!(tus_create)
+                .counted_as(crate::metrics::RouteKind::Upload)
+                .map(tus),
+        )
         .route(route!(tus_upload_options, tus_head, tus_delete, tus_override).map(tus))
         .route(
             route!(tus_patch)
