@@ -53,6 +53,7 @@ impl FileStore {
                 sink: Sink::append(file, hashes, room),
                 append_at: Some((offset, AppendGuard(Some(self.dirs.live(&id))))),
                 staging: None,
+                segment_number: None,
             });
         }
         let tmp = self
@@ -67,6 +68,7 @@ impl FileStore {
             sink,
             append_at: None,
             staging: None,
+            segment_number: None,
         })
     }
 
@@ -92,6 +94,7 @@ impl FileStore {
             sink: Sink::create(tmp, true, limit.min(self.max_file)).await?,
             append_at: None,
             staging: Some(charge),
+            segment_number: None,
         })
     }
 
@@ -209,20 +212,22 @@ pub(super) fn open_append(
 }
 
 impl PartUpload {
-    /// A resumable upload's append at `offset` (`resumable.rs`).
-    pub(super) fn appending(sink: Sink, offset: u64, guard: AppendGuard) -> Self {
+    /// A resumable upload's append at `offset` (`resumable.rs`), to be recorded as segment
+    /// `number`.
+    pub(super) fn appending(sink: Sink, offset: u64, number: u32, guard: AppendGuard) -> Self {
         Self {
             sink,
             append_at: Some((offset, guard)),
             staging: None,
+            segment_number: Some(number),
         }
     }
 
-    /// The parts of an append: its offset, its sink and its guard.
-    pub(super) fn into_append(self) -> Result<(u64, Sink, AppendGuard), StoreError> {
-        match self.append_at {
-            Some((offset, guard)) => Ok((offset, self.sink, guard)),
-            None => Err(StoreError::Io(std::io::Error::other("not an append"))),
+    /// The parts of an append: its offset, its segment's number, its sink and its guard.
+    pub(super) fn into_append(self) -> Result<(u64, u32, Sink, AppendGuard), StoreError> {
+        match (self.append_at, self.segment_number) {
+            (Some((offset, guard)), Some(number)) => Ok((offset, number, self.sink, guard)),
+            _ => Err(StoreError::Io(std::io::Error::other("not an append"))),
         }
     }
 }
@@ -237,6 +242,10 @@ pub struct PartUpload {
     /// A part staged before its session was known holds this much of its caller's staging
     /// budget, until it is committed or dropped.
     staging: Option<staging::StagingCharge>,
+    /// A resumable append's segment number, found when it began (the data file's lock,
+    /// held until the commit, keeps any other append from taking it); a three-step part's
+    /// number comes with its request.
+    segment_number: Option<u32>,
 }
 
 /// The folder of a session whose part is being appended; dropped armed (the part was cut

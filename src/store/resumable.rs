@@ -222,7 +222,7 @@ impl FileStore {
         };
         let dir = self.dirs.live(&session.upload_id);
         let id = session.upload_id;
-        let (file, hashes) = blocking(move || {
+        let (file, hashes, number) = blocking(move || {
             let _lock = lock_live_session(&dir)?;
             let parts = sessions::read_parts(&dir)?;
             let end: u64 = parts.iter().map(|p| p.size).sum();
@@ -236,13 +236,15 @@ impl FileStore {
             // Bytes past the chain are a cut append's that never got recorded.
             file.set_len(end)?;
             file.seek(std::io::SeekFrom::Start(end))?;
-            Ok((file, hashes))
+            let number = parts.last().map_or(1, |p| p.number + 1);
+            Ok((file, hashes, number))
         })
         .await?;
         let room = limit.saturating_sub(offset);
         Ok(PartUpload::appending(
             Sink::append(file, hashes, room),
             offset,
+            number,
             AppendGuard::new(self.dirs.live(&id)),
         ))
     }
@@ -255,13 +257,12 @@ impl FileStore {
         upload: PartUpload,
     ) -> Result<u64, StoreError> {
         let dir = self.dirs.live(&session.upload_id);
-        let (offset, sink, mut guard) = upload.into_append()?;
+        let (offset, number, sink, mut guard) = upload.into_append()?;
         let (size, hashes, data) = sink.finish_open().await?;
         let (sha_state, crc32) = hashes.state();
         let end = blocking(move || {
-            let _lock = lock_live_session(&dir)?;
-            let parts = sessions::read_parts(&dir)?;
-            let number = parts.last().map_or(1, |p| p.number + 1);
+            // The folder's lock: the session is still live (not aborted or claimed).
+            let folder = lock_live_session(&dir)?;
             if size > 0 {
                 sessions::write_segment(
                     &dir,
@@ -269,7 +270,7 @@ impl FileStore {
                     &sessions::Segment { offset, size },
                     &sessions::SegmentHashes { sha_state, crc32 },
                 )?;
-                fsync_dir(&dir)?;
+                folder.sync_all()?;
             }
             drop(data);
             Ok(offset + size)
