@@ -29,8 +29,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::tus::{parse_metadata, set, FileFields};
-use super::{append_body, owned_upload, stored_headers, supersede, AppendFailure, ChecksumFrom};
+use super::tus::{set, FileFields};
+use super::{
+    append_body, content_type_is, has_body, owned_upload, stored_headers, supersede,
+    upload_metadata, AppendFailure, ChecksumFrom,
+};
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::routes::uploads::grant::Uploader;
 use crate::routes::uploads::one_request::uploaded_file;
@@ -443,13 +446,7 @@ pub(crate) async fn ietf_create(
         return Err(too_large(&state, interop));
     }
     let sha256 = repr_sha256(&headers, interop)?;
-    let metadata = headers
-        .get("upload-metadata")
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| DraftError::bad(interop, "Upload-Metadata is not ASCII"))?;
-    let mut pairs = parse_metadata(metadata.as_deref().unwrap_or_default())
-        .map_err(|m| DraftError::bad(interop, m))?;
+    let (_, mut pairs) = upload_metadata(&headers).map_err(|m| DraftError::bad(interop, m))?;
     let from_disposition = headers
         .get(header::CONTENT_DISPOSITION)
         .and_then(|v| v.to_str().ok())
@@ -722,12 +719,7 @@ pub(crate) async fn ietf_patch(
     body: Body,
 ) -> DraftResult {
     let interop = Interop::of(&headers)?;
-    let is_partial_upload = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(PARTIAL_UPLOAD));
-    if !is_partial_upload {
+    if !content_type_is(&headers, PARTIAL_UPLOAD) {
         return Err(DraftError::draft(
             interop,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -741,10 +733,7 @@ pub(crate) async fn ietf_patch(
         .ok_or_else(|| DraftError::bad(interop, "Upload-Complete (?0 or ?1) is required"))?;
     let declared = sf_integer(&headers, "upload-length", interop)?;
     let sha256 = repr_sha256(&headers, interop)?;
-    let has_body = headers
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = has_body(&headers);
     let mut session = match owned_upload(&state, &caller, &upload_id, Protocol::Ietf)
         .await
         .map_err(|e| DraftError::api(interop, e))?

@@ -132,6 +132,37 @@ pub(crate) async fn owned_upload(
     Ok(progress)
 }
 
+/// Does the request carry a body (a `Content-Length` other than 0, or a chunked one)?
+pub(crate) fn has_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+}
+
+/// Is the request's `Content-Type` `media` (parameters and case aside)?
+pub(crate) fn content_type_is(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| crate::store::sidecar::mime_essence(v) == media)
+}
+
+/// Metadata pairs: key, decoded value.
+pub(crate) type Metadata = Vec<(String, String)>;
+
+/// `Upload-Metadata` as sent (`None` when absent) and its pairs (see
+/// [`tus::parse_metadata`]); the error says what is wrong with it.
+pub(crate) fn upload_metadata(headers: &HeaderMap) -> Result<(Option<String>, Metadata), String> {
+    let raw = headers
+        .get("upload-metadata")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| "Upload-Metadata is not ASCII".to_owned())?;
+    let pairs = tus::parse_metadata(raw.as_deref().unwrap_or_default())?;
+    Ok((raw, pairs))
+}
+
 /// `Upload-Expires` (tus), as an HTTP date.
 pub(crate) fn http_date(t: chrono::DateTime<chrono::Utc>) -> HeaderValue {
     let t: std::time::SystemTime = t.into();

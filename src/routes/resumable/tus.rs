@@ -16,8 +16,8 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::{
-    append_body, stored_headers, AppendFailure, ChecksumFault, ChecksumFrom, ExpectedChecksum,
-    CHECKSUM_ALGORITHMS,
+    append_body, content_type_is, has_body, stored_headers, upload_metadata, AppendFailure,
+    ChecksumFault, ChecksumFrom, ExpectedChecksum, CHECKSUM_ALGORITHMS,
 };
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::routes::uploads::grant::Uploader;
@@ -354,15 +354,8 @@ pub(crate) async fn tus_create(
         ))
         .into());
     }
-    let raw_metadata = headers
-        .get("upload-metadata")
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| bad("Upload-Metadata is not ASCII"))?;
-    let fields = FileFields::from_pairs(
-        parse_metadata(raw_metadata.as_deref().unwrap_or_default()).map_err(bad)?,
-    )?;
-    let mut fields = fields;
+    let (raw_metadata, pairs) = upload_metadata(&headers).map_err(bad)?;
+    let mut fields = FileFields::from_pairs(pairs)?;
     let partial = matches!(final_of, Some(None));
     if !is_final {
         fields.apply_grant(&caller, length)?;
@@ -385,10 +378,7 @@ pub(crate) async fn tus_create(
         max_length: caller.grant().map(|g| g.max_size),
         grant: caller.fingerprint(),
     };
-    let has_body = headers
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = has_body(&headers);
     if let Some(Some(parts)) = final_of {
         let (session, stored) = state.store.create_concat(new, parts).await?;
         tracing::info!(target: "activity", event = "tus_concat", user = %session.user_id, upload_id = %session.upload_id);
@@ -471,11 +461,7 @@ fn concat_ids(urls: &str) -> Result<Vec<SessionId>, TusError> {
 }
 
 fn is_offset_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(OFFSET_OCTET_STREAM))
+    content_type_is(headers, OFFSET_OCTET_STREAM)
 }
 
 /// The checksum of this request's bytes: `Upload-Checksum`, or announced as a trailer.

@@ -78,22 +78,24 @@ pub(crate) async fn session_status(
     caller: Caller,
     AppPath(upload_id): AppPath<String>,
 ) -> ApiResult<Json<SessionStatus>> {
-    let id = SessionId::parse(&upload_id)?;
-    // A resumable upload is shown after it finished too, with the file it made.
-    let (info, parts, stored) = match state.store.progress(&id).await {
-        Ok(Progress::Finished(f)) => {
-            let parts = vec![(1, f.size)];
-            (f.session, parts, Some(f.key))
-        }
-        _ => {
-            let info = owned_session(&state, &caller, &upload_id).await?;
+    // A live session as always; a resumable upload also after it finished, with the file
+    // it made (its record is read only when no live session answers).
+    let (info, parts, stored) = match owned_session(&state, &caller, &upload_id).await {
+        Ok(info) => {
             let parts = state.store.session_parts(&info.upload_id).await?;
             (info, parts, None)
         }
+        Err(unknown @ ApiError::NotFound(_)) => {
+            let id = SessionId::parse(&upload_id)?;
+            match state.store.progress(&id).await {
+                Ok(Progress::Finished(f)) if caller.may_access(f.session.user_id.as_str()) => {
+                    (f.session, vec![(1, f.size)], Some(f.key))
+                }
+                _ => return Err(unknown),
+            }
+        }
+        Err(e) => return Err(e),
     };
-    if !caller.may_access(info.user_id.as_str()) {
-        return Err(ApiError::NotFound("Upload session not found".to_owned()));
-    }
     let received: u64 = parts.iter().map(|(_, s)| s).sum();
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
