@@ -57,18 +57,7 @@ async fn drive(file: &Path, steps: &Value, cookies: &Value) -> Value {
         .await
         .expect("the browser run took over 28 s")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no report from the driver ({}): {stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let report = crate::upload_page::driver_report(&out);
     assert!(out.status.success() && report["ok"] == true, "{report:#}");
     report
 }

@@ -204,8 +204,13 @@ async fn drive(dir: &Path, args: &[&str]) -> (bool, Value) {
         .output()
         .await
         .unwrap();
+    (out.status.success(), driver_report(&out))
+}
+
+/// The JSON report a browser driver prints last (its last line that parses).
+pub(crate) fn driver_report(out: &std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = stdout
+    stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -215,8 +220,7 @@ async fn drive(dir: &Path, args: &[&str]) -> (bool, Value) {
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             )
-        });
-    (out.status.success(), report)
+        })
 }
 
 /// Where screenshots are kept: `target/browser/`.

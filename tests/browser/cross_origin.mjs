@@ -12,15 +12,7 @@
 // (every console message, by page), errors }. `ok` says the driver itself ran; what the
 // uploads did is for the Rust test to judge.
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import puppeteer from 'puppeteer-core';
-
-function arg(name) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
+import { arg, launchChromium } from './chromium.mjs';
 
 const file = arg('file');
 const steps = JSON.parse(arg('steps') || 'null');
@@ -31,22 +23,7 @@ if (!file || !Array.isArray(steps)) {
   process.exit(2);
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'cross-origin-chromium-'));
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  userDataDir: profile,
-  protocolTimeout: timeoutMs,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-    '--disable-dev-shm-usage',
-  ],
-});
+const { browser, close } = await launchChromium('cross-origin', { protocolTimeout: timeoutMs });
 
 const report = { ok: false, results: [], console: [], errors: [] };
 try {
@@ -76,8 +53,7 @@ try {
 } catch (e) {
   report.errors.push(`driver: ${e && e.stack ? e.stack : e}`);
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));
 process.exit(report.ok ? 0 : 1);

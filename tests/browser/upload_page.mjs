@@ -12,15 +12,7 @@
 // With --token: pastes the token into the page's form and waits until it lists at least N
 // of the user's files (GET /v1/files/all), before any upload.
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import puppeteer from 'puppeteer-core';
-
-function arg(name) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
+import { arg, launchChromium } from './chromium.mjs';
 
 const url = arg('url');
 const file = arg('file');
@@ -34,21 +26,7 @@ if (!url) {
 }
 const origin = new URL(url).origin;
 
-const profile = mkdtempSync(join(tmpdir(), 'upload-page-chromium-'));
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  userDataDir: profile,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-    '--disable-dev-shm-usage',
-  ],
-});
+const { browser, close } = await launchChromium('upload-page');
 
 const seen = { errors: [], csp: [], external: [], failed: [], files: [], uploads: null };
 let ok = false;
@@ -116,8 +94,7 @@ try {
 } catch (e) {
   seen.errors.push(`driver: ${e && e.stack ? e.stack : e}`);
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify({ ok, ...seen }));
 process.exit(ok ? 0 : 1);
