@@ -98,7 +98,10 @@ fn free_port() -> u16 {
 impl PgServer {
     fn start() -> Self {
         let bin = pg_bin_dir();
-        let dir = tempfile::Builder::new().prefix("pg-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pg-test-")
+            .tempdir()
+            .unwrap();
         if is_root() {
             run(
                 {
@@ -111,10 +114,15 @@ impl PgServer {
         }
         let data = dir.path().join("data");
         let mut initdb = pg_command(&bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         run(initdb, "initdb");
         // A free port can be taken between our probe and the server's bind: try again.
         let mut last = String::new();
@@ -220,7 +228,13 @@ fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
 }
 
-fn file(u: &str, folder: Option<&str>, name: &str, size: u64, created: DateTime<Utc>) -> FileRecord {
+fn file(
+    u: &str,
+    folder: Option<&str>,
+    name: &str,
+    size: u64,
+    created: DateTime<Utc>,
+) -> FileRecord {
     let folder = folder.and_then(FolderPath::sanitize);
     let key = Key::new(&user(u), folder.as_ref(), name);
     let mut extra = Map::new();
@@ -322,7 +336,10 @@ async fn pg_an_unreachable_database_is_named_without_its_password() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("DATABASE_URL") && !err.contains("s3cret-pw"), "{err}");
+    assert!(
+        err.contains("DATABASE_URL") && !err.contains("s3cret-pw"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -357,7 +374,11 @@ async fn pg_reservations_from_16_connections_never_pass_the_limit() {
     }
     let catalog = db.catalog(2).await;
     let usage = catalog.usage(&u).await.unwrap();
-    assert_eq!(won.len(), 33, "exactly as many as fit: 33 × 30 ≤ 1,000 < 34 × 30");
+    assert_eq!(
+        won.len(),
+        33,
+        "exactly as many as fit: 33 × 30 ≤ 1,000 < 34 × 30"
+    );
     assert_eq!(usage.reserved, 30 * won.len() as u64);
     assert!(usage.reserved <= limit);
     assert_eq!(catalog.reconcile(&u).await.unwrap(), usage);
@@ -391,9 +412,15 @@ async fn pg_of_two_racing_claims_exactly_one_wins() {
     // A claim given back can be won again; an unknown session is not found.
     let s = session("claimer", Some(10), hour());
     a.create_session(&s, 10, 1 << 20).await.unwrap();
-    assert!(matches!(a.claim(s.upload_id).await.unwrap(), Claim::Won(..)));
+    assert!(matches!(
+        a.claim(s.upload_id).await.unwrap(),
+        Claim::Won(..)
+    ));
     a.unclaim(s.upload_id).await.unwrap();
-    assert!(matches!(b.claim(s.upload_id).await.unwrap(), Claim::Won(..)));
+    assert!(matches!(
+        b.claim(s.upload_id).await.unwrap(),
+        Claim::Won(..)
+    ));
     let missing = store_err(a.claim(SessionId::new()).await.unwrap_err());
     assert!(matches!(missing, StoreError::NotFound(Missing::Session)));
 }
@@ -425,16 +452,27 @@ async fn pg_of_two_racing_appends_at_one_offset_exactly_one_wins() {
         }
         let segs = a.segments(id).await.unwrap();
         assert_eq!(segs.len(), 2);
-        assert_eq!((segs[1].offset, segs[1].offset + segs[1].size), (10, winner.end));
+        assert_eq!(
+            (segs[1].offset, segs[1].offset + segs[1].size),
+            (10, winner.end)
+        );
         assert_eq!(a.session(id).await.unwrap().offset, winner.end);
     }
     // Past the declared length: refused; a claimed session is busy.
     let s = session("appender", Some(4), hour());
     a.create_session(&s, 4, 1 << 20).await.unwrap();
-    let too_far = store_err(a.append_segment(s.upload_id, 0, 5, &hashes(1), None).await.unwrap_err());
+    let too_far = store_err(
+        a.append_segment(s.upload_id, 0, 5, &hashes(1), None)
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(too_far, StoreError::TooLarge));
     a.claim(s.upload_id).await.unwrap();
-    let busy = store_err(a.append_segment(s.upload_id, 0, 4, &hashes(1), None).await.unwrap_err());
+    let busy = store_err(
+        a.append_segment(s.upload_id, 0, 4, &hashes(1), None)
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(busy, StoreError::Busy));
 }
 
@@ -445,7 +483,10 @@ async fn pg_publish_is_one_transaction() {
     let u = user("publisher");
     let taken = file("publisher", None, "00000000_taken.png", 50, at(0));
     assert!(c.insert_file(&taken).await.unwrap());
-    assert!(!c.insert_file(&taken).await.unwrap(), "insert only if absent");
+    assert!(
+        !c.insert_file(&taken).await.unwrap(),
+        "insert only if absent"
+    );
 
     let s = session("publisher", Some(100), hour());
     c.create_session(&s, 100, 1_000).await.unwrap();
@@ -478,7 +519,11 @@ async fn pg_publish_is_one_transaction() {
     let rec = c.session(id).await.unwrap();
     assert_eq!(rec.state, SessionState::Claimed);
     assert_eq!(c.segments(id).await.unwrap().len(), 1);
-    assert_eq!(c.file(&taken.key).await.unwrap(), taken, "the old file untouched");
+    assert_eq!(
+        c.file(&taken.key).await.unwrap(),
+        taken,
+        "the old file untouched"
+    );
 
     // The same publish under a free key: charged, reservation gone, session finished.
     let fresh = file("publisher", Some("docs"), "11111111_new.png", 100, at(2));
@@ -525,12 +570,27 @@ async fn pg_deferred_length_and_abort_move_the_reservation() {
     let over = store_err(c.declare_length(id, 2_000, 1_000).await.unwrap_err());
     assert!(matches!(over, StoreError::Quota { .. }));
     let below = store_err(c.declare_length(id, 39, 1_000).await.unwrap_err());
-    assert!(matches!(below, StoreError::LengthMismatch { declared: None, offset: 40 }));
+    assert!(matches!(
+        below,
+        StoreError::LengthMismatch {
+            declared: None,
+            offset: 40
+        }
+    ));
     let declared = c.declare_length(id, 500, 1_000).await.unwrap();
     assert_eq!(declared.length(), Some(500));
-    assert_eq!(c.declare_length(id, 500, 1_000).await.unwrap().length(), Some(500));
+    assert_eq!(
+        c.declare_length(id, 500, 1_000).await.unwrap().length(),
+        Some(500)
+    );
     let other = store_err(c.declare_length(id, 501, 1_000).await.unwrap_err());
-    assert!(matches!(other, StoreError::LengthMismatch { declared: Some(500), .. }));
+    assert!(matches!(
+        other,
+        StoreError::LengthMismatch {
+            declared: Some(500),
+            ..
+        }
+    ));
     assert_eq!(c.usage(&u).await.unwrap().reserved, 500);
     assert_eq!(c.session(id).await.unwrap().session.length(), Some(500));
 
@@ -596,15 +656,18 @@ async fn pg_listing_is_newest_first_ties_by_key_paged_with_totals() {
             "storage/lister/a/b/c/03_z.png",
         ]
     );
-    assert_eq!((under_a.total_files, under_a.total_bytes), (4, 2 + 4 + 8 + 128));
+    assert_eq!(
+        (under_a.total_files, under_a.total_bytes),
+        (4, 2 + 4 + 8 + 128)
+    );
     let page = c.list_files(&u, Some(&a), 2, 2).await.unwrap();
     assert_eq!(keys(&page.files), keys(&under_a.files[2..]));
     assert_eq!(page.total_files, 4);
-    let none = c
-        .list_files(&user("nobody"), None, 10, 0)
-        .await
-        .unwrap();
-    assert_eq!((none.files.len(), none.total_files, none.total_bytes), (0, 0, 0));
+    let none = c.list_files(&user("nobody"), None, 10, 0).await.unwrap();
+    assert_eq!(
+        (none.files.len(), none.total_files, none.total_bytes),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -627,7 +690,10 @@ async fn pg_listing_10000_files_timing() {
     .execute(c.pool())
     .await
     .unwrap();
-    sqlx::query("ANALYZE files").execute(c.pool()).await.unwrap();
+    sqlx::query("ANALYZE files")
+        .execute(c.pool())
+        .await
+        .unwrap();
     let usage = c.reconcile(&u).await.unwrap();
     assert_eq!(usage.files, 10_000);
     eprintln!("pg catalog: 10,000 rows inserted in {:?}", start.elapsed());
@@ -692,7 +758,10 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
             mine.extend(got);
         }
     };
-    let (x, y) = tokio::join!(tokio::spawn(sweep(a.clone())), tokio::spawn(sweep(b.clone())));
+    let (x, y) = tokio::join!(
+        tokio::spawn(sweep(a.clone())),
+        tokio::spawn(sweep(b.clone()))
+    );
     let (x, y) = (x.unwrap(), y.unwrap());
     let mut seen: Vec<String> = x
         .iter()
@@ -703,7 +772,10 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
     seen.sort();
     seen.dedup();
     assert_eq!(total, seen.len(), "no session removed twice");
-    assert_eq!(seen.into_iter().collect::<std::collections::BTreeSet<_>>(), expired);
+    assert_eq!(
+        seen.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        expired
+    );
     assert!(x.iter().chain(&y).all(|r| r.released == 10));
     eprintln!("pg catalog: sweeps removed {} and {}", x.len(), y.len());
     for u in ["sweep0", "sweep1", "sweep2"] {
@@ -712,7 +784,10 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
         assert_eq!(usage.reserved, want, "{u}");
         assert_eq!(a.reconcile(&user(u)).await.unwrap(), usage);
     }
-    assert_eq!(a.session(live.upload_id).await.unwrap().state, SessionState::Live);
+    assert_eq!(
+        a.session(live.upload_id).await.unwrap().state,
+        SessionState::Live
+    );
 }
 
 #[tokio::test]

@@ -42,7 +42,10 @@ pub struct ListPage {
     pub total_bytes: u64,
 }
 
-pub(super) const FILE_COLUMNS: &str = "key, size, sha256, crc32, mime, meta, created_at";
+/// The columns a [`FileRecord`] is read from; the sidecar as text, parsed once by
+/// [`Meta::from_json`] (a jsonb value would be built and then serialised again).
+pub(super) const FILE_COLUMNS: &str =
+    "key, size, sha256, crc32, mime, meta::text AS meta, created_at";
 
 impl FileRecord {
     /// The owner.
@@ -54,10 +57,8 @@ impl FileRecord {
         let key_text: String = row.try_get("key")?;
         let key = Key::parse(&key_text)
             .map_err(|e| CatalogError::Corrupt(format!("key {key_text:?}: {e}")))?;
-        let meta: Value = row.try_get("meta")?;
-        let meta_bytes = serde_json::to_vec(&meta)
-            .map_err(|e| CatalogError::Corrupt(format!("meta of {key_text}: {e}")))?;
-        let meta = Meta::from_json(&meta_bytes, key.file_name(), key.owner().as_str())
+        let meta: &str = row.try_get("meta")?;
+        let meta = Meta::from_json(meta.as_bytes(), key.file_name(), key.owner().as_str())
             .ok_or_else(|| CatalogError::Corrupt(format!("meta of {key_text} is no object")))?;
         let crc32: Option<i64> = row.try_get("crc32")?;
         Ok(Self {

@@ -80,6 +80,7 @@ pub struct Appended {
 
 /// The outcome of a claim.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per complete, never stored
 pub enum Claim {
     /// This caller won: the session and its segments, now claimed.
     Won(SessionRecord, Vec<SegmentRecord>),
