@@ -187,15 +187,15 @@ impl TestDb {
     async fn new() -> Self {
         let server = tokio::task::spawn_blocking(server).await.unwrap();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgCatalog::connect(&server.url("postgres"), 1).await;
-        // The admin connection only makes the database: connect() migrates `postgres`
-        // too, which is harmless.
-        let admin = admin.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(admin.pool())
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&server.url("postgres"))
             .await
             .unwrap();
-        admin.close().await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
         Self { server, name }
     }
 
@@ -738,16 +738,28 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
     let mut expired = std::collections::BTreeSet::new();
     for i in 0..60 {
         // Three users, so the sweeps lock several quota rows.
-        let s = session(&format!("sweep{}", i % 3), Some(10), -hour());
+        let s = session(&format!("sweep{}", i % 3), Some(10), hour());
         a.create_session(&s, 10, 1 << 20).await.unwrap();
         a.append_segment(s.upload_id, 0, 3, &hashes(1), Some(&json!({"part": i})))
             .await
-            .unwrap_err(); // expired: appends refused
+            .unwrap();
         expired.insert(s.upload_id.to_string());
     }
-    let live = session("sweep0", Some(10), hour());
+    // One claimed (a complete in progress): not swept until its claim times out.
+    let claimed = session("sweep1", Some(10), hour());
+    a.create_session(&claimed, 10, 1 << 20).await.unwrap();
+    a.claim(claimed.upload_id).await.unwrap();
+    let live = session("sweep0", Some(10), hour() * 24);
     a.create_session(&live, 10, 1 << 20).await.unwrap();
-    let now = Utc::now();
+    // Two hours on, the first 60 sessions have expired; the claim was made 10 minutes
+    // before (the database's clock cannot be moved, the claim's time can).
+    let now = Utc::now() + hour() * 2;
+    sqlx::query("UPDATE sessions SET claimed_at = $2 WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&claimed.upload_id.to_string()).unwrap())
+        .bind(now - chrono::Duration::minutes(10))
+        .execute(a.pool())
+        .await
+        .unwrap();
     let sweep = |c: PgCatalog| async move {
         let mut mine = Vec::new();
         loop {
@@ -776,11 +788,16 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
         seen.into_iter().collect::<std::collections::BTreeSet<_>>(),
         expired
     );
-    assert!(x.iter().chain(&y).all(|r| r.released == 10));
+    assert!(x.iter().chain(&y).all(|r| r.released == 10
+        && r.segments.len() == 1
+        && r.segments[0]
+            .part_info
+            .as_ref()
+            .is_some_and(|p| p.get("part").is_some())));
     eprintln!("pg catalog: sweeps removed {} and {}", x.len(), y.len());
     for u in ["sweep0", "sweep1", "sweep2"] {
         let usage = a.usage(&user(u)).await.unwrap();
-        let want = if u == "sweep0" { 10 } else { 0 };
+        let want = if u == "sweep2" { 0 } else { 10 };
         assert_eq!(usage.reserved, want, "{u}");
         assert_eq!(a.reconcile(&user(u)).await.unwrap(), usage);
     }
@@ -788,6 +805,12 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
         a.session(live.upload_id).await.unwrap().state,
         SessionState::Live
     );
+    // The claim, once older than CLAIM_TIMEOUT, goes too (a complete that crashed).
+    let later = now + chrono::Duration::from_std(upload_server::store::pg::CLAIM_TIMEOUT).unwrap();
+    let swept = a.sweep_expired(later, 100).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].record.state, SessionState::Claimed);
+    assert_eq!(a.usage(&user("sweep1")).await.unwrap().reserved, 0);
 }
 
 #[tokio::test]
