@@ -15,6 +15,8 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=UPLOAD_SERVER_GIT_COMMIT");
+    // `sqlx::migrate!` embeds migrations/ (src/store/pg): a new or changed migration rebuilds.
+    println!("cargo:rerun-if-changed=migrations");
     let commit = std::env::var("UPLOAD_SERVER_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())

@@ -12,6 +12,8 @@
 //! (`crc`), `quota`, `staging`, `batch` tokens, crash recovery and sweeps (`recover`), the
 //! `lock`s that order them, the root's `signing_key` and what the health check asks of the
 //! disk (`health`), and what `upload-server check` asks of a root, read-only (`audit`).
+//! `pg` is the same catalog (records, quotas, sessions, tokens, key) in PostgreSQL, for
+//! several instances without a shared disk (issue #14; not wired yet).
 
 pub mod audit;
 pub mod batch;
@@ -26,6 +28,7 @@ mod modify;
 mod one_request;
 pub mod pagecache;
 mod parts;
+pub mod pg;
 mod publish;
 pub mod quota;
 pub mod read;

@@ -21,6 +21,7 @@ mod helpers;
 mod logs;
 mod nginx;
 mod parts;
+mod pg_catalog;
 mod reading;
 mod resumable;
 mod rotation;

@@ -1,0 +1,854 @@
+//! The PostgreSQL catalog (`store::pg`) against a real PostgreSQL on 127.0.0.1, started
+//! here: `initdb` (as the `postgres` user when we are root: it refuses root) into a temp
+//! dir, `pg_ctl start`, a database per test. Missing PostgreSQL fails the tests, with a
+//! message that says how to install it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use serde_json::{json, Map};
+use upload_server::store::batch::BatchToken;
+use upload_server::store::key::{ClientFileName, FolderPath, Key, UserId};
+use upload_server::store::pg::{Claim, FileRecord, PgCatalog, Publish, SessionState};
+use upload_server::store::sessions::{
+    FileSpec, Protocol, Resumable, SegmentHashes, Session, SessionId, UploadMode,
+};
+use upload_server::store::sidecar::Meta;
+use upload_server::store::signing_key::KeyOrigin;
+use upload_server::store::{Missing, StoreError};
+
+use upload_server::store::pg::CatalogError;
+
+// ---- the server -------------------------------------------------------------------------
+
+/// A PostgreSQL server in a temp dir, stopped and removed on drop.
+struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// Where Debian puts the server programs (not on PATH), or PATH.
+fn pg_bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+        .collect();
+    // The newest version: directories are named by major version.
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    if let Some(dir) = found.pop() {
+        return dir;
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL not found: no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH. \
+         Install Debian's `postgresql` (apt-get install postgresql; .ci/run does) to run \
+         the catalog tests."
+    );
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `program args` run as the `postgres` user when we are root (initdb refuses root).
+fn pg_command(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed: {text}");
+    text
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PgServer {
+    fn start() -> Self {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("pg-test-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:").arg(dir.path());
+                    c
+                },
+                "chown the temp dir to postgres",
+            );
+        }
+        let data = dir.path().join("data");
+        let mut initdb = pg_command(&bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb");
+        // A free port can be taken between our probe and the server's bind: try again.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut ctl = pg_command(&bin.join("pg_ctl"));
+            ctl.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!(
+                    "-p {port} -k {} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                     -c full_page_writes=off -c max_connections=300",
+                    dir.path().display()
+                ))
+                .arg("start");
+            let out = ctl.output().unwrap();
+            if out.status.success() {
+                return Self { dir, bin, port };
+            }
+            last = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        }
+        panic!("pg_ctl start failed: {last}");
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let mut ctl = pg_command(&self.bin.join("pg_ctl"));
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = ctl.output();
+    }
+}
+
+/// One server for the tests that run together; the last one to finish stops it.
+static SERVER: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
+
+fn server() -> Arc<PgServer> {
+    let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(PgServer::start());
+    *slot = Arc::downgrade(&s);
+    s
+}
+
+/// A database of its own for one test, dropped with it.
+struct TestDb {
+    server: Arc<PgServer>,
+    name: String,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let server = tokio::task::spawn_blocking(server).await.unwrap();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&server.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        Self { server, name }
+    }
+
+    fn url(&self) -> String {
+        self.server.url(&self.name)
+    }
+
+    async fn catalog(&self, pool: u32) -> PgCatalog {
+        PgCatalog::connect(&self.url(), pool).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let mut c = Command::new(self.server.bin.join("dropdb"));
+        c.args(["-h", "127.0.0.1", "-U", "postgres", "--force", "-p"])
+            .arg(self.server.port.to_string())
+            .arg(&self.name);
+        let _ = c.output();
+    }
+}
+
+// ---- builders ---------------------------------------------------------------------------
+
+fn user(u: &str) -> UserId {
+    UserId::parse(u).unwrap()
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+}
+
+fn file(
+    u: &str,
+    folder: Option<&str>,
+    name: &str,
+    size: u64,
+    created: DateTime<Utc>,
+) -> FileRecord {
+    let folder = folder.and_then(FolderPath::sanitize);
+    let key = Key::new(&user(u), folder.as_ref(), name);
+    let mut extra = Map::new();
+    extra.insert("album".into(), json!("summer"));
+    FileRecord {
+        size,
+        sha256: Some("ab".repeat(32)),
+        crc32: Some(0xdead_beef),
+        mime: "image/png".into(),
+        meta: Meta {
+            original_name: name.into(),
+            mime: "image/png".into(),
+            sha256: Some("ab".repeat(32)),
+            crc32: Some(0xdead_beef),
+            user_id: u.into(),
+            size: Some(size),
+            created_at: Some(created.to_rfc3339()),
+            extra,
+        },
+        created_at: created,
+        key,
+    }
+}
+
+fn session(u: &str, size: Option<u64>, expires_in: chrono::Duration) -> Session {
+    let now = Utc::now();
+    Session {
+        upload_id: SessionId::new(),
+        user_id: user(u),
+        mode: UploadMode::Single,
+        file: FileSpec {
+            name: ClientFileName::parse("a.bin").unwrap(),
+            size: size.unwrap_or(0),
+            mime: None,
+        },
+        folder: None,
+        meta: Map::new(),
+        created_at: now,
+        expires_at: now + expires_in,
+        resumable: Some(Resumable {
+            protocol: Protocol::Tus,
+            length_deferred: size.is_none(),
+            concat: None,
+            metadata: None,
+        }),
+    }
+}
+
+fn hour() -> chrono::Duration {
+    chrono::Duration::hours(1)
+}
+
+fn hashes(n: u32) -> SegmentHashes {
+    SegmentHashes {
+        sha_state: format!("state-{n}"),
+        crc32: n,
+    }
+}
+
+fn store_err(e: CatalogError) -> StoreError {
+    match e {
+        CatalogError::Store(s) => s,
+        other => panic!("expected a store outcome, got {other}"),
+    }
+}
+
+// ---- the tests --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pg_migrations_are_idempotent_and_safe_from_two_connections_at_once() {
+    let db = TestDb::new().await;
+    // Two instances starting together: both connect and migrate.
+    let url = db.url();
+    let (a, b) = tokio::join!(PgCatalog::connect(&url, 2), PgCatalog::connect(&url, 2));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Again, and the SQL itself a second time: nothing changes, nothing fails.
+    a.migrate().await.unwrap();
+    sqlx::raw_sql(include_str!("../../migrations/0001_catalog.sql"))
+        .execute(a.pool())
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(b.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    a.health().await.unwrap();
+    b.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn pg_an_unreachable_database_is_named_without_its_password() {
+    let port = free_port();
+    let url = format!("postgres://app:s3cret-pw@127.0.0.1:{port}/upload");
+    let err = PgCatalog::connect(&url, 1).await.unwrap_err().to_string();
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+    let err = PgCatalog::connect("mysql://x:s3cret-pw@h/db", 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DATABASE_URL") && !err.contains("s3cret-pw"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn pg_reservations_from_16_connections_never_pass_the_limit() {
+    let db = TestDb::new().await;
+    let u = user("quota-user");
+    let limit = 1_000;
+    // 16 tasks, each its own pool of one connection (16 instances, as far as PostgreSQL
+    // can tell), 5 reservations of 30 bytes each: 2,400 bytes asked for, 1,000 allowed.
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let catalog = db.catalog(1).await;
+        let u = u.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for i in 0..5 {
+                let id = format!("r-{t}-{i}");
+                match catalog.reserve(&u, &id, 30, limit).await {
+                    Ok(()) => won.push(id),
+                    Err(CatalogError::Store(StoreError::Quota { quota, .. })) => {
+                        assert_eq!(quota, limit)
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        won.extend(t.await.unwrap());
+    }
+    let catalog = db.catalog(2).await;
+    let usage = catalog.usage(&u).await.unwrap();
+    assert_eq!(
+        won.len(),
+        33,
+        "exactly as many as fit: 33 × 30 ≤ 1,000 < 34 × 30"
+    );
+    assert_eq!(usage.reserved, 30 * won.len() as u64);
+    assert!(usage.reserved <= limit);
+    assert_eq!(catalog.reconcile(&u).await.unwrap(), usage);
+    for id in &won {
+        assert_eq!(catalog.release(id).await.unwrap(), 30);
+    }
+    assert_eq!(catalog.release("r-unknown").await.unwrap(), 0);
+    assert_eq!(catalog.usage(&u).await.unwrap().reserved, 0);
+}
+
+#[tokio::test]
+async fn pg_of_two_racing_claims_exactly_one_wins() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.catalog(2).await, db.catalog(2).await);
+    for _ in 0..20 {
+        let s = session("claimer", Some(10), hour());
+        a.create_session(&s, 10, 1 << 20).await.unwrap();
+        let id = s.upload_id;
+        let (x, y) = tokio::join!(a.claim(id), b.claim(id));
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let won = outcomes
+            .iter()
+            .filter(|c| matches!(c, Claim::Won(..)))
+            .count();
+        let lost = outcomes
+            .iter()
+            .filter(|c| matches!(c, Claim::Lost(SessionState::Claimed)))
+            .count();
+        assert_eq!((won, lost), (1, 1));
+    }
+    // A claim given back can be won again; an unknown session is not found.
+    let s = session("claimer", Some(10), hour());
+    a.create_session(&s, 10, 1 << 20).await.unwrap();
+    assert!(matches!(
+        a.claim(s.upload_id).await.unwrap(),
+        Claim::Won(..)
+    ));
+    a.unclaim(s.upload_id).await.unwrap();
+    assert!(matches!(
+        b.claim(s.upload_id).await.unwrap(),
+        Claim::Won(..)
+    ));
+    let missing = store_err(a.claim(SessionId::new()).await.unwrap_err());
+    assert!(matches!(missing, StoreError::NotFound(Missing::Session)));
+}
+
+#[tokio::test]
+async fn pg_of_two_racing_appends_at_one_offset_exactly_one_wins() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.catalog(2).await, db.catalog(2).await);
+    for _ in 0..20 {
+        let s = session("appender", Some(100), hour());
+        a.create_session(&s, 100, 1 << 20).await.unwrap();
+        let id = s.upload_id;
+        a.append_segment(id, 0, 10, &hashes(1), None).await.unwrap();
+        let etag = json!({"etag": "\"x\""});
+        let (h2, h3) = (hashes(2), hashes(3));
+        let (x, y) = tokio::join!(
+            a.append_segment(id, 10, 5, &h2, Some(&etag)),
+            b.append_segment(id, 10, 7, &h3, None)
+        );
+        let (winner, loser) = match (x, y) {
+            (Ok(w), Err(l)) => (w, l),
+            (Err(l), Ok(w)) => (w, l),
+            other => panic!("not exactly one winner: {other:?}"),
+        };
+        assert_eq!(winner.number, 2);
+        match store_err(loser) {
+            StoreError::OffsetMismatch { offset } => assert_eq!(offset, winner.end),
+            other => panic!("{other:?}"),
+        }
+        let segs = a.segments(id).await.unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(
+            (segs[1].offset, segs[1].offset + segs[1].size),
+            (10, winner.end)
+        );
+        assert_eq!(a.session(id).await.unwrap().offset, winner.end);
+    }
+    // Past the declared length: refused; a claimed session is busy.
+    let s = session("appender", Some(4), hour());
+    a.create_session(&s, 4, 1 << 20).await.unwrap();
+    let too_far = store_err(
+        a.append_segment(s.upload_id, 0, 5, &hashes(1), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(too_far, StoreError::TooLarge));
+    a.claim(s.upload_id).await.unwrap();
+    let busy = store_err(
+        a.append_segment(s.upload_id, 0, 4, &hashes(1), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(busy, StoreError::Busy));
+}
+
+#[tokio::test]
+async fn pg_publish_is_one_transaction() {
+    let db = TestDb::new().await;
+    let c = db.catalog(4).await;
+    let u = user("publisher");
+    let taken = file("publisher", None, "00000000_taken.png", 50, at(0));
+    assert!(c.insert_file(&taken).await.unwrap());
+    assert!(
+        !c.insert_file(&taken).await.unwrap(),
+        "insert only if absent"
+    );
+
+    let s = session("publisher", Some(100), hour());
+    c.create_session(&s, 100, 1_000).await.unwrap();
+    let id = s.upload_id;
+    c.append_segment(id, 0, 100, &hashes(1), Some(&json!({"etag": "e1"})))
+        .await
+        .unwrap();
+    let Claim::Won(..) = c.claim(id).await.unwrap() else {
+        panic!("claim lost")
+    };
+    let before = c.usage(&u).await.unwrap();
+    assert_eq!((before.used, before.files, before.reserved), (50, 1, 100));
+
+    // Kill point: the file insert fails (its key is taken) after the reservation was
+    // dropped in the same transaction: all of it stays as it was.
+    let mut clash = file("publisher", None, "00000000_taken.png", 100, at(1));
+    clash.sha256 = Some("cd".repeat(32));
+    let rid = id.to_string();
+    let err = c
+        .publish(Publish {
+            file: &clash,
+            reservation: Some(&rid),
+            session: Some(id),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::KeyTaken), "{err}");
+    assert_eq!(c.usage(&u).await.unwrap(), before);
+    assert_eq!(c.reconcile(&u).await.unwrap(), before, "the rows agree");
+    let rec = c.session(id).await.unwrap();
+    assert_eq!(rec.state, SessionState::Claimed);
+    assert_eq!(c.segments(id).await.unwrap().len(), 1);
+    assert_eq!(
+        c.file(&taken.key).await.unwrap(),
+        taken,
+        "the old file untouched"
+    );
+
+    // The same publish under a free key: charged, reservation gone, session finished.
+    let fresh = file("publisher", Some("docs"), "11111111_new.png", 100, at(2));
+    c.publish(Publish {
+        file: &fresh,
+        reservation: Some(&rid),
+        session: Some(id),
+    })
+    .await
+    .unwrap();
+    let after = c.usage(&u).await.unwrap();
+    assert_eq!((after.used, after.files, after.reserved), (150, 2, 0));
+    assert_eq!(c.reconcile(&u).await.unwrap(), after);
+    let rec = c.session(id).await.unwrap();
+    assert_eq!(rec.state, SessionState::Finished);
+    assert_eq!(rec.finished, Some((fresh.key.to_string(), 100)));
+    assert!(c.segments(id).await.unwrap().is_empty());
+    assert!(matches!(
+        c.claim(id).await.unwrap(),
+        Claim::Lost(SessionState::Finished)
+    ));
+    assert_eq!(c.file(&fresh.key).await.unwrap(), fresh);
+
+    // Meta updates and deletes keep the ledger with them.
+    let mut meta = fresh.meta.clone();
+    meta.crc32 = Some(7);
+    c.update_meta(&fresh.key, &meta).await.unwrap();
+    assert_eq!(c.file(&fresh.key).await.unwrap().crc32, Some(7));
+    assert_eq!(c.delete_file(&fresh.key).await.unwrap().size, 100);
+    let gone = store_err(c.delete_file(&fresh.key).await.unwrap_err());
+    assert!(matches!(gone, StoreError::NotFound(Missing::File)));
+    assert_eq!(c.usage(&u).await.unwrap().used, 50);
+}
+
+#[tokio::test]
+async fn pg_deferred_length_and_abort_move_the_reservation() {
+    let db = TestDb::new().await;
+    let c = db.catalog(2).await;
+    let u = user("deferrer");
+    let s = session("deferrer", None, hour());
+    c.create_session(&s, 0, 1_000).await.unwrap();
+    let id = s.upload_id;
+    c.append_segment(id, 0, 40, &hashes(1), None).await.unwrap();
+    let over = store_err(c.declare_length(id, 2_000, 1_000).await.unwrap_err());
+    assert!(matches!(over, StoreError::Quota { .. }));
+    let below = store_err(c.declare_length(id, 39, 1_000).await.unwrap_err());
+    assert!(matches!(
+        below,
+        StoreError::LengthMismatch {
+            declared: None,
+            offset: 40
+        }
+    ));
+    let declared = c.declare_length(id, 500, 1_000).await.unwrap();
+    assert_eq!(declared.length(), Some(500));
+    assert_eq!(
+        c.declare_length(id, 500, 1_000).await.unwrap().length(),
+        Some(500)
+    );
+    let other = store_err(c.declare_length(id, 501, 1_000).await.unwrap_err());
+    assert!(matches!(
+        other,
+        StoreError::LengthMismatch {
+            declared: Some(500),
+            ..
+        }
+    ));
+    assert_eq!(c.usage(&u).await.unwrap().reserved, 500);
+    assert_eq!(c.session(id).await.unwrap().session.length(), Some(500));
+
+    let removed = c.abort(id).await.unwrap();
+    assert_eq!(removed.released, 500);
+    assert_eq!(removed.segments.len(), 1);
+    assert_eq!(c.usage(&u).await.unwrap().reserved, 0);
+    let gone = store_err(c.session(id).await.unwrap_err());
+    assert!(matches!(gone, StoreError::NotFound(Missing::Session)));
+}
+
+#[tokio::test]
+async fn pg_listing_is_newest_first_ties_by_key_paged_with_totals() {
+    let db = TestDb::new().await;
+    let c = db.catalog(2).await;
+    let u = user("lister");
+    // Folders that share a prefix with "a" but are not under it: "a0" ('0' follows '/'),
+    // "a.b" ('.' precedes '/'), "ab".
+    let files = [
+        file("lister", None, "00_top.png", 1, at(5)),
+        file("lister", Some("a"), "01_x.png", 2, at(5)),
+        file("lister", Some("a/b"), "02_y.png", 4, at(7)),
+        file("lister", Some("a/b/c"), "03_z.png", 8, at(5)),
+        file("lister", Some("a0"), "04_w.png", 16, at(9)),
+        file("lister", Some("a.b"), "05_v.png", 32, at(5)),
+        file("lister", Some("ab"), "06_u.png", 64, at(1)),
+        file("lister", Some("a"), "B_upper.png", 128, at(5)),
+        file("other", None, "07_not_mine.png", 256, at(9)),
+    ];
+    for f in &files {
+        assert!(c.insert_file(f).await.unwrap());
+    }
+    let mut expected: Vec<&FileRecord> = files.iter().filter(|f| f.user() == &u).collect();
+    expected.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.key.cmp_text(&b.key))
+    });
+    let keys = |v: &[FileRecord]| v.iter().map(|f| f.key.to_string()).collect::<Vec<_>>();
+    let want: Vec<String> = expected.iter().map(|f| f.key.to_string()).collect();
+
+    let all = c.list_files(&u, None, 100, 0).await.unwrap();
+    assert_eq!(keys(&all.files), want);
+    assert_eq!((all.total_files, all.total_bytes), (8, 255));
+    assert_eq!(all.files[0], *expected[0], "records come back whole");
+
+    let mut paged = Vec::new();
+    for page in 0..3 {
+        let p = c.list_files(&u, None, 3, page * 3).await.unwrap();
+        assert_eq!(p.total_files, 8, "totals are the whole listing's");
+        paged.extend(keys(&p.files));
+    }
+    assert_eq!(paged, want);
+
+    let a = FolderPath::sanitize("a").unwrap();
+    let under_a = c.list_files(&u, Some(&a), 100, 0).await.unwrap();
+    assert_eq!(
+        keys(&under_a.files),
+        [
+            "storage/lister/a/b/02_y.png",
+            "storage/lister/a/01_x.png",
+            "storage/lister/a/B_upper.png",
+            "storage/lister/a/b/c/03_z.png",
+        ]
+    );
+    assert_eq!(
+        (under_a.total_files, under_a.total_bytes),
+        (4, 2 + 4 + 8 + 128)
+    );
+    let page = c.list_files(&u, Some(&a), 2, 2).await.unwrap();
+    assert_eq!(keys(&page.files), keys(&under_a.files[2..]));
+    assert_eq!(page.total_files, 4);
+    let none = c.list_files(&user("nobody"), None, 10, 0).await.unwrap();
+    assert_eq!(
+        (none.files.len(), none.total_files, none.total_bytes),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn pg_listing_10000_files_timing() {
+    let db = TestDb::new().await;
+    let c = db.catalog(2).await;
+    let u = user("big");
+    // Bulk rows (the API would take 10,000 transactions), then the ledger recounted.
+    let start = Instant::now();
+    sqlx::query(
+        "INSERT INTO files (key, user_id, folder, stored_name, size, mime, meta, created_at)
+         SELECT 'storage/big/' || f || '/' || lpad(i::text, 8, '0') || '_f.bin', 'big', f,
+                lpad(i::text, 8, '0') || '_f.bin', i, 'application/octet-stream',
+                jsonb_build_object('original_name', 'f.bin', 'mime', 'application/octet-stream',
+                                   'user_id', 'big', 'size', i),
+                timestamptz '2026-01-01' + (i % 5000) * interval '1 second'
+         FROM generate_series(1, 10000) AS i,
+              LATERAL (SELECT CASE WHEN i % 10 = 0 THEN 'ten' ELSE 'rest' END AS f) AS folder",
+    )
+    .execute(c.pool())
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE files")
+        .execute(c.pool())
+        .await
+        .unwrap();
+    let usage = c.reconcile(&u).await.unwrap();
+    assert_eq!(usage.files, 10_000);
+    eprintln!("pg catalog: 10,000 rows inserted in {:?}", start.elapsed());
+
+    let time = |label: &'static str, d: Duration| eprintln!("pg catalog: {label}: {d:?}");
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let p = c.list_files(&u, None, 100, 0).await.unwrap();
+        first.push(t.elapsed());
+        assert_eq!((p.files.len(), p.total_files), (100, 10_000));
+    }
+    first.sort();
+    time("first page of 100 (median of 5)", first[2]);
+    let t = Instant::now();
+    let all = c.list_files(&u, None, 10_000, 0).await.unwrap();
+    time("all 10,000 in one page", t.elapsed());
+    assert_eq!(all.files.len(), 10_000);
+    assert!(all
+        .files
+        .windows(2)
+        .all(|w| w[0].created_at > w[1].created_at
+            || (w[0].created_at == w[1].created_at && w[0].key.cmp_text(&w[1].key).is_lt())));
+    let t = Instant::now();
+    let last = c.list_files(&u, None, 100, 9_900).await.unwrap();
+    time("last page of 100 (offset 9,900)", t.elapsed());
+    assert_eq!(last.files.len(), 100);
+    let ten = FolderPath::sanitize("ten").unwrap();
+    let t = Instant::now();
+    let folder = c.list_files(&u, Some(&ten), 100, 0).await.unwrap();
+    time("a folder of 1,000, first page", t.elapsed());
+    assert_eq!(folder.total_files, 1_000);
+    let t = Instant::now();
+    c.usage(&u).await.unwrap();
+    time("usage", t.elapsed());
+}
+
+#[tokio::test]
+async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.catalog(3).await, db.catalog(3).await);
+    let mut expired = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        // Three users, so the sweeps lock several quota rows.
+        let s = session(&format!("sweep{}", i % 3), Some(10), hour());
+        a.create_session(&s, 10, 1 << 20).await.unwrap();
+        a.append_segment(s.upload_id, 0, 3, &hashes(1), Some(&json!({"part": i})))
+            .await
+            .unwrap();
+        expired.insert(s.upload_id.to_string());
+    }
+    // One claimed (a complete in progress): not swept until its claim times out.
+    let claimed = session("sweep1", Some(10), hour());
+    a.create_session(&claimed, 10, 1 << 20).await.unwrap();
+    a.claim(claimed.upload_id).await.unwrap();
+    let live = session("sweep0", Some(10), hour() * 24);
+    a.create_session(&live, 10, 1 << 20).await.unwrap();
+    // Two hours on, the first 60 sessions have expired; the claim was made 10 minutes
+    // before (the database's clock cannot be moved, the claim's time can).
+    let now = Utc::now() + hour() * 2;
+    sqlx::query("UPDATE sessions SET claimed_at = $2 WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&claimed.upload_id.to_string()).unwrap())
+        .bind(now - chrono::Duration::minutes(10))
+        .execute(a.pool())
+        .await
+        .unwrap();
+    let sweep = |c: PgCatalog| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = c.sweep_expired(now, 7).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got);
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(sweep(a.clone())),
+        tokio::spawn(sweep(b.clone()))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut seen: Vec<String> = x
+        .iter()
+        .chain(&y)
+        .map(|r| r.record.session.upload_id.to_string())
+        .collect();
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(total, seen.len(), "no session removed twice");
+    assert_eq!(
+        seen.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        expired
+    );
+    assert!(x.iter().chain(&y).all(|r| r.released == 10
+        && r.segments.len() == 1
+        && r.segments[0]
+            .part_info
+            .as_ref()
+            .is_some_and(|p| p.get("part").is_some())));
+    eprintln!("pg catalog: sweeps removed {} and {}", x.len(), y.len());
+    for u in ["sweep0", "sweep1", "sweep2"] {
+        let usage = a.usage(&user(u)).await.unwrap();
+        let want = if u == "sweep2" { 0 } else { 10 };
+        assert_eq!(usage.reserved, want, "{u}");
+        assert_eq!(a.reconcile(&user(u)).await.unwrap(), usage);
+    }
+    assert_eq!(
+        a.session(live.upload_id).await.unwrap().state,
+        SessionState::Live
+    );
+    // The claim, once older than CLAIM_TIMEOUT, goes too (a complete that crashed).
+    let later = now + chrono::Duration::from_std(upload_server::store::pg::CLAIM_TIMEOUT).unwrap();
+    let swept = a.sweep_expired(later, 100).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].record.state, SessionState::Claimed);
+    assert_eq!(a.usage(&user("sweep1")).await.unwrap().reserved, 0);
+}
+
+#[tokio::test]
+async fn pg_signing_key_is_the_same_from_two_catalogs() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.catalog(1).await, db.catalog(1).await);
+    let (x, y) = tokio::join!(a.signing_key_get_or_create(), b.signing_key_get_or_create());
+    let ((kx, ox), (ky, oy)) = (x.unwrap(), y.unwrap());
+    assert_eq!(kx, ky);
+    assert_eq!(kx.len(), 64);
+    let made = [ox, oy].iter().filter(|o| **o == KeyOrigin::Made).count();
+    assert_eq!(made, 1);
+    let (again, origin) = a.signing_key_get_or_create().await.unwrap();
+    assert_eq!((again, origin), (kx, KeyOrigin::Kept));
+}
+
+#[tokio::test]
+async fn pg_batch_tokens_are_kept_until_they_expire() {
+    let db = TestDb::new().await;
+    let c = db.catalog(1).await;
+    let batch = |expires_at| BatchToken {
+        keys: vec!["storage/u/a.png".into(), "storage/u/a.png".into()],
+        compress: true,
+        requested_by: "u".into(),
+        created_at: Utc::now(),
+        expires_at,
+    };
+    let live = c.create_batch(&batch(Utc::now() + hour())).await.unwrap();
+    let old = c.create_batch(&batch(Utc::now() - hour())).await.unwrap();
+    assert_eq!(live.len(), 43);
+    let got = c.batch(&live).await.unwrap();
+    assert_eq!(got.keys.len(), 2);
+    assert!(got.compress);
+    for bad in [old.as_str(), "short", &"x".repeat(43)] {
+        let e = store_err(c.batch(bad).await.unwrap_err());
+        assert!(matches!(e, StoreError::NotFound(Missing::BatchToken)));
+    }
+    assert_eq!(c.sweep_batches(Utc::now()).await.unwrap(), 1);
+    assert!(c.delete_batch(&live).await.unwrap());
+    assert!(!c.delete_batch(&live).await.unwrap());
+}
