@@ -12,6 +12,9 @@
 //! (`crc`), `quota`, `staging`, `batch` tokens, crash recovery and sweeps (`recover`), the
 //! `lock`s that order them, the root's `signing_key` and what the health check asks of the
 //! disk (`health`), and what `upload-server check` asks of a root, read-only (`audit`).
+//!
+//! `s3` holds the bytes of files in an S3-compatible bucket instead (issue 14): a
+//! standalone component for now, to sit behind the bytes seam.
 
 pub mod audit;
 pub mod batch;
@@ -31,6 +34,7 @@ pub mod quota;
 pub mod read;
 mod recover;
 pub mod resumable;
+pub mod s3;
 pub mod sessions;
 pub mod sidecar;
 pub mod signing_key;
