@@ -23,6 +23,7 @@ mod parts;
 mod reading;
 mod resumable;
 mod rotation;
+mod s3_bytes;
 mod security;
 mod shutdown;
 mod slow;
