@@ -462,6 +462,13 @@ async fn appends_past_the_declared_length_and_aborts_leave_nothing() {
     assert_eq!(srv.open_uploads(), 0);
     assert!(!srv.file(&out.assembly.staged[0].object).exists());
     assert!(matches!(s3.head(KEY).await, Err(S3Error::NotFound)));
+
+    // An empty file: no append at all, then finish.
+    let empty = s3.begin_assembly(KEY, "s4", Some(0)).await.unwrap();
+    let w = s3.finish(&empty).await.unwrap();
+    assert_eq!((w.size, (w.sha256, w.crc32)), (0, local_hashes(b"")));
+    assert_eq!(s3.head(KEY).await.unwrap().size, 0);
+    assert_eq!(srv.open_uploads(), 0);
 }
 
 #[tokio::test]

@@ -80,8 +80,9 @@ pub struct S3Config {
     pub buffer_budget: usize,
 }
 
-/// The default [`S3Config::buffer_budget`]: four writers at once.
-pub const DEFAULT_BUFFER_BUDGET: usize = 4 * WRITER_RESERVATION;
+/// The default [`S3Config::buffer_budget`]: three writers at once (33 MiB), which leaves
+/// room under issue 14's 64 MiB of peak RSS for the rest of the process.
+pub const DEFAULT_BUFFER_BUDGET: usize = 3 * WRITER_RESERVATION;
 
 /// What can go wrong with the bucket. Typed, not worded for clients.
 #[derive(Debug, thiserror::Error)]
