@@ -14,6 +14,8 @@
 //! disk (`health`), and what `upload-server check` asks of a root, read-only (`audit`).
 //! `pg` is the same catalog (records, quotas, sessions, tokens, key) in PostgreSQL, for
 //! several instances without a shared disk (issue #14; not wired yet).
+//! `s3` holds the bytes of files in an S3-compatible bucket instead (issue 14): a
+//! standalone component for now, to sit behind the bytes seam.
 
 pub mod audit;
 pub mod batch;
@@ -34,6 +36,7 @@ pub mod quota;
 pub mod read;
 mod recover;
 pub mod resumable;
+pub mod s3;
 pub mod sessions;
 pub mod sidecar;
 pub mod signing_key;

@@ -25,6 +25,7 @@ mod pg_catalog;
 mod reading;
 mod resumable;
 mod rotation;
+mod s3_bytes;
 mod security;
 mod shutdown;
 mod slow;
