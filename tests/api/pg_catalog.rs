@@ -279,6 +279,7 @@ fn session(u: &str, size: Option<u64>, expires_in: chrono::Duration) -> Session 
             length_deferred: size.is_none(),
             concat: None,
             metadata: None,
+            grant: None,
         }),
     }
 }
