@@ -26,6 +26,7 @@ mod reading;
 mod resumable;
 mod rotation;
 mod s3_bytes;
+mod s3_server;
 mod security;
 mod shutdown;
 mod slow;

@@ -1,94 +1,27 @@
 //! The S3 bytes module (`store::s3`) against a real S3 server that keeps bytes on disk:
-//! `s3s-fs` (installed by `.ci/run`), one per test, on 127.0.0.1 with a temp root.
+//! `s3s-fs` (`s3_server`), one per test, on 127.0.0.1 with a temp root.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::s3_server::{S3Server as S3Fs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use secrecy::SecretString;
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 use upload_server::store::s3::{
     Assembly, GetRange, PartInfo, S3Bytes, S3Config, S3Error, DEFAULT_BUFFER_BUDGET,
 };
 
-const BUCKET: &str = "uploads";
-const ACCESS_KEY: &str = "test-access-key";
-const SECRET_KEY: &str = "test-secret-key-do-not-log";
 const MIB: usize = 1 << 20;
 
-/// An `s3s-fs` server on 127.0.0.1 with its root in a temp dir; killed on drop.
-struct S3Fs {
-    child: Child,
-    endpoint: String,
-    root: TempDir,
+/// The test S3 server, with what these tests ask of it.
+trait S3FsExt {
+    fn config(&self) -> S3Config;
+    async fn client(&self) -> S3Bytes;
+    async fn assert_no_open_uploads(&self);
 }
 
-/// `s3s-fs` on PATH or in ~/.cargo/bin.
-fn s3s_fs_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|c| c.join("bin"));
-    on_path
-        .into_iter()
-        .chain(cargo_bin)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "s3s-fs not found on PATH or in ~/.cargo/bin: the S3 tests need it. Install it \
-                 with `cargo install s3s-fs@0.14.1 --features binary --locked` (.ci/run does)"
-            )
-        })
-}
-
-impl S3Fs {
-    fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        // s3s-fs keeps a bucket as a folder of its root.
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        // Port 0, then the address from its log line: no port race with other tests.
-        let mut child = Command::new(s3s_fs_binary())
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .env("RUST_LOG", "s3s_fs=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log until the address shows, then drains it so the server never blocks.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.find("server is running at ") {
-                    let url = line[at + "server is running at ".len()..].trim().to_owned();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url);
-                    }
-                }
-            }
-        });
-        let endpoint = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("s3s-fs did not report its address within 20 s");
-        Self {
-            child,
-            endpoint,
-            root,
-        }
-    }
-
+impl S3FsExt for S3Fs {
     fn config(&self) -> S3Config {
         S3Config {
             endpoint: Some(self.endpoint.clone()),
@@ -108,25 +41,6 @@ impl S3Fs {
         S3Bytes::connect(&self.config()).await.unwrap()
     }
 
-    /// The object as s3s-fs keeps it on disk.
-    fn file(&self, object: &str) -> PathBuf {
-        self.root.path().join(BUCKET).join(object)
-    }
-
-    /// Multipart uploads open on the server (s3s-fs keeps one `.upload-{id}.json` each;
-    /// it has no `ListMultipartUploads`).
-    fn open_uploads(&self) -> usize {
-        std::fs::read_dir(self.root.path())
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with(".upload-") && n.ends_with(".json")
-            })
-            .count()
-    }
-
     /// Waits (up to 5 s) for the server to hold no open multipart upload: aborts of
     /// dropped writes run on a spawned task.
     async fn assert_no_open_uploads(&self) {
@@ -138,13 +52,6 @@ impl S3Fs {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-impl Drop for S3Fs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
