@@ -153,6 +153,30 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// `UPLOAD_PAGE`: serve the upload page at `/upload` (on by default; `0` turns it off).
     pub upload_page: bool,
+    /// `STORAGE_BACKEND` and what it needs.
+    pub backend: Backend,
+}
+
+/// Where files and state live (`STORAGE_BACKEND`).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Everything under `UPLOAD_ROOT`.
+    Fs,
+    /// Bytes in a bucket, state in PostgreSQL.
+    S3(Box<CloudSettings>),
+}
+
+/// The settings of `STORAGE_BACKEND=s3`.
+#[derive(Debug, Clone)]
+pub struct CloudSettings {
+    /// `S3_*`: the bucket (its secret kept as a secret).
+    pub s3: crate::store::s3::S3Config,
+    /// `S3_PRESIGN_READS`.
+    pub presign_reads: bool,
+    /// `DATABASE_URL` (may hold a password: never logged).
+    pub database_url: SecretString,
+    /// `DATABASE_POOL_SIZE`.
+    pub pool_size: u32,
 }
 
 /// Where the settings were read from at start: what `SIGHUP` reads again.
@@ -232,6 +256,17 @@ struct Raw {
     response_stall_timeout_secs: Option<String>,
     max_connections: Option<String>,
     upload_page: Option<String>,
+    storage_backend: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_bucket: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_prefix: Option<String>,
+    s3_path_style: Option<String>,
+    s3_presign_reads: Option<String>,
+    database_url: Option<String>,
+    database_pool_size: Option<String>,
 }
 
 /// Variables by name.
@@ -304,6 +339,7 @@ impl Settings {
     }
 
     fn validate(raw: Raw) -> Result<Self, ConfigError> {
+        let backend = backend_settings(&raw)?;
         let port: u64 = parse_num("PORT", raw.port.as_deref(), 5070u64)?;
         let port = u16::try_from(port)
             .map_err(|_| ConfigError::new("PORT", format!("{port} is out of range 0-65535")))?;
@@ -573,6 +609,7 @@ impl Settings {
             response_stall_timeout: Duration::from_secs(stall_timeout),
             max_connections,
             upload_page,
+            backend,
         })
     }
 
@@ -586,6 +623,88 @@ impl Settings {
             .and_then(|mut it| it.next())
             .ok_or_else(|| ConfigError::new("BIND_HOST", format!("cannot resolve '{host}'")))
     }
+}
+
+/// `STORAGE_BACKEND` and, for `s3`, the bucket and database it needs.
+fn backend_settings(raw: &Raw) -> Result<Backend, ConfigError> {
+    let set = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    match set(&raw.storage_backend).as_deref() {
+        None | Some("fs") => return Ok(Backend::Fs),
+        Some("s3") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                "STORAGE_BACKEND",
+                format!("'{other}' is neither fs nor s3"),
+            ))
+        }
+    }
+    let bucket = set(&raw.s3_bucket)
+        .ok_or_else(|| ConfigError::new("S3_BUCKET", "required with STORAGE_BACKEND=s3"))?;
+    let database_url = set(&raw.database_url)
+        .ok_or_else(|| ConfigError::new("DATABASE_URL", "required with STORAGE_BACKEND=s3"))?;
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    let endpoint = set(&raw.s3_endpoint);
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "S3_ENDPOINT",
+                "must start with http:// or https://",
+            ));
+        }
+    }
+    let key_id = set(&raw.s3_access_key_id);
+    let secret = set(&raw.s3_secret_access_key);
+    if key_id.is_some() != secret.is_some() {
+        return Err(ConfigError::new(
+            if key_id.is_some() { "S3_SECRET_ACCESS_KEY" } else { "S3_ACCESS_KEY_ID" },
+            "S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are set together (or neither, for the AWS chain)",
+        ));
+    }
+    let path_style = parse_switch(
+        "S3_PATH_STYLE",
+        raw.s3_path_style.as_deref(),
+        endpoint.is_some(),
+    )?;
+    let presign_reads = parse_switch("S3_PRESIGN_READS", raw.s3_presign_reads.as_deref(), false)?;
+    let pool_size: u64 = parse_num(
+        "DATABASE_POOL_SIZE",
+        raw.database_pool_size.as_deref(),
+        10u64,
+    )?;
+    let pool_size = u32::try_from(pool_size)
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| ConfigError::new("DATABASE_POOL_SIZE", "must be between 1 and 1000"))?;
+    let prefix = set(&raw.s3_prefix).unwrap_or_default();
+    let allow_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    Ok(Backend::S3(Box::new(CloudSettings {
+        s3: crate::store::s3::S3Config {
+            endpoint,
+            bucket,
+            region: set(&raw.s3_region).unwrap_or_else(|| "us-east-1".to_owned()),
+            access_key_id: key_id.unwrap_or_default(),
+            secret_access_key: SecretString::from(secret.unwrap_or_default()),
+            prefix: prefix.trim_matches('/').to_owned(),
+            path_style,
+            allow_http,
+            buffer_budget: crate::store::s3::DEFAULT_BUFFER_BUDGET,
+        },
+        presign_reads,
+        database_url: SecretString::from(database_url),
+        pool_size,
+    })))
 }
 
 #[cfg(test)]
@@ -856,5 +975,42 @@ mod tests {
         }
         let e = settings(&[("UPLOAD_PAGE", "maybe")]).unwrap_err();
         assert_eq!(e.var, "UPLOAD_PAGE");
+    }
+
+    #[test]
+    fn the_backend_is_fs_unless_s3_is_asked_with_what_it_needs() {
+        assert!(matches!(settings(&[]).unwrap().backend, Backend::Fs));
+        assert!(matches!(
+            settings(&[("STORAGE_BACKEND", "fs")]).unwrap().backend,
+            Backend::Fs
+        ));
+        let err = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().to_string();
+        assert!(err(&[("STORAGE_BACKEND", "gcs")]).contains("STORAGE_BACKEND"));
+        let s3 = [("STORAGE_BACKEND", "s3")];
+        assert!(err(&s3).contains("S3_BUCKET"));
+        let bucket = [("STORAGE_BACKEND", "s3"), ("S3_BUCKET", "b")];
+        assert!(err(&bucket).contains("DATABASE_URL"));
+        let full = [
+            ("STORAGE_BACKEND", "s3"),
+            ("S3_BUCKET", "b"),
+            ("DATABASE_URL", "postgres://u:pw@127.0.0.1/db"),
+            ("S3_ENDPOINT", "http://127.0.0.1:3900"),
+            ("S3_PREFIX", "/tenant-a/"),
+        ];
+        let Backend::S3(c) = settings(&full).unwrap().backend else {
+            panic!("not s3")
+        };
+        assert!(c.s3.path_style && c.s3.allow_http && !c.presign_reads);
+        assert_eq!((c.s3.prefix.as_str(), c.pool_size), ("tenant-a", 10));
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the database password reached Debug"
+        );
+        let mut one_key = full.to_vec();
+        one_key.push(("S3_ACCESS_KEY_ID", "k"));
+        assert!(err(&one_key).contains("S3_SECRET_ACCESS_KEY"));
+        let mut bad_url = full.to_vec();
+        bad_url[2] = ("DATABASE_URL", "mysql://x");
+        assert!(err(&bad_url).contains("DATABASE_URL"));
     }
 }

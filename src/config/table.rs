@@ -199,6 +199,61 @@ pub const SETTINGS: &[Setting] = &[
         default: "`1`",
         meaning: "`0` turns off the upload page at `/upload` (Uppy, tus; 404 then)",
     },
+    Setting {
+        name: "STORAGE_BACKEND",
+        default: "`fs`",
+        meaning: "`fs`: files, sidecars, sessions and quotas under `UPLOAD_ROOT` (one machine); `s3`: bytes and sidecars in an S3-compatible bucket, catalog, quotas, sessions and tokens in PostgreSQL, for any number of instances (needs `S3_BUCKET` and `DATABASE_URL`)",
+    },
+    Setting {
+        name: "S3_ENDPOINT",
+        default: "unset",
+        meaning: "`s3`: the S3 API's URL (MinIO, Garage, Ceph, R2, ...); unset = AWS S3 in `S3_REGION`",
+    },
+    Setting {
+        name: "S3_BUCKET",
+        default: "unset",
+        meaning: "`s3`: the bucket (it must exist); required",
+    },
+    Setting {
+        name: "S3_REGION",
+        default: "`us-east-1`",
+        meaning: "`s3`: the region the requests are signed for (Garage: `garage`)",
+    },
+    Setting {
+        name: "S3_ACCESS_KEY_ID",
+        default: "unset",
+        meaning: "`s3`: access key; unset = the AWS chain (`AWS_ACCESS_KEY_ID`, web identity, instance metadata)",
+    },
+    Setting {
+        name: "S3_SECRET_ACCESS_KEY",
+        default: "unset",
+        meaning: "`s3`: its secret (never logged); set with `S3_ACCESS_KEY_ID`",
+    },
+    Setting {
+        name: "S3_PREFIX",
+        default: "empty",
+        meaning: "`s3`: a prefix before every object key (`tenant-a` puts `storage/u1/f.jpg` at `tenant-a/storage/u1/f.jpg`)",
+    },
+    Setting {
+        name: "S3_PATH_STYLE",
+        default: "`1` with `S3_ENDPOINT`, else `0`",
+        meaning: "`s3`: `1` = path-style URLs (`endpoint/bucket/key`), `0` = virtual-hosted (`bucket.endpoint/key`)",
+    },
+    Setting {
+        name: "S3_PRESIGN_READS",
+        default: "`0`",
+        meaning: "`s3`: `1` = public and signed reads answer `302` to a presigned object URL valid 5 minutes (the bucket's endpoint must be reachable by clients) instead of streaming through the server",
+    },
+    Setting {
+        name: "DATABASE_URL",
+        default: "unset",
+        meaning: "`s3`: PostgreSQL URL (`postgres://user:password@host/db`), migrated at start; required",
+    },
+    Setting {
+        name: "DATABASE_POOL_SIZE",
+        default: "`10`",
+        meaning: "`s3`: PostgreSQL connections each instance keeps at most",
+    },
 ];
 
 /// Whether `name` is one of [`SETTINGS`].

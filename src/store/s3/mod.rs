@@ -234,11 +234,17 @@ impl S3Bytes {
         if cfg.bucket.trim().is_empty() {
             return Err(S3Error::Config("S3_BUCKET is empty".into()));
         }
-        let mut b = AmazonS3Builder::new()
+        // The AWS environment (AWS_ACCESS_KEY_ID, web identity, instance metadata) unless
+        // the keys are given.
+        let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_access_key_id(&cfg.access_key_id)
-            .with_secret_access_key(cfg.secret_access_key.expose_secret())
+            .with_region(&cfg.region);
+        if !cfg.access_key_id.is_empty() {
+            b = b
+                .with_access_key_id(&cfg.access_key_id)
+                .with_secret_access_key(cfg.secret_access_key.expose_secret());
+        }
+        let mut b = b
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_allow_http(cfg.allow_http)
             // A few quick retries: a server that is down fails start-up and `/healthz`
