@@ -22,6 +22,7 @@ mod logs;
 mod nginx;
 mod parts;
 mod pg_catalog;
+mod pg_server;
 mod reading;
 mod resumable;
 mod rotation;
