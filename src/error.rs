@@ -113,6 +113,9 @@ pub enum ApiError {
     /// 507: the disk is full.
     #[error("Insufficient storage")]
     InsufficientStorage,
+    /// 501: what this deployment's storage backend does not do.
+    #[error("{0}")]
+    NotImplemented(String),
     /// 500: the cause is logged, never sent.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -137,6 +140,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -446,6 +450,13 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotPartial(what) => Self::BadRequest(format!(
                 "Upload-Concat: {what} is not a partial upload of yours"
+            )),
+            StoreError::Backend(why) => {
+                tracing::error!(error = why, "storage backend unavailable");
+                Self::Unavailable("Storage backend unavailable; retry later".to_owned())
+            }
+            StoreError::Unsupported(what) => Self::NotImplemented(format!(
+                "{what} is not available with STORAGE_BACKEND=s3 in this version"
             )),
             StoreError::Io(io) => Self::Internal(io.into()),
         }

@@ -13,14 +13,16 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::{jwks_document, AuthCounters, Authenticator, TokenMinter};
 use crate::body_timeout::BodyTimeouts;
+use crate::config::Backend;
 use crate::config::{CorsOrigins, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::secrets::{Secrets, SecretsCell, SigningKeys};
 use crate::state::{App, AppState};
+use crate::store::cloud::CloudStore;
 use crate::store::health::Probe;
 use crate::store::signing_key::KeyOrigin;
-use crate::store::FileStore;
+use crate::store::{FileStore, Store};
 
 /// The whole service as a `Router`, ready to serve.
 pub async fn app(settings: Settings) -> anyhow::Result<Router> {
@@ -31,6 +33,40 @@ pub async fn app(settings: Settings) -> anyhow::Result<Router> {
 /// Opens the store (which creates the root's folders), loads or makes the signing key, and
 /// builds the checks.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new()?);
+    let store = match &settings.backend {
+        Backend::Fs => Store::Fs(open_fs(&settings).await?),
+        Backend::S3(cloud) => {
+            // One line naming the backend and the setting to look at (main exits 2).
+            let c = CloudStore::connect(cloud, settings.quota_bytes)
+                .await
+                .map_err(|u| anyhow::anyhow!("{}", u.reason.replace('\n', " ")))?;
+            tracing::info!(
+                bucket = cloud.s3.bucket,
+                prefix = cloud.s3.prefix,
+                presign_reads = cloud.presign_reads,
+                "STORAGE_BACKEND=s3: the catalog in PostgreSQL, the bytes in the bucket"
+            );
+            Store::Cloud(c)
+        }
+    };
+    let secrets = build_secrets(&settings, &store, &metrics).await?;
+    if let Store::Fs(fs) = &store {
+        start_fs_background(fs, &settings).await;
+    }
+    if settings.service_tokens.is_empty() {
+        tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
+    }
+    Ok(AppState::new(App {
+        settings,
+        secrets: SecretsCell::new(secrets),
+        store,
+        metrics,
+    }))
+}
+
+/// Opens the filesystem store (which creates the root's folders) and checks it takes writes.
+async fn open_fs(settings: &Settings) -> anyhow::Result<FileStore> {
     let root = settings.upload_root.clone();
     let store = FileStore::open(
         &root,
@@ -48,8 +84,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             root.display()
         );
     }
-    let metrics = Arc::new(Metrics::new()?);
-    let secrets = build_secrets(&settings, &store, &metrics).await?;
+    Ok(store)
+}
+
+/// Crash recovery and the quota recount before serving, then the sweeper and the warming of
+/// the listing cache in the background.
+async fn start_fs_background(store: &FileStore, settings: &Settings) {
     // Recover what a crash left (claimed sessions, half uploads) and recount the quotas
     // before serving, so the first requests see the truth.
     if let Err(e) = store.sweep(true).await {
@@ -74,29 +114,31 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         })
         .await;
     });
-    if settings.service_tokens.is_empty() {
-        tracing::warn!("AUTH_SERVICE_TOKEN is not set: service authentication is off");
-    }
-    Ok(AppState::new(App {
-        settings,
-        secrets: SecretsCell::new(secrets),
-        store,
-        metrics,
-    }))
 }
 
 /// The secrets from `settings`: service tokens, signing keys (the data root's kept key when
 /// `UPLOAD_SIGNING_KEY` is unset), JWT checks, the minter and the published JWKS.
 async fn build_secrets(
     settings: &Settings,
-    store: &FileStore,
+    store: &Store,
     metrics: &Metrics,
 ) -> anyhow::Result<Secrets> {
     let root = settings.upload_root.clone();
-    let signing_key = match &settings.signing_key {
-        Some(k) => k.clone(),
-        None => {
-            let kept = store.clone();
+    let signing_key = match (&settings.signing_key, store) {
+        (Some(k), _) => k.clone(),
+        (None, Store::Cloud(c)) => {
+            // Every instance signs with the key the first one made, kept in the database.
+            let (key, origin) =
+                c.catalog().signing_key_get_or_create().await.map_err(|e| {
+                    anyhow::anyhow!("DATABASE_URL: cannot keep the signing key: {e}")
+                })?;
+            if origin == KeyOrigin::Made {
+                tracing::warn!("UPLOAD_SIGNING_KEY is not set: generated a signing key and kept it in the database, shared by every instance");
+            }
+            SecretSlice::from(key)
+        }
+        (None, Store::Fs(fs)) => {
+            let kept = fs.clone();
             let (key, origin) =
                 tokio::task::spawn_blocking(move || kept.load_or_create_signing_key())
                     .await?

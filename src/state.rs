@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::secrets::{Secrets, SecretsCell};
-use crate::store::FileStore;
+use crate::store::Store;
 
 /// The application state, shared by all handlers.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct App {
     /// Tokens, keys and JWT checks: what `SIGHUP` reloads.
     pub secrets: SecretsCell,
     /// Files, sessions and quotas on disk.
-    pub store: FileStore,
+    pub store: Store,
     /// This app's metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
 }

@@ -114,31 +114,29 @@ pub(crate) async fn list_files(
 ) -> ApiResult<Json<FileList>> {
     let user = caller.acting_for(q.user_id.as_deref().or(q.user_email.as_deref()))?;
     let folder = q.folder.as_deref().and_then(FolderPath::sanitize);
-    let listing = state
+    let offset = q.offset.unwrap_or(0) as u64;
+    let limit = q.limit.map_or(u64::MAX, |l| l as u64);
+    let page = state
         .store
-        .list(&user, folder.as_ref().map(FolderPath::segments))
+        .list_page(&user, folder.as_ref(), offset, limit)
         .await?;
-    let total_count = listing.files.len();
-    let offset = q.offset.unwrap_or(0);
-    let limit = q.limit.unwrap_or(usize::MAX);
-    let files = listing
+    let total_count = usize::try_from(page.total_count).unwrap_or(usize::MAX);
+    let files = page
         .files
-        .iter()
-        .skip(offset)
-        .take(limit)
+        .into_iter()
         .map(|e| ListedFile {
-            key: e.key.to_string(),
-            filename: e.meta.original_name.clone(),
-            size: e.size,
-            mime: e.meta.mime.clone(),
-            created_at: e.created_at.clone(),
             folder: e.key.folder(),
+            key: e.key.to_string(),
+            filename: e.meta.original_name,
+            size: e.size,
+            mime: e.meta.mime,
+            created_at: e.created_at,
         })
         .collect();
     Ok(Json(FileList {
         files,
         total_count,
-        total_size: listing.total_size,
+        total_size: page.total_size,
     }))
 }
 

@@ -29,6 +29,7 @@ use super::conditional::{self, Outcome, Validators};
 use crate::error::ApiError;
 use crate::signer::Disposition;
 use crate::state::AppState;
+use crate::store::backend::Opened;
 use crate::store::key::{is_format_char, Key};
 use crate::store::pagecache::{read_at, read_chunk};
 
@@ -143,10 +144,8 @@ pub async fn serve_key(
     disposition: Option<Disposition>,
     via: &'static str,
 ) -> Result<Response, ApiError> {
-    let (file, entry) = match state.store.try_open_cached(key)? {
-        Some(opened) => opened,
-        None => state.store.open_file(key).await?,
-    };
+    let opened = state.store.open_read(key).await?;
+    let entry = opened.entry().clone();
     let mime = &entry.meta.mime;
     let mut ours = HeaderMap::new();
     ours.insert(
@@ -167,7 +166,24 @@ pub async fn serve_key(
     }
     tracing::info!(target: "activity", event = "download", via, key = %key, size = entry.size);
 
-    if let Some(prefix) = &state.settings.accel_redirect_prefix {
+    if let Some(cloud) = state.store.as_cloud().filter(|c| c.presign_reads()) {
+        // S3_PRESIGN_READS=1: the object store serves the bytes (ranges and validators
+        // included), as nginx does with X-Accel-Redirect on one machine.
+        let url = cloud.presigned(key).await?;
+        let mut res = StatusCode::FOUND.into_response();
+        let h = res.headers_mut();
+        h.extend(ours);
+        if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+            h.insert(header::LOCATION, v);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(res);
+    }
+    let file = match opened {
+        Opened::File(file, _) => Some(file),
+        Opened::Object(_) => None,
+    };
+    if let (Some(prefix), Some(_)) = (&state.settings.accel_redirect_prefix, &file) {
         let rel = key.to_string();
         let rel = rel.strip_prefix("storage/").unwrap_or(&rel);
         let mut res = StatusCode::OK.into_response();
@@ -203,12 +219,20 @@ pub async fn serve_key(
         Outcome::Unsatisfiable => return Err(ApiError::Range { size: entry.size }),
     };
     let len = end - start;
-    let body = if method == Method::HEAD || len == 0 {
-        Body::empty()
-    } else if len <= INLINE_MAX {
-        Body::from(read_inline(Arc::new(file), start, len).await?)
-    } else {
-        Body::new(FileBody::new(Arc::new(file), start, end))
+    let body = match file {
+        _ if method == Method::HEAD || len == 0 => Body::empty(),
+        Some(file) if len <= INLINE_MAX => {
+            Body::from(read_inline(Arc::new(file), start, len).await?)
+        }
+        Some(file) => Body::new(FileBody::new(Arc::new(file), start, end)),
+        None => {
+            let cloud = state
+                .store
+                .as_cloud()
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an object without a bucket")))?;
+            let ranged = cloud.read_range(key, start, end).await?;
+            Body::from_stream(ranged.stream)
+        }
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;

@@ -67,19 +67,51 @@ pub struct Health {
     /// listings and deletes still work, while uploads answer 507 until space is freed.
     #[serde(skip_serializing_if = "Option::is_none")]
     disk_full: Option<bool>,
+    /// `STORAGE_BACKEND=s3` only: the backend that cannot be reached (`database` or
+    /// `object storage`), while one cannot (503).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable: Option<&'static str>,
 }
 
 /// Health: can the data root be written, and how much room is left.
 #[utoipa::path(get, path = "/healthz", tag = "service",
     responses(
         (status = 200, description = "Healthy (also when the disk is full: see `disk_full`)", body = Health),
-        (status = 503, description = "The data root is not writable", body = Health),
+        (status = 503, description = "The data root is not writable, or (s3) the database or the bucket cannot be reached", body = Health),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
+    let Some(fs) = state.store.as_fs() else {
+        // STORAGE_BACKEND=s3: healthy while the database and the bucket answer.
+        let down = state.store.backends_health().await.err();
+        if let Some(d) = &down {
+            tracing::warn!(
+                backend = d.backend,
+                reason = d.reason,
+                "health check: backend unreachable"
+            );
+        }
+        let body = Health {
+            status: if down.is_some() {
+                "unhealthy"
+            } else {
+                "healthy"
+            },
+            disk_free_gb: 0.0,
+            writable: down.is_none(),
+            disk_full: None,
+            unreachable: down.as_ref().map(|d| d.backend),
+        };
+        let status = if down.is_some() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        return (status, Json(body)).into_response();
+    };
     let DiskHealth {
         probe,
         free_bytes: free,
-    } = state.store.disk_health().await;
+    } = fs.disk_health().await;
     // An unreadable root reports 0 free (and is unhealthy anyway).
     let free_gb = (free.unwrap_or(0) as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0;
     let (status, word) = match probe {
@@ -91,6 +123,7 @@ async fn health(State(state): State<AppState>) -> Response {
         disk_free_gb: free_gb,
         writable: probe != Probe::Refused,
         disk_full: (probe == Probe::Full).then_some(true),
+        unreachable: None,
     };
     (status, Json(body)).into_response()
 }
@@ -228,13 +261,23 @@ async fn generate_token(
     ))]
 async fn metrics(State(state): State<AppState>, _reader: MetricsReader) -> ApiResult<Response> {
     let metrics = state.metrics.clone();
-    let store = state.store.clone();
+    let store = state.store.as_fs().cloned();
+    let root = state.settings.upload_root.clone();
     let text = tokio::task::spawn_blocking(move || {
-        let scrape = Scrape {
-            sessions_on_disk: store.sessions_on_disk(),
-            disk: DiskStats::of(store.root()),
-            stored: Some(metrics.stored_totals(|| store.stored_totals())),
-            expired_sessions_swept: store.expired_sessions_swept(),
+        let scrape = match &store {
+            Some(store) => Scrape {
+                sessions_on_disk: store.sessions_on_disk(),
+                disk: DiskStats::of(store.root()),
+                stored: Some(metrics.stored_totals(|| store.stored_totals())),
+                expired_sessions_swept: store.expired_sessions_swept(),
+            },
+            // STORAGE_BACKEND=s3: no sessions or files on this machine's disk.
+            None => Scrape {
+                sessions_on_disk: 0,
+                disk: DiskStats::of(&root),
+                stored: None,
+                expired_sessions_swept: 0,
+            },
         };
         metrics.render(&scrape)
     })

@@ -18,7 +18,9 @@
 //! standalone component for now, to sit behind the bytes seam.
 
 pub mod audit;
+pub mod backend;
 pub mod batch;
+pub mod cloud;
 mod complete;
 mod crc;
 pub mod health;
@@ -44,6 +46,7 @@ pub mod sink;
 pub mod staging;
 mod totals;
 
+pub use backend::Store;
 pub use one_request::DirectUpload;
 pub use parts::PartUpload;
 pub use resumable::{Finished, NewResumable};
@@ -126,6 +129,13 @@ pub enum StoreError {
     /// A concatenation that names uploads which are not partial uploads of the same user.
     #[error("not a partial upload: {0}")]
     NotPartial(String),
+    /// The database or the object storage (`STORAGE_BACKEND=s3`) failed or cannot be
+    /// reached; the text names which.
+    #[error("storage backend unavailable: {0}")]
+    Backend(String),
+    /// An operation this backend does not do (yet).
+    #[error("not available with STORAGE_BACKEND=s3: {0}")]
+    Unsupported(&'static str),
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(std::io::Error),

@@ -115,7 +115,7 @@ pub(crate) async fn owned_upload(
 ) -> Result<Progress, ApiError> {
     let unknown = || ApiError::NotFound("Upload not found".to_owned());
     let id = SessionId::parse(id).map_err(|_| unknown())?;
-    let progress = match state.store.progress(&id).await {
+    let progress = match state.store.fs("Resumable uploads")?.progress(&id).await {
         Ok(p) => p,
         Err(StoreError::NotFound(_) | StoreError::WrongProtocol) => return Err(unknown()),
         Err(e) => return Err(e.into()),
@@ -290,9 +290,18 @@ pub(crate) async fn append_body(
     body: Body,
     checksum: ChecksumFrom,
 ) -> Result<u64, AppendFailure> {
-    let mut upload = match state.store.begin_append(session, offset).await {
+    let mut upload = match state
+        .store
+        .fs("Resumable uploads")?
+        .begin_append(session, offset)
+        .await
+    {
         Err(StoreError::Busy) if supersede(&session.upload_id).await => {
-            state.store.begin_append(session, offset).await?
+            state
+                .store
+                .fs("Resumable uploads")?
+                .begin_append(session, offset)
+                .await?
         }
         other => other?,
     };
@@ -389,7 +398,11 @@ pub(crate) async fn append_body(
             return Err(AppendFailure::ChecksumMismatch);
         }
     }
-    Ok(state.store.commit_append(session, upload).await?)
+    Ok(state
+        .store
+        .fs("Resumable uploads")?
+        .commit_append(session, upload)
+        .await?)
 }
 
 /// A body that ended early: what arrived is kept (when it can be trusted without the
@@ -407,7 +420,11 @@ async fn cut(
         drop(upload);
         return Err(AppendFailure::Cut { offset, cause });
     }
-    let offset = state.store.commit_append(session, upload).await?;
+    let offset = state
+        .store
+        .fs("Resumable uploads")?
+        .commit_append(session, upload)
+        .await?;
     Err(AppendFailure::Cut { offset, cause })
 }
 

@@ -223,7 +223,11 @@ pub(crate) async fn upload_raw(
         }
         None => q.folder.as_deref().and_then(FolderPath::sanitize),
     };
-    let mut upload = state.store.begin_upload(&user).await?;
+    let mut upload = state
+        .store
+        .fs("One-request uploads")?
+        .begin_upload(&user)
+        .await?;
     let result = async {
         let mut sink = upload.begin_file().await?;
         let mut stream = body.into_data_stream();
@@ -347,7 +351,13 @@ pub(crate) async fn upload_multipart(
                 g.check_file(file_name.as_str(), mime.as_deref(), None)?;
             }
             if upload.is_none() {
-                upload = Some(state.store.begin_upload(&owner).await?);
+                upload = Some(
+                    state
+                        .store
+                        .fs("One-request uploads")?
+                        .begin_upload(&owner)
+                        .await?,
+                );
             }
             let Some(up) = upload.as_mut() else { continue };
             let mut sink = up.begin_file().await?;

@@ -66,6 +66,9 @@ impl From<CatalogError> for StoreError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::Store(e) => e,
+            e @ (CatalogError::Db(_) | CatalogError::Unreachable { .. }) => {
+                StoreError::Backend(e.to_string())
+            }
             other => StoreError::Io(std::io::Error::other(other.to_string())),
         }
     }

@@ -1,0 +1,156 @@
+//! The store the routes hold: the filesystem under `UPLOAD_ROOT` (`STORAGE_BACKEND=fs`, the
+//! default) or a bucket with a PostgreSQL catalog (`s3`). Routes call these methods and
+//! never learn which is in use; what the s3 backend does not do yet answers
+//! [`StoreError::Unsupported`] (501) through [`Store::fs`].
+
+use super::cloud::{CloudStore, Page, Unreachable};
+use super::key::{FolderPath, Key, UserId};
+use super::read::FileEntry;
+use super::sidecar::Meta;
+use super::{FileStore, StoreError};
+
+/// Files, sessions and quotas, wherever they live.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Under `UPLOAD_ROOT`.
+    Fs(FileStore),
+    /// In a bucket and PostgreSQL.
+    Cloud(CloudStore),
+}
+
+/// A file opened for reading.
+#[derive(Debug)]
+pub enum Opened {
+    /// A file on disk, open (renames cannot pull it away).
+    File(std::fs::File, FileEntry),
+    /// An object in the bucket; its bytes are fetched by range.
+    Object(FileEntry),
+}
+
+impl Opened {
+    /// What the catalog or sidecar says of it.
+    pub fn entry(&self) -> &FileEntry {
+        match self {
+            Self::File(_, e) | Self::Object(e) => e,
+        }
+    }
+}
+
+impl Store {
+    /// The filesystem store, for what only it does so far: `what` names the operation in
+    /// the 501 the s3 backend answers.
+    pub fn fs(&self, what: &'static str) -> Result<&FileStore, StoreError> {
+        match self {
+            Self::Fs(fs) => Ok(fs),
+            Self::Cloud(_) => Err(StoreError::Unsupported(what)),
+        }
+    }
+
+    /// The filesystem store when that is the backend.
+    pub fn as_fs(&self) -> Option<&FileStore> {
+        match self {
+            Self::Fs(fs) => Some(fs),
+            Self::Cloud(_) => None,
+        }
+    }
+
+    /// The bucket and catalog when they are the backend.
+    pub fn as_cloud(&self) -> Option<&CloudStore> {
+        match self {
+            Self::Fs(_) => None,
+            Self::Cloud(c) => Some(c),
+        }
+    }
+
+    /// The quota in bytes.
+    pub fn quota_limit(&self, fallback: u64) -> u64 {
+        match self {
+            Self::Fs(fs) => fs.quota_limit(),
+            Self::Cloud(_) => fallback,
+        }
+    }
+
+    /// The file at `key`, with its metadata.
+    pub async fn entry(&self, key: &Key) -> Result<FileEntry, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.entry(key).await,
+            Self::Cloud(c) => c.entry(key).await,
+        }
+    }
+
+    /// Opens the file at `key` for reading.
+    pub async fn open_read(&self, key: &Key) -> Result<Opened, StoreError> {
+        match self {
+            Self::Fs(fs) => {
+                let (file, entry) = match fs.try_open_cached(key)? {
+                    Some(opened) => opened,
+                    None => fs.open_file(key).await?,
+                };
+                Ok(Opened::File(file, entry))
+            }
+            Self::Cloud(c) => Ok(Opened::Object(c.entry(key).await?)),
+        }
+    }
+
+    /// A page of `user`'s files, newest first (with `folder`: that folder and its
+    /// subfolders), and the totals of the whole listing.
+    pub async fn list_page(
+        &self,
+        user: &UserId,
+        folder: Option<&FolderPath>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page, StoreError> {
+        match self {
+            Self::Fs(fs) => {
+                let listing = fs.list(user, folder.map(FolderPath::segments)).await?;
+                let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+                let take = usize::try_from(limit).unwrap_or(usize::MAX);
+                Ok(Page {
+                    total_count: listing.files.len() as u64,
+                    total_size: listing.total_size,
+                    files: listing
+                        .files
+                        .iter()
+                        .skip(skip)
+                        .take(take)
+                        .map(|e| FileEntry::clone(e))
+                        .collect(),
+                })
+            }
+            Self::Cloud(c) => c.list_page(user, folder, offset, limit).await,
+        }
+    }
+
+    /// Deletes the file at `key` and its metadata.
+    pub async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.delete(key).await,
+            Self::Cloud(c) => c.delete(key).await,
+        }
+    }
+
+    /// Replaces the metadata of the file at `key`.
+    pub async fn update_meta(&self, key: &Key, meta: Meta) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.update_meta(key, meta).await,
+            Self::Cloud(c) => c.update_meta(key, meta).await,
+        }
+    }
+
+    /// Bytes `user` stores, and bytes reserved by its uploads in flight.
+    pub async fn usage(&self, user: &UserId) -> Result<(u64, u64), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.usage(user).await,
+            Self::Cloud(c) => c.usage(user).await,
+        }
+    }
+
+    /// The s3 backend's reachability (`/healthz`); the filesystem has its own probe.
+    pub async fn backends_health(&self) -> Result<(), Unreachable> {
+        match self {
+            Self::Fs(_) => Ok(()),
+            Self::Cloud(c) => c.health().await,
+        }
+    }
+}
