@@ -3,11 +3,14 @@
 //! never learn which is in use; what the s3 backend does not do yet answers
 //! [`StoreError::Unsupported`] (501) through [`Store::fs`].
 
-use super::cloud::{CloudStore, Page, Unreachable};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+
+use super::cloud::{CloudStore, NewFile, Page, Unreachable};
 use super::key::{FolderPath, Key, UserId};
 use super::read::FileEntry;
 use super::sidecar::Meta;
-use super::{FileStore, StoreError};
+use super::{FileStore, StoreError, Stored};
 
 /// Files, sessions and quotas, wherever they live.
 #[derive(Debug, Clone)]
@@ -143,6 +146,42 @@ impl Store {
         match self {
             Self::Fs(fs) => fs.usage(user).await,
             Self::Cloud(c) => c.usage(user).await,
+        }
+    }
+
+    /// Stores `body` as a new file (see [`CloudStore::put_file`]; on disk: a one-request
+    /// upload of one file). At most `limit` bytes.
+    pub async fn put_file<S>(&self, new: NewFile, body: S, limit: u64) -> Result<Stored, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, StoreError>> + Send,
+    {
+        match self {
+            Self::Cloud(c) => c.put_file(new, body, limit).await,
+            Self::Fs(fs) => {
+                let mut upload = fs.begin_upload(&new.user).await?;
+                let result = async {
+                    let mut sink = upload.begin_file().await?;
+                    sink.set_limit(limit);
+                    let mut body = std::pin::pin!(body);
+                    while let Some(chunk) = body.next().await {
+                        upload.write(&mut sink, chunk?, 0).await?;
+                    }
+                    let file = sink.finish().await?;
+                    upload
+                        .publish_file(
+                            file,
+                            new.name,
+                            new.folder,
+                            new.declared_mime,
+                            new.expected_sha,
+                            new.extra,
+                        )
+                        .await
+                }
+                .await;
+                upload.finish().await;
+                result
+            }
         }
     }
 

@@ -4,16 +4,20 @@
 //! visible (a file is listed and served only once its row is committed, after its bytes and
 //! sidecar are in the bucket and checked).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use serde_json::{Map, Value};
 
-use super::key::{FolderPath, Key, UserId};
+use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::pg::{FileRecord, PgCatalog};
+use super::publish::check_sha;
 use super::read::FileEntry;
 use super::s3::{GetRange, Ranged, S3Bytes, S3Error};
 use super::sidecar::Meta;
-use super::{Missing, StoreError};
+use super::{Missing, StoreError, Stored};
 use crate::config::CloudSettings;
 
 /// How long a presigned read URL (`S3_PRESIGN_READS=1`) stays valid.
@@ -184,6 +188,189 @@ impl CloudStore {
             .presigned_get(&key.to_string(), PRESIGN_TTL)
             .await?)
     }
+}
+
+/// Reserve quota ahead of the bytes in steps of this much.
+const RESERVE_STEP: u64 = 8 << 20;
+
+/// A file to store in one go: who, where, under which name, and what to check.
+#[derive(Debug)]
+pub struct NewFile {
+    /// The owner.
+    pub user: UserId,
+    /// The name the client gave.
+    pub name: ClientFileName,
+    /// The folder, if any.
+    pub folder: Option<FolderPath>,
+    /// The MIME type the client declared.
+    pub declared_mime: Option<String>,
+    /// Expected hex SHA-256, when given.
+    pub expected_sha: Option<String>,
+    /// The client's `meta` fields.
+    pub extra: Map<String, Value>,
+}
+
+/// Gives a quota reservation back when an upload ends without publishing.
+struct Reservation {
+    catalog: PgCatalog,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let catalog = self.catalog.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = catalog.release(&id).await {
+                    tracing::warn!(reservation = id, error = %e, "cannot release a quota reservation; the sweep will");
+                }
+            });
+        }
+    }
+}
+
+impl CloudStore {
+    /// Streams `body` into the bucket as a new file of `new.user` (at most `limit` bytes):
+    /// quota is reserved in the catalog ahead of the bytes (413 as soon as it would be
+    /// passed, whichever instance holds the user's other uploads), the object is written at
+    /// its final key, its SHA-256 checked, its sidecar written beside it, and only then is
+    /// the row committed, which makes it visible. On any error (or when the future is
+    /// dropped) the object goes, the reservation is given back, nothing is listed.
+    pub async fn put_file<S>(&self, new: NewFile, body: S, limit: u64) -> Result<Stored, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, StoreError>> + Send,
+    {
+        let id = format!("upload-{}", uuid::Uuid::new_v4().simple());
+        let mut reservation = Reservation {
+            catalog: self.catalog.clone(),
+            id: id.clone(),
+            armed: true,
+        };
+        let stored_name = format!(
+            "{}_{}",
+            super::random_prefix(),
+            FileName::sanitize(new.name.as_str()).as_str()
+        );
+        let key = Key::new(&new.user, new.folder.as_ref(), &stored_name);
+        let object = key.to_string();
+        // The first error of the body or of the quota, kept whole (the object store sees
+        // only that the body failed).
+        let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
+        let fail = failed.clone();
+        let catalog = self.catalog.clone();
+        let user = new.user.clone();
+        let quota = self.quota;
+        let body = Box::pin(body);
+        let gated =
+            futures_util::stream::unfold((body, 0u64, 0u64), move |(mut body, total, reserved)| {
+                let catalog = catalog.clone();
+                let user = user.clone();
+                let id = id.clone();
+                let fail = fail.clone();
+                async move {
+                    let chunk = match body.next().await? {
+                        Ok(c) => c,
+                        Err(e) => return Some((Err(remember(&fail, e)), (body, total, reserved))),
+                    };
+                    let total = total + chunk.len() as u64;
+                    let mut reserved = reserved;
+                    if total > reserved {
+                        let want = total.max(reserved + RESERVE_STEP);
+                        // Ask for the step; when that does not fit, exactly what is needed.
+                        let got = match catalog.reserve(&user, &id, want, quota).await {
+                            Ok(()) => Ok(want),
+                            Err(_) => catalog
+                                .reserve(&user, &id, total, quota)
+                                .await
+                                .map(|()| total),
+                        };
+                        match got {
+                            Ok(n) => reserved = n,
+                            Err(e) => {
+                                return Some((
+                                    Err(remember(&fail, e.into())),
+                                    (body, total, reserved),
+                                ))
+                            }
+                        }
+                    }
+                    Some((Ok(chunk), (body, total, reserved)))
+                }
+            });
+        let written = match self.bytes.put_stream(&object, gated, limit).await {
+            Ok(w) => w,
+            Err(e) => {
+                let kept = failed.lock().ok().and_then(|mut f| f.take());
+                return Err(kept.unwrap_or_else(|| e.into()));
+            }
+        };
+        // From here the object exists: any failure removes it again.
+        let published = async {
+            check_sha(new.expected_sha.as_deref(), &written.sha256)?;
+            let meta = Meta::for_upload(
+                &new.user,
+                &new.name,
+                new.folder.as_ref(),
+                new.declared_mime.as_deref(),
+                new.extra,
+                (
+                    written.size,
+                    Some(written.sha256.clone()),
+                    Some(written.crc32),
+                ),
+            );
+            let sidecar = Bytes::from(meta.to_json()?);
+            self.bytes
+                .put_stream(
+                    &format!("{object}.meta"),
+                    futures_util::stream::iter([Ok::<_, std::io::Error>(sidecar)]),
+                    u64::MAX,
+                )
+                .await?;
+            let record = FileRecord {
+                key: key.clone(),
+                size: written.size,
+                sha256: Some(written.sha256.clone()),
+                crc32: Some(written.crc32),
+                mime: meta.mime.clone(),
+                created_at: chrono::Utc::now(),
+                meta: meta.clone(),
+            };
+            self.catalog
+                .publish_checked(&record, &reservation.id, self.quota)
+                .await?;
+            Ok::<_, StoreError>(Stored {
+                key: key.clone(),
+                meta,
+            })
+        }
+        .await;
+        match published {
+            Ok(stored) => {
+                reservation.armed = false;
+                Ok(stored)
+            }
+            Err(e) => {
+                if let Err(d) = self.bytes.delete(&object).await {
+                    tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn remember(slot: &Mutex<Option<StoreError>>, e: StoreError) -> std::io::Error {
+    let text = e.to_string();
+    if let Ok(mut s) = slot.lock() {
+        s.get_or_insert(e);
+    }
+    std::io::Error::other(text)
 }
 
 /// A page of a listing.

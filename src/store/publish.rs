@@ -9,11 +9,9 @@ use serde_json::{Map, Value};
 use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::lock::lock_data_file;
 use super::sessions::{self, Session};
-use super::sidecar::{self, Meta};
+use super::sidecar::Meta;
 use super::sink::{Hashes, TempGuard, Written};
-use super::{
-    fsync_dir, now_rfc3339, random_prefix, CompleteRequest, FileStore, StoreError, Stored,
-};
+use super::{fsync_dir, random_prefix, CompleteRequest, FileStore, StoreError, Stored};
 
 impl FileStore {
     pub(super) fn publish_claimed(
@@ -179,25 +177,15 @@ impl FileStore {
         work_dir: &Path,
         reservation: &str,
     ) -> Result<Stored, StoreError> {
-        let original_name = original_name.as_str();
-        let name = FileName::sanitize(original_name);
-        let mime = sidecar::guess_mime(original_name, declared_mime);
-        let mut meta = Meta {
-            original_name: original_name.to_owned(),
-            mime,
-            sha256: written.sha256,
-            crc32: written.crc32,
-            user_id: user.as_str().to_owned(),
-            size: Some(written.size),
-            created_at: Some(now_rfc3339()),
+        let name = FileName::sanitize(original_name.as_str());
+        let meta = Meta::for_upload(
+            user,
+            original_name,
+            folder,
+            declared_mime,
             extra,
-        };
-        meta.extra
-            .insert("filename".into(), Value::from(original_name));
-        if let Some(f) = folder {
-            meta.extra
-                .insert("folder".into(), Value::from(f.as_string()));
-        }
+            (written.size, written.sha256, written.crc32),
+        );
         let sidecar_tmp = TempGuard::new(work_dir.join(".sidecar"));
         {
             let mut f = std::fs::File::create(sidecar_tmp.path())?;

@@ -38,6 +38,38 @@ pub const SERVER_FIELDS: &[&str] = &[
 ];
 
 impl Meta {
+    /// The sidecar of a file just uploaded by `user` as `original_name` into `folder`: MIME
+    /// type guessed from the name (else the declared one), size and hashes of the bytes
+    /// received, stored now; the client's `extra` fields with the old service's `filename`
+    /// and `folder` beside them.
+    pub fn for_upload(
+        user: &super::key::UserId,
+        original_name: &super::key::ClientFileName,
+        folder: Option<&super::key::FolderPath>,
+        declared_mime: Option<&str>,
+        extra: Map<String, Value>,
+        (size, sha256, crc32): (u64, Option<String>, Option<u32>),
+    ) -> Self {
+        let original_name = original_name.as_str();
+        let mut meta = Self {
+            original_name: original_name.to_owned(),
+            mime: guess_mime(original_name, declared_mime),
+            sha256,
+            crc32,
+            user_id: user.as_str().to_owned(),
+            size: Some(size),
+            created_at: Some(super::now_rfc3339()),
+            extra,
+        };
+        meta.extra
+            .insert("filename".into(), Value::from(original_name));
+        if let Some(f) = folder {
+            meta.extra
+                .insert("folder".into(), Value::from(f.as_string()));
+        }
+        meta
+    }
+
     /// The sidecar's path for a data file.
     pub fn path_for(data: &Path) -> PathBuf {
         let mut s = data.as_os_str().to_owned();

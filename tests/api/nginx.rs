@@ -260,8 +260,11 @@ async fn deploy(test: &str) -> Option<Deployment> {
     );
     // The client connects from another loopback address than nginx's own, so the access
     // log shows whose address the server took.
+    // HTTP/1.1, as the old SDKs speak (reqwest would offer h2 by ALPN since the S3 client's
+    // dependencies turn its HTTP/2 on); the log lines below say which version came.
     let http = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .http1_only()
         .tls_danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -434,6 +437,7 @@ async fn through_nginx_over_https() {
     // /metrics and the docs: refused by nginx to 127.0.0.2, passed on for 127.0.0.1.
     let local = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .http1_only()
         .tls_danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -18,8 +18,9 @@ use super::{body_error, cause_of_body_error, client_fields};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, AppQuery, ErrorBody};
 use crate::state::AppState;
+use crate::store::cloud::NewFile;
 use crate::store::key::{ClientFileName, FolderPath, Key, UserId};
-use crate::store::Stored;
+use crate::store::{StoreError, Stored};
 
 /// Query parameters of the one-request upload.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -223,28 +224,44 @@ pub(crate) async fn upload_raw(
         }
         None => q.folder.as_deref().and_then(FolderPath::sanitize),
     };
-    let mut upload = state
+    // The request's own failures (a body cut short, a grant's size) keep their answer; the
+    // store sees only that the body failed.
+    let failed: std::sync::Mutex<Option<ApiError>> = std::sync::Mutex::new(None);
+    let mut written = 0u64;
+    let body = body.into_data_stream().map(|chunk| {
+        let checked = chunk.map_err(|e| body_error(&e)).and_then(|chunk| {
+            check_grant_size(grant, written, &chunk)?;
+            written += chunk.len() as u64;
+            Ok(chunk)
+        });
+        checked.map_err(|e| {
+            let text = e.to_string();
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(e);
+            }
+            StoreError::Io(std::io::Error::other(text))
+        })
+    });
+    let new = NewFile {
+        user,
+        name,
+        folder,
+        declared_mime: mime,
+        expected_sha,
+        extra: Map::new(),
+    };
+    match state
         .store
-        .fs("One-request uploads")?
-        .begin_upload(&user)
-        .await?;
-    let result = async {
-        let mut sink = upload.begin_file().await?;
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| body_error(&e))?;
-            check_grant_size(grant, sink.written(), &chunk)?;
-            upload.write(&mut sink, chunk, 0).await?;
-        }
-        let file = sink.finish().await?;
-        let stored = upload
-            .publish_file(file, name, folder, mime, expected_sha, Map::new())
-            .await?;
-        Ok::<_, ApiError>(vec![stored])
+        .put_file(new, body, state.settings.max_body_bytes)
+        .await
+    {
+        Ok(stored) => Ok(vec![stored]),
+        Err(e) => Err(failed
+            .into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| e.into())),
     }
-    .await;
-    upload.finish().await;
-    result
 }
 
 /// The request's `Content-Length`, when it has a valid one.

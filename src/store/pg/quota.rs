@@ -203,4 +203,33 @@ impl PgCatalog {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Publishes a file uploaded in one request, in one transaction: its reservation is
+    /// dropped and its bytes charged, refused ([`StoreError::Quota`], nothing changed) when
+    /// the user's stored bytes, other reservations and this file would pass `limit`; the
+    /// file is recorded ([`CatalogError::KeyTaken`] if its key exists).
+    pub async fn publish_checked(
+        &self,
+        file: &FileRecord,
+        reservation: &str,
+        limit: u64,
+    ) -> CatalogResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let user = file.user().as_str();
+        let (used, _, reserved) = lock_quota(&mut tx, user).await?;
+        let own = release_locked(&mut tx, user, reservation).await?;
+        let others = to_u64(used)? + to_u64(reserved)?.saturating_sub(own);
+        if others.saturating_add(file.size) > limit {
+            return Err(CatalogError::Store(StoreError::Quota {
+                used: others,
+                quota: limit,
+                requested: file.size,
+            }));
+        }
+        if !insert_locked(&mut tx, file).await? {
+            return Err(CatalogError::KeyTaken);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
