@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::secrets::{Secrets, SecretsCell, SigningKeys};
 use crate::state::{App, AppState};
-use crate::store::cloud::CloudStore;
+use crate::store::cloud::{CloudStore, Limits};
 use crate::store::health::Probe;
 use crate::store::signing_key::KeyOrigin;
 use crate::store::{FileStore, Store};
@@ -38,7 +38,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         Backend::Fs => Store::Fs(open_fs(&settings).await?),
         Backend::S3(cloud) => {
             // One line naming the backend and the setting to look at (main exits 2).
-            let c = CloudStore::connect(cloud, settings.quota_bytes)
+            let limits = Limits {
+                max_file: settings.max_body_bytes,
+                session_ttl: settings.upload_session_ttl,
+                spool: settings.upload_root.join(".spool"),
+            };
+            let c = CloudStore::connect(cloud, settings.quota_bytes, limits)
                 .await
                 .map_err(|u| anyhow::anyhow!("{}", u.reason.replace('\n', " ")))?;
             tracing::info!(
@@ -47,6 +52,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
                 presign_reads = cloud.presign_reads,
                 "STORAGE_BACKEND=s3: the catalog in PostgreSQL, the bytes in the bucket"
             );
+            spawn_cloud_sweeper(c.clone(), settings.upload_session_ttl);
             Store::Cloud(c)
         }
     };
@@ -227,6 +233,31 @@ pub async fn reload_secrets(state: &AppState, settings: &Settings) -> anyhow::Re
         );
     }
     Ok(())
+}
+
+/// `STORAGE_BACKEND=s3`: sweeps expired sessions and tokens as often as the TTL calls for,
+/// and every hour objects a crash left without a row. Every instance runs it.
+fn spawn_cloud_sweeper(store: CloudStore, ttl: std::time::Duration) {
+    let every = (ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(300),
+    );
+    tokio::spawn(async move {
+        let mut last_deep: Option<std::time::Instant> = None;
+        loop {
+            let deep =
+                last_deep.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
+            match store.sweep(deep).await {
+                Ok(n) if n > 0 => tracing::info!(sessions = n, "swept expired sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            if deep {
+                last_deep = Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Sweeps expired sessions in the background, as often as the TTL calls for (between

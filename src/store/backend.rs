@@ -6,11 +6,18 @@
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 
-use super::cloud::{CloudStore, NewFile, Page, Unreachable};
+use super::cloud::{CloudStore, CloudUpload, NewFile, Page, Unreachable};
+use super::key::ClientFileName;
 use super::key::{FolderPath, Key, UserId};
 use super::read::FileEntry;
 use super::sidecar::Meta;
-use super::{FileStore, StoreError, Stored};
+use super::sink::{Sink, TempGuard, Written};
+use super::DirectUpload;
+use serde_json::{Map, Value};
+
+use super::resumable::Progress;
+use super::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
+use super::{CompleteRequest, FileStore, Missing, PartUpload, StoreError, Stored};
 
 /// Files, sessions and quotas, wherever they live.
 #[derive(Debug, Clone)]
@@ -39,7 +46,77 @@ impl Opened {
     }
 }
 
+/// A one-request upload of one or more files (multipart form).
+pub enum Upload {
+    /// Into a work folder under `UPLOAD_ROOT`.
+    Fs(DirectUpload),
+    /// Spooled locally, then into the bucket.
+    Cloud(CloudUpload),
+}
+
+impl Upload {
+    /// Starts a file of this upload.
+    pub async fn begin_file(&self) -> Result<Sink, StoreError> {
+        match self {
+            Self::Fs(u) => u.begin_file().await,
+            Self::Cloud(u) => u.begin_file().await,
+        }
+    }
+
+    /// Writes a chunk of the current file under the quota; `total_before`: the bytes of this
+    /// upload's earlier files.
+    pub async fn write(
+        &mut self,
+        sink: &mut Sink,
+        chunk: Bytes,
+        total_before: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(u) => u.write(sink, chunk, total_before).await,
+            Self::Cloud(u) => u.write(sink, chunk, total_before).await,
+        }
+    }
+
+    /// Checks a finished file's SHA-256 and publishes it.
+    pub async fn publish_file(
+        &mut self,
+        file: (Written, TempGuard),
+        name: ClientFileName,
+        folder: Option<FolderPath>,
+        declared_mime: Option<String>,
+        expected_sha: Option<String>,
+        extra: Map<String, Value>,
+    ) -> Result<Stored, StoreError> {
+        match self {
+            Self::Fs(u) => {
+                u.publish_file(file, name, folder, declared_mime, expected_sha, extra)
+                    .await
+            }
+            Self::Cloud(u) => {
+                u.publish_file(file, name, folder, declared_mime, expected_sha, extra)
+                    .await
+            }
+        }
+    }
+
+    /// Releases what is still reserved.
+    pub async fn finish(self) {
+        match self {
+            Self::Fs(u) => u.finish().await,
+            Self::Cloud(u) => u.finish().await,
+        }
+    }
+}
+
 impl Store {
+    /// Starts a one-request upload for `user`.
+    pub async fn begin_upload(&self, user: &UserId) -> Result<Upload, StoreError> {
+        match self {
+            Self::Fs(fs) => Ok(Upload::Fs(fs.begin_upload(user).await?)),
+            Self::Cloud(c) => Ok(Upload::Cloud(c.begin_upload(user))),
+        }
+    }
+
     /// The filesystem store, for what only it does so far: `what` names the operation in
     /// the 501 the s3 backend answers.
     pub fn fs(&self, what: &'static str) -> Result<&FileStore, StoreError> {
@@ -182,6 +259,99 @@ impl Store {
                 upload.finish().await;
                 result
             }
+        }
+    }
+
+    /// Opens one session per file (API.md §3.1 init), quota reserved for all or none.
+    pub async fn create_sessions(
+        &self,
+        user: &UserId,
+        mode: UploadMode,
+        files: Vec<FileSpec>,
+        folder: Option<FolderPath>,
+        meta: Map<String, Value>,
+    ) -> Result<Vec<Session>, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.create_sessions(user, mode, files, folder, meta).await,
+            Self::Cloud(c) => c.create_sessions(user, mode, files, folder, meta).await,
+        }
+    }
+
+    /// A live session.
+    pub async fn session(&self, id: &SessionId) -> Result<Session, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.session(id).await,
+            Self::Cloud(c) => c.session(id).await,
+        }
+    }
+
+    /// A session's parts: number and size.
+    pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.session_parts(id).await,
+            Self::Cloud(c) => c.session_parts(id).await,
+        }
+    }
+
+    /// A resumable upload's progress (the s3 backend has no resumable uploads yet: none is
+    /// found).
+    pub async fn progress(&self, id: &SessionId) -> Result<Progress, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.progress(id).await,
+            Self::Cloud(_) => Err(StoreError::NotFound(Missing::Session)),
+        }
+    }
+
+    /// Ends a session unfinished, freeing its space.
+    pub async fn abort(&self, info: &Session) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.abort(info).await,
+            Self::Cloud(c) => c.abort(info).await,
+        }
+    }
+
+    /// Starts receiving part `number` of `session`.
+    pub async fn begin_part(
+        &self,
+        session: &Session,
+        number: PartNumber,
+    ) -> Result<PartUpload, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.begin_part(session, number).await,
+            Self::Cloud(c) => c.begin_part(session, number).await,
+        }
+    }
+
+    /// Starts receiving a JSON part whose session is not known yet.
+    pub async fn begin_staged_part(&self, who: Option<&UserId>) -> Result<PartUpload, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.begin_staged_part(who).await,
+            Self::Cloud(c) => c.begin_staged_part().await,
+        }
+    }
+
+    /// Makes a received part count; its size.
+    pub async fn commit_part(
+        &self,
+        session: &Session,
+        number: PartNumber,
+        part: PartUpload,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.commit_part(session, number, part).await,
+            Self::Cloud(c) => c.commit_part(session, number, part).await,
+        }
+    }
+
+    /// Completes a session into a stored file.
+    pub async fn complete(
+        &self,
+        info: &Session,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.complete(info, req).await,
+            Self::Cloud(c) => c.complete(info, req).await,
         }
     }
 

@@ -4,20 +4,24 @@
 //! visible (a file is listed and served only once its row is committed, after its bytes and
 //! sidecar are in the bucket and checked).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use serde_json::{Map, Value};
 
 use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
-use super::pg::{FileRecord, PgCatalog};
+use super::parts::PartUpload;
+use super::pg::{Claim, FileRecord, PartRecord, PgCatalog, Publish, SessionState};
 use super::publish::check_sha;
 use super::read::FileEntry;
 use super::s3::{GetRange, Ranged, S3Bytes, S3Error};
+use super::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
 use super::sidecar::Meta;
-use super::{Missing, StoreError, Stored};
+use super::sink::Sink;
+use super::{CompleteRequest, Missing, StoreError, Stored};
 use crate::config::CloudSettings;
 
 /// How long a presigned read URL (`S3_PRESIGN_READS=1`) stays valid.
@@ -30,6 +34,18 @@ pub struct CloudStore {
     catalog: PgCatalog,
     quota: u64,
     presign_reads: bool,
+    limits: Limits,
+}
+
+/// What the settings bound, and where parts wait on the local disk.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `MAX_BODY_MB` in bytes: the largest file.
+    pub max_file: u64,
+    /// `UPLOAD_SESSION_TTL_HOURS`.
+    pub session_ttl: Duration,
+    /// A folder for parts on their way to the bucket (`UPLOAD_ROOT/.spool`).
+    pub spool: PathBuf,
 }
 
 impl std::fmt::Debug for CloudStore {
@@ -71,8 +87,16 @@ impl From<S3Error> for StoreError {
 impl CloudStore {
     /// Connects to the database (applying its migrations) and to the bucket, each checked:
     /// the first that cannot be reached is named.
-    pub async fn connect(s: &CloudSettings, quota: u64) -> Result<Self, Unreachable> {
+    pub async fn connect(
+        s: &CloudSettings,
+        quota: u64,
+        limits: Limits,
+    ) -> Result<Self, Unreachable> {
         use secrecy::ExposeSecret as _;
+        std::fs::create_dir_all(&limits.spool).map_err(|e| Unreachable {
+            backend: "local disk",
+            reason: format!("UPLOAD_ROOT: cannot make {}: {e}", limits.spool.display()),
+        })?;
         let catalog = PgCatalog::connect(s.database_url.expose_secret(), s.pool_size)
             .await
             .map_err(|e| Unreachable {
@@ -88,6 +112,7 @@ impl CloudStore {
             catalog,
             quota,
             presign_reads: s.presign_reads,
+            limits,
         })
     }
 
@@ -132,7 +157,12 @@ impl CloudStore {
         offset: u64,
         limit: u64,
     ) -> Result<Page, StoreError> {
-        let page = self.catalog.list_files(user, folder, limit, offset).await?;
+        // "All of them" is as many as a bigint counts.
+        let cap = i64::MAX as u64;
+        let page = self
+            .catalog
+            .list_files(user, folder, limit.min(cap), offset.min(cap))
+            .await?;
         Ok(Page {
             total_count: page.total_files,
             total_size: page.total_bytes,
@@ -363,6 +393,517 @@ impl CloudStore {
             }
         }
     }
+}
+
+impl CloudStore {
+    /// Opens one session per file, their declared sizes reserved together in the catalog.
+    pub async fn create_sessions(
+        &self,
+        user: &UserId,
+        mode: UploadMode,
+        files: Vec<FileSpec>,
+        folder: Option<FolderPath>,
+        meta: Map<String, Value>,
+    ) -> Result<Vec<Session>, StoreError> {
+        if files.iter().any(|f| f.size > self.limits.max_file) {
+            return Err(StoreError::TooLarge);
+        }
+        let created_at = chrono::Utc::now();
+        let expires_at = created_at
+            + chrono::Duration::from_std(self.limits.session_ttl)
+                .unwrap_or(chrono::Duration::hours(24));
+        let sessions: Vec<Session> = files
+            .into_iter()
+            .map(|file| Session {
+                upload_id: SessionId::new(),
+                user_id: user.clone(),
+                mode,
+                file,
+                folder: folder.clone(),
+                meta: meta.clone(),
+                created_at,
+                expires_at,
+                resumable: None,
+            })
+            .collect();
+        self.catalog.create_sessions(&sessions, self.quota).await?;
+        Ok(sessions)
+    }
+
+    /// A live session, not expired.
+    pub async fn session(&self, id: &SessionId) -> Result<Session, StoreError> {
+        let r = self.catalog.session(*id).await?;
+        match r.state {
+            SessionState::Live => Ok(r.session),
+            _ => Err(StoreError::NotFound(Missing::Session)),
+        }
+    }
+
+    /// The parts received: number and size.
+    pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
+        Ok(self
+            .catalog
+            .parts(*id)
+            .await?
+            .into_iter()
+            .map(|p| (p.number, p.size))
+            .collect())
+    }
+
+    /// Ends a session unfinished: its parts' objects go, its reservation is released.
+    pub async fn abort(&self, info: &Session) -> Result<(), StoreError> {
+        let parts = self.catalog.abort_parts(info.upload_id).await?;
+        self.delete_parts(&parts).await;
+        Ok(())
+    }
+
+    async fn delete_parts(&self, parts: &[PartRecord]) {
+        for p in parts {
+            if let Err(e) = self.bytes.delete_object(&p.object).await {
+                tracing::warn!(object = p.object, error = %e, "cannot delete a part; the sweep will");
+            }
+        }
+    }
+
+    /// Starts receiving part `number` of `session` (at most the declared size less the
+    /// other parts): into a spool file, sent to the bucket whole at commit.
+    pub async fn begin_part(
+        &self,
+        session: &Session,
+        number: PartNumber,
+    ) -> Result<PartUpload, StoreError> {
+        if session.resumable.is_some() {
+            return Err(StoreError::WrongProtocol);
+        }
+        let others: u64 = self
+            .catalog
+            .parts(session.upload_id)
+            .await?
+            .iter()
+            .filter(|p| p.number != number.get())
+            .map(|p| p.size)
+            .sum();
+        let room = session.file.size.saturating_sub(others);
+        Ok(PartUpload::spooled(self.spool_sink(room).await?, None))
+    }
+
+    /// Starts receiving a JSON part whose session is not known yet.
+    pub async fn begin_staged_part(&self) -> Result<PartUpload, StoreError> {
+        Ok(PartUpload::spooled(
+            self.spool_sink(self.limits.max_file).await?,
+            None,
+        ))
+    }
+
+    async fn spool_sink(&self, limit: u64) -> Result<Sink, StoreError> {
+        let path = self
+            .limits
+            .spool
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        Sink::create(path, true, limit).await
+    }
+
+    /// Makes a received part count: its bytes go to an object of their own, then its row
+    /// replaces any part of the same number (whose object is deleted), unless the parts
+    /// would pass the declared size (413; the new object is deleted).
+    pub async fn commit_part(
+        &self,
+        session: &Session,
+        number: PartNumber,
+        part: PartUpload,
+    ) -> Result<u64, StoreError> {
+        let (written, spool) = part.into_sink().finish().await?;
+        let object = format!(
+            "parts/{}/{}-{}",
+            session.upload_id,
+            number.get(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let file = tokio::fs::File::open(spool.path()).await?;
+        let sent = self
+            .bytes
+            .put_stream(
+                &object,
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+                written.size,
+            )
+            .await?;
+        drop(spool);
+        let record = PartRecord {
+            number: number.get(),
+            size: sent.size,
+            sha256: sent.sha256,
+            crc32: sent.crc32,
+            object: object.clone(),
+        };
+        match self.catalog.put_part(session.upload_id, &record).await {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    if let Err(e) = self.bytes.delete_object(&old).await {
+                        tracing::warn!(object = old, error = %e, "cannot delete a replaced part; the sweep will");
+                    }
+                }
+                Ok(record.size)
+            }
+            Err(e) => {
+                let _ = self.bytes.delete_object(&object).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Completes a session: of racing completes on any instances one claims it; its parts
+    /// are joined in number order into the file's object (one part: copied inside the
+    /// bucket, its SHA-256 known from when it came), checked, the sidecar written, and the
+    /// row committed with the quota charged and the session finished. A failed check gives
+    /// the claim back with the parts kept.
+    pub async fn complete(
+        &self,
+        info: &Session,
+        req: CompleteRequest,
+    ) -> Result<Stored, StoreError> {
+        let id = info.upload_id;
+        match self.catalog.claim(id).await? {
+            Claim::Won(..) => {}
+            Claim::Lost(_) => return Err(StoreError::NotFound(Missing::Session)),
+        }
+        match self.publish_claimed(info, req).await {
+            Ok((stored, parts)) => {
+                self.delete_parts(&parts).await;
+                Ok(stored)
+            }
+            Err(e) => {
+                if let Err(u) = self.catalog.unclaim(id).await {
+                    tracing::warn!(session = %id, error = %u, "cannot give a claim back; it times out");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_claimed(
+        &self,
+        info: &Session,
+        req: CompleteRequest,
+    ) -> Result<(Stored, Vec<PartRecord>), StoreError> {
+        let parts = self.catalog.parts(info.upload_id).await?;
+        let total: u64 = parts.iter().map(|p| p.size).sum();
+        if total != info.file.size {
+            return Err(StoreError::SizeMismatch {
+                expected: info.file.size,
+                actual: total,
+            });
+        }
+        let original_name = req.filename.as_ref().unwrap_or(&info.file.name);
+        let folder = match &req.folder {
+            Some(chosen) => chosen.clone(),
+            None => info.folder.clone(),
+        };
+        let stored_name = format!(
+            "{}_{}",
+            super::random_prefix(),
+            FileName::sanitize(original_name.as_str()).as_str()
+        );
+        let key = Key::new(&info.user_id, folder.as_ref(), &stored_name);
+        let object = key.to_string();
+        let (sha256, crc32) = match parts.as_slice() {
+            [one] => {
+                check_sha(req.sha256.as_deref(), &one.sha256)?;
+                self.bytes.copy(&one.object, &object).await?;
+                (one.sha256.clone(), one.crc32)
+            }
+            _ => {
+                let objects: Vec<String> = parts.iter().map(|p| p.object.clone()).collect();
+                let joined = joined(self.bytes.clone(), objects);
+                let w = self.bytes.put_stream(&object, joined, total).await?;
+                if let Err(e) = check_sha(req.sha256.as_deref(), &w.sha256) {
+                    let _ = self.bytes.delete_object(&object).await;
+                    return Err(e);
+                }
+                (w.sha256, w.crc32)
+            }
+        };
+        let mut extra = info.meta.clone();
+        extra.extend(req.extra);
+        let meta = Meta::for_upload(
+            &info.user_id,
+            original_name,
+            folder.as_ref(),
+            info.file.mime.as_deref(),
+            extra,
+            (total, Some(sha256.clone()), Some(crc32)),
+        );
+        let record = FileRecord {
+            key: key.clone(),
+            size: total,
+            sha256: Some(sha256),
+            crc32: Some(crc32),
+            mime: meta.mime.clone(),
+            created_at: chrono::Utc::now(),
+            meta: meta.clone(),
+        };
+        let reservation = info.upload_id.to_string();
+        let published = async {
+            self.put_sidecar(&object, &meta).await?;
+            self.catalog
+                .publish(Publish {
+                    file: &record,
+                    reservation: Some(&reservation),
+                    session: Some(info.upload_id),
+                })
+                .await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = published {
+            if let Err(d) = self.bytes.delete(&object).await {
+                tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
+            }
+            return Err(e);
+        }
+        Ok((Stored { key, meta }, parts))
+    }
+
+    /// Writes the sidecar object beside the file's.
+    async fn put_sidecar(&self, object: &str, meta: &Meta) -> Result<(), StoreError> {
+        let json = Bytes::from(meta.to_json()?);
+        self.bytes
+            .put_stream(
+                &format!("{object}.meta"),
+                futures_util::stream::iter([Ok::<_, std::io::Error>(json)]),
+                u64::MAX,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A one-request upload of several files (multipart form): each file is spooled to the
+/// local disk as it arrives, under a quota reservation in the catalog that grows ahead of
+/// the bytes; once the form is read (its folder and `meta` may come after the files) each is
+/// sent to the bucket and published. Dropped, its reservation is given back.
+pub struct CloudUpload {
+    store: CloudStore,
+    user: UserId,
+    reservation: Reservation,
+    reserved: u64,
+}
+
+impl CloudStore {
+    /// Starts a one-request upload for `user`.
+    pub fn begin_upload(&self, user: &UserId) -> CloudUpload {
+        CloudUpload {
+            store: self.clone(),
+            user: user.clone(),
+            reservation: Reservation {
+                catalog: self.catalog.clone(),
+                id: format!("upload-{}", uuid::Uuid::new_v4().simple()),
+                armed: true,
+            },
+            reserved: 0,
+        }
+    }
+}
+
+impl CloudUpload {
+    /// Starts a file of this upload.
+    pub async fn begin_file(&self) -> Result<Sink, StoreError> {
+        self.store.spool_sink(self.store.limits.max_file).await
+    }
+
+    /// Writes a chunk of the current file, reserving quota ahead of it (413 as soon as the
+    /// quota would be passed); `total_before`: the bytes of this upload's earlier files.
+    pub async fn write(
+        &mut self,
+        sink: &mut Sink,
+        chunk: Bytes,
+        total_before: u64,
+    ) -> Result<(), StoreError> {
+        let need = total_before + sink.written() + chunk.len() as u64;
+        if need > self.reserved {
+            let want = need.max(self.reserved + RESERVE_STEP);
+            let c = &self.store.catalog;
+            let (user, id, quota) = (&self.user, &self.reservation.id, self.store.quota);
+            self.reserved = match c.reserve(user, id, want, quota).await {
+                Ok(()) => want,
+                Err(_) => {
+                    c.reserve(user, id, need, quota).await?;
+                    need
+                }
+            };
+        }
+        sink.write(chunk).await
+    }
+
+    /// Sends a spooled file to the bucket and publishes it (see [`CloudStore::put_file`]).
+    pub async fn publish_file(
+        &mut self,
+        (written, spool): (super::sink::Written, super::sink::TempGuard),
+        name: ClientFileName,
+        folder: Option<FolderPath>,
+        declared_mime: Option<String>,
+        expected_sha: Option<String>,
+        extra: Map<String, Value>,
+    ) -> Result<Stored, StoreError> {
+        check_sha(
+            expected_sha.as_deref(),
+            written.sha256.as_deref().unwrap_or(""),
+        )?;
+        let file = tokio::fs::File::open(spool.path()).await?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map(|r| r.map_err(StoreError::from));
+        let new = NewFile {
+            user: self.user.clone(),
+            name,
+            folder,
+            declared_mime,
+            expected_sha: written.sha256.clone(),
+            extra,
+        };
+        // The file's bytes move from this upload's reservation to the file's own (which
+        // `put_file` grows as it sends them): never held twice against the quota.
+        self.reserved = self.reserved.saturating_sub(written.size);
+        let c = &self.store.catalog;
+        if let Err(e) = c
+            .reserve(&self.user, &self.reservation.id, self.reserved, u64::MAX)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot shrink a quota reservation; it is released at the end");
+        }
+        let stored = self.store.put_file(new, body, written.size).await?;
+        drop(spool);
+        Ok(stored)
+    }
+
+    /// Releases what is still reserved.
+    pub async fn finish(mut self) {
+        self.reservation.armed = false;
+        if let Err(e) = self.store.catalog.release(&self.reservation.id).await {
+            tracing::warn!(reservation = self.reservation.id, error = %e, "cannot release a quota reservation; the sweep will");
+        }
+    }
+}
+
+/// How long an object may stand without its row before the sweep takes it for what a crash
+/// left (a publish writes the object, its sidecar and its row within seconds).
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+impl CloudStore {
+    /// Removes what expired or what a crash left: expired sessions (their reservations
+    /// released, their parts deleted), expired batch tokens, reservations of one-request
+    /// uploads whose instance died; with `deep`, also objects without a catalog row (files
+    /// never published, parts of sessions gone). Safe with every instance sweeping at once:
+    /// the catalog hands each expired session to one sweep, and deleting an object twice is
+    /// harmless.
+    pub async fn sweep(&self, deep: bool) -> Result<u64, StoreError> {
+        let mut swept = 0u64;
+        loop {
+            let removed = self.catalog.sweep_expired(chrono::Utc::now(), 100).await?;
+            if removed.is_empty() {
+                break;
+            }
+            for r in &removed {
+                self.delete_parts(&r.parts).await;
+            }
+            swept += removed.len() as u64;
+        }
+        self.catalog.sweep_batches(chrono::Utc::now()).await?;
+        self.catalog.sweep_stale_reservations(ORPHAN_AGE).await?;
+        if deep {
+            self.sweep_orphans().await?;
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_orphans(&self) -> Result<(), StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(ORPHAN_AGE).unwrap_or(chrono::Duration::hours(1));
+        let prefix = self.bytes.prefix().to_owned();
+        // Files: data objects (not sidecars) without a row, by pages.
+        let mut listing = self.bytes.list_prefix("storage");
+        let mut page: Vec<String> = Vec::new();
+        let mut removed = 0u64;
+        while let Some(o) = listing.next().await {
+            let o = o?;
+            let key = o
+                .location
+                .strip_prefix(&prefix)
+                .unwrap_or(&o.location)
+                .to_owned();
+            if o.last_modified > cutoff || key.ends_with(".meta") {
+                continue;
+            }
+            page.push(key);
+            if page.len() == 500 {
+                removed += self.remove_unlisted(std::mem::take(&mut page)).await?;
+            }
+        }
+        removed += self.remove_unlisted(page).await?;
+        // Parts of sessions the catalog no longer has.
+        let mut listing = self.bytes.list_prefix("parts");
+        while let Some(o) = listing.next().await {
+            let o = o?;
+            let key = o
+                .location
+                .strip_prefix(&prefix)
+                .unwrap_or(&o.location)
+                .to_owned();
+            let Some(id) = key
+                .split('/')
+                .nth(1)
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            else {
+                continue;
+            };
+            if o.last_modified > cutoff {
+                continue;
+            }
+            if self.catalog.existing_sessions(&[id]).await?.is_empty() {
+                let _ = self.bytes.delete_object(&key).await;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                objects = removed,
+                "swept objects a crash left without a catalog row"
+            );
+        }
+        Ok(())
+    }
+
+    async fn remove_unlisted(&self, keys: Vec<String>) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let known: std::collections::HashSet<String> = self
+            .catalog
+            .existing_keys(&keys)
+            .await?
+            .into_iter()
+            .collect();
+        let mut n = 0;
+        for k in keys.iter().filter(|k| !known.contains(*k)) {
+            let _ = self.bytes.delete(k).await;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The objects one after the other, each streamed as the server sends it.
+fn joined(
+    bytes: S3Bytes,
+    objects: Vec<String>,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes, S3Error>> {
+    futures_util::stream::iter(objects)
+        .then(move |o| {
+            let bytes = bytes.clone();
+            Box::pin(async move { bytes.get_range(&o, None).await.map(|r| r.stream) })
+                as futures_util::future::BoxFuture<'static, _>
+        })
+        .try_flatten()
+        .boxed()
 }
 
 fn remember(slot: &Mutex<Option<StoreError>>, e: StoreError) -> std::io::Error {

@@ -312,6 +312,22 @@ pub(super) fn cut_data_file(dir: &Path, data: &std::fs::File) {
 }
 
 impl PartUpload {
+    /// A part received into a file of its own (`STORAGE_BACKEND=s3` spools a part to the
+    /// local disk, then sends it to the bucket whole).
+    pub(super) fn spooled(sink: Sink, staging: Option<staging::StagingCharge>) -> Self {
+        Self {
+            sink,
+            append_at: None,
+            staging,
+            segment_number: None,
+        }
+    }
+
+    /// The spool of a part made by [`PartUpload::spooled`].
+    pub(super) fn into_sink(self) -> Sink {
+        self.sink
+    }
+
     /// Writes decoded bytes.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         if let Some(charge) = &mut self.staging {

@@ -141,6 +141,49 @@ pub(crate) struct TestApp {
     pub(crate) http: reqwest::Client,
     pub(crate) root: TempDir,
     pub(crate) keys: &'static Keys,
+    /// With `UPLOAD_TEST_BACKEND=s3`: the bucket and the database the app runs on.
+    pub(crate) cloud: Option<CloudBackend>,
+}
+
+/// A real S3 server and a PostgreSQL database of the app's own (`STORAGE_BACKEND=s3`).
+pub(crate) struct CloudBackend {
+    pub(crate) s3: crate::s3_server::S3Server,
+    pub(crate) db: crate::pg_server::TestDb,
+}
+
+/// Whether the apps of this run use `STORAGE_BACKEND=s3` (`UPLOAD_TEST_BACKEND=s3`): the
+/// API suite runs once per backend, the same tests.
+pub(crate) fn s3_backend() -> bool {
+    std::env::var("UPLOAD_TEST_BACKEND").is_ok_and(|b| b == "s3")
+}
+
+impl CloudBackend {
+    pub(crate) async fn start() -> Self {
+        let s3 = tokio::task::spawn_blocking(crate::s3_server::S3Server::start)
+            .await
+            .unwrap();
+        let db = crate::pg_server::TestDb::new().await;
+        Self { s3, db }
+    }
+
+    /// The settings that point an app at them.
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        [
+            ("STORAGE_BACKEND", "s3".to_owned()),
+            ("S3_ENDPOINT", self.s3.endpoint.clone()),
+            ("S3_BUCKET", crate::s3_server::BUCKET.to_owned()),
+            ("S3_ACCESS_KEY_ID", crate::s3_server::ACCESS_KEY.to_owned()),
+            (
+                "S3_SECRET_ACCESS_KEY",
+                crate::s3_server::SECRET_KEY.to_owned(),
+            ),
+            ("DATABASE_URL", self.db.url()),
+            ("DATABASE_POOL_SIZE", "4".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 /// The app with the test defaults.
@@ -172,6 +215,14 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    let cloud = if s3_backend() {
+        Some(CloudBackend::start().await)
+    } else {
+        None
+    };
+    if let Some(c) = &cloud {
+        env.extend(c.env());
+    }
     for (k, v) in extra {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -190,6 +241,7 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         http: client(),
         root,
         keys,
+        cloud,
     }
 }
 
@@ -199,6 +251,36 @@ pub(crate) fn client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
+}
+
+impl TestApp {
+    /// The folder holding the `storage/` tree of stored files and sidecars: `UPLOAD_ROOT`, or
+    /// (s3) the bucket's folder on the S3 server's disk, object key = file key.
+    pub(crate) fn storage_root(&self) -> std::path::PathBuf {
+        match &self.cloud {
+            None => self.root.path().to_path_buf(),
+            Some(c) => c.s3.root.path().join(crate::s3_server::BUCKET),
+        }
+    }
+
+    /// What uploads in flight keep (sessions, parts, spools): empty once every upload has
+    /// ended, whichever way.
+    pub(crate) fn leftovers(&self) -> Vec<String> {
+        match &self.cloud {
+            None => files_under(&self.root.path().join(".parts")),
+            Some(c) => {
+                let mut left = files_under(
+                    &c.s3
+                        .root
+                        .path()
+                        .join(crate::s3_server::BUCKET)
+                        .join("parts"),
+                );
+                left.extend(files_under(&self.root.path().join(".spool")));
+                left
+            }
+        }
+    }
 }
 
 impl TestApp {

@@ -333,7 +333,7 @@ async fn large_files_stream_whole_and_in_ranges_from_cache_or_disk() {
         .await;
     let key = done["key"].as_str().unwrap().to_owned();
     let path = format!("/{key}");
-    let on_disk = app.root.path().join(&key);
+    let on_disk = app.storage_root().join(&key);
     for cold in [false, true] {
         let ranges: [(u64, u64); 4] = [
             (0, data.len() as u64),
@@ -396,7 +396,7 @@ async fn large_files_stream_whole_and_in_ranges_from_cache_or_disk() {
 #[tokio::test]
 async fn special_files_in_storage_are_not_served_and_do_not_hang() {
     let app = spawn_app().await;
-    let dir = app.root.path().join("storage/u1/main");
+    let dir = app.storage_root().join("storage/u1/main");
     std::fs::create_dir_all(&dir).unwrap();
     // A FIFO opened for reading would block forever without O_NONBLOCK.
     let fifo = dir.join("0badcafe_pipe.bin");
@@ -446,7 +446,7 @@ async fn script_capable_files_are_sandboxed() {
 #[tokio::test]
 async fn a_range_at_the_end_of_a_3_gib_sparse_file() {
     let app = spawn_app().await;
-    let dir = app.root.path().join("storage/u1/big");
+    let dir = app.storage_root().join("storage/u1/big");
     std::fs::create_dir_all(&dir).unwrap();
     let f = std::fs::File::create(dir.join("0badcafe_sparse.bin")).unwrap();
     let len = 3u64 << 30;
@@ -753,7 +753,7 @@ async fn a_sidecar_edited_by_hand_is_served_once_the_cache_lifetime_has_passed()
     let res = get_with(&app, &path, &[]).await;
     assert_eq!(header(&res, "content-type"), "text/plain");
     // An operator changes the type in the sidecar; the data file is untouched.
-    let side = app.root.path().join(format!("{key}.meta"));
+    let side = app.storage_root().join(format!("{key}.meta"));
     let mut m: Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
     m["mime"] = json!("text/markdown");
     std::fs::write(&side, serde_json::to_vec(&m).unwrap()).unwrap();

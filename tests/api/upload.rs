@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 fn key_path(app: &TestApp, key: &str) -> std::path::PathBuf {
-    app.root.path().join(key)
+    app.storage_root().join(key)
 }
 
 fn sidecar(app: &TestApp, key: &str) -> Value {
@@ -443,7 +443,7 @@ async fn error_statuses_of_section_3() {
             json!({ "detail": "SHA256 mismatch" })
         )
     );
-    assert!(files_under(&app.root.path().join("storage")).is_empty());
+    assert!(files_under(&app.storage_root().join("storage")).is_empty());
     let (s, b) = app
         .as_service()
         .complete(id, json!({ "meta": { "user_id": "someone-else" } }))
@@ -465,12 +465,8 @@ async fn error_statuses_of_section_3() {
         StatusCode::NOT_FOUND
     );
     // Nothing but the file and its sidecar is left.
-    assert_eq!(files_under(&app.root.path().join("storage")).len(), 2);
-    assert!(
-        files_under(&app.root.path().join(".parts")).is_empty(),
-        "{:?}",
-        files_under(&app.root.path().join(".parts"))
-    );
+    assert_eq!(files_under(&app.storage_root().join("storage")).len(), 2);
+    assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
 }
 
 #[tokio::test]
@@ -552,11 +548,11 @@ async fn quota_holds_under_concurrent_uploads() {
         }
     }
     assert_eq!(ok, 1, "exactly one of four fits");
-    let used: u64 = files_under(&app.root.path().join("storage/full"))
+    let used: u64 = files_under(&app.storage_root().join("storage/full"))
         .iter()
         .filter(|f| !f.ends_with(".meta"))
         .map(|f| {
-            std::fs::metadata(app.root.path().join("storage/full").join(f))
+            std::fs::metadata(app.storage_root().join("storage/full").join(f))
                 .unwrap()
                 .len()
         })
@@ -587,11 +583,9 @@ async fn quota_holds_under_concurrent_uploads() {
         .await;
     // Nothing half-written stays behind from the refused uploads.
     assert!(
-        files_under(&app.root.path().join(".parts"))
-            .iter()
-            .all(|f| f.ends_with("session.json")),
+        app.leftovers().iter().all(|f| f.ends_with("session.json")),
         "{:?}",
-        files_under(&app.root.path().join(".parts"))
+        app.leftovers()
     );
 }
 
@@ -651,7 +645,7 @@ async fn one_request_uploads() {
         .ends_with("_raw%20file.bin"));
     assert_eq!(std::fs::read(key_path(&app, key)).unwrap(), data);
     // A mismatching SHA-256 stores nothing.
-    let before = files_under(&app.root.path().join("storage"));
+    let before = files_under(&app.storage_root().join("storage"));
     let (s, b) = send(
         app.post("/v1/files/upload?user_id=u9&filename=x.bin")
             .as_service()
@@ -700,12 +694,8 @@ async fn one_request_uploads() {
         StatusCode::BAD_REQUEST
     );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(files_under(&app.root.path().join("storage")), before);
-    assert!(
-        files_under(&app.root.path().join(".parts")).is_empty(),
-        "{:?}",
-        files_under(&app.root.path().join(".parts"))
-    );
+    assert_eq!(files_under(&app.storage_root().join("storage")), before);
+    assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
 }
 
 #[tokio::test]
@@ -731,10 +721,12 @@ async fn a_part_cut_off_mid_body_leaves_nothing() {
     let (s, status) = app.as_service().session(id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], 0, "{status}");
-    assert_eq!(
-        files_under(&app.root.path().join(".parts")),
-        vec![format!("{id}/session.json")]
-    );
+    // On disk the session's record stays (s3: its row in the database), nothing else.
+    let session_record = match app.cloud {
+        None => vec![format!("{id}/session.json")],
+        Some(_) => vec![],
+    };
+    assert_eq!(app.leftovers(), session_record);
 }
 
 #[tokio::test]
@@ -935,10 +927,7 @@ async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
     );
     let (_, status) = app.as_service().session(id).await;
     assert_eq!(status["receivedBytes"], 0);
-    assert_eq!(
-        files_under(&app.root.path().join(".parts")),
-        vec![format!("{id}/session.json")]
-    );
+    assert_eq!(app.leftovers(), vec![format!("{id}/session.json")]);
 }
 
 /// Regression (review): each upload used to hold a blocking thread while its client was
@@ -983,7 +972,7 @@ async fn stalled_uploads_do_not_starve_other_requests() {
     // Every stalled upload goes away without a trace.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let left = files_under(&app.root.path().join(".parts"));
+        let left = app.leftovers();
         if left.is_empty() {
             break;
         }

@@ -94,11 +94,7 @@ pub(crate) async fn complete_upload(
     if info.resumable.is_some() {
         return Err(crate::store::StoreError::WrongProtocol.into());
     }
-    let stored = state
-        .store
-        .fs("Three-step uploads")?
-        .complete(&info, complete)
-        .await?;
+    let stored = state.store.complete(&info, complete).await?;
     tracing::info!(target: "activity", event = "upload", user = %info.user_id, key = %stored.key, size = stored.meta.size.unwrap_or(0));
     Ok(Json(Completed {
         key: stored.key.to_string(),

@@ -156,7 +156,6 @@ pub(crate) async fn init_upload(
     let folder = req.folder.as_deref().and_then(FolderPath::sanitize);
     let sessions = state
         .store
-        .fs("Three-step uploads")?
         .create_sessions(&user, mode, files, folder, client_fields(req.meta))
         .await?;
     let first = sessions

@@ -62,7 +62,7 @@ pub(crate) async fn owned_session(
     id: &str,
 ) -> ApiResult<Session> {
     let id = SessionId::parse(id)?;
-    let session = state.store.fs("Upload sessions")?.session(&id).await?;
+    let session = state.store.session(&id).await?;
     if !caller.may_access(session.user_id.as_str()) {
         return Err(ApiError::NotFound("Upload session not found".to_owned()));
     }

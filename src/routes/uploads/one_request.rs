@@ -368,13 +368,7 @@ pub(crate) async fn upload_multipart(
                 g.check_file(file_name.as_str(), mime.as_deref(), None)?;
             }
             if upload.is_none() {
-                upload = Some(
-                    state
-                        .store
-                        .fs("One-request uploads")?
-                        .begin_upload(&owner)
-                        .await?,
-                );
+                upload = Some(state.store.begin_upload(&owner).await?);
             }
             let Some(up) = upload.as_mut() else { continue };
             let mut sink = up.begin_file().await?;

@@ -144,11 +144,7 @@ pub(crate) async fn upload_part_json(
                     Some((id, n)) => {
                         let session = owned_session(&state, &caller, id).await?;
                         let n = part_number(n)?;
-                        let part = state
-                            .store
-                            .fs("Three-step uploads")?
-                            .begin_part(&session, n)
-                            .await?;
+                        let part = state.store.begin_part(&session, n).await?;
                         target = Some((session, n, part));
                     }
                     None => {
@@ -156,13 +152,7 @@ pub(crate) async fn upload_part_json(
                             Caller::User(u) => Some(u),
                             Caller::Service => None,
                         };
-                        staged = Some(
-                            state
-                                .store
-                                .fs("Three-step uploads")?
-                                .begin_staged_part(who)
-                                .await?,
-                        );
+                        staged = Some(state.store.begin_staged_part(who).await?);
                     }
                 }
             }
@@ -203,11 +193,7 @@ pub(crate) async fn upload_part_json(
                     return Err(ApiError::Internal(anyhow::anyhow!("part without a file")))
                 }
             };
-            let size = state
-                .store
-                .fs("Three-step uploads")?
-                .commit_part(&session, n, part)
-                .await?;
+            let size = state.store.commit_part(&session, n, part).await?;
             return Ok(Json(PartReceived::new(n.get(), size)));
         }
     }
@@ -238,20 +224,12 @@ pub(crate) async fn upload_part_raw(
 ) -> ApiResult<Json<PartReceived>> {
     let session = owned_session(&state, &caller, &upload_id).await?;
     let n = part_number(&number)?;
-    let mut part = state
-        .store
-        .fs("Three-step uploads")?
-        .begin_part(&session, n)
-        .await?;
+    let mut part = state.store.begin_part(&session, n).await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| body_error(&e))?;
         part.write(chunk).await?;
     }
-    let size = state
-        .store
-        .fs("Three-step uploads")?
-        .commit_part(&session, n, part)
-        .await?;
+    let size = state.store.commit_part(&session, n, part).await?;
     Ok(Json(PartReceived::new(n.get(), size)))
 }

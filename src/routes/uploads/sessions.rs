@@ -82,16 +82,12 @@ pub(crate) async fn session_status(
     // it made (its record is read only when no live session answers).
     let (info, parts, stored) = match owned_session(&state, &caller, &upload_id).await {
         Ok(info) => {
-            let parts = state
-                .store
-                .fs("Upload sessions")?
-                .session_parts(&info.upload_id)
-                .await?;
+            let parts = state.store.session_parts(&info.upload_id).await?;
             (info, parts, None)
         }
         Err(unknown @ ApiError::NotFound(_)) => {
             let id = SessionId::parse(&upload_id)?;
-            match state.store.fs("Upload sessions")?.progress(&id).await {
+            match state.store.progress(&id).await {
                 Ok(Progress::Finished(f)) if caller.may_access(f.session.user_id.as_str()) => {
                     (f.session, vec![(1, f.size)], Some(f.key))
                 }
@@ -158,7 +154,7 @@ pub(crate) async fn abort_session(
     AppPath(upload_id): AppPath<String>,
 ) -> ApiResult<Json<StatusWord>> {
     let info = owned_session(&state, &caller, &upload_id).await?;
-    state.store.fs("Upload sessions")?.abort(&info).await?;
+    state.store.abort(&info).await?;
     tracing::info!(target: "activity", event = "upload_abort", user = %info.user_id, upload_id = %info.upload_id);
     Ok(Json(StatusWord { status: "aborted" }))
 }

@@ -12,11 +12,13 @@
 
 mod batch;
 mod files;
+mod parts;
 mod quota;
 mod sessions;
 mod signing_key;
 
 pub use files::{FileRecord, ListPage};
+pub use parts::PartRecord;
 pub use quota::{Publish, Usage};
 pub use sessions::{
     Appended, Claim, RemovedSession, SegmentRecord, SessionRecord, SessionState, CLAIM_TIMEOUT,

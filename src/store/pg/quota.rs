@@ -65,7 +65,7 @@ pub(super) async fn reserve_locked(
     let bytes = to_i64(bytes)?;
     sqlx::query(
         "INSERT INTO reservations (id, user_id, bytes) VALUES ($1, $2, $3)
-         ON CONFLICT (id) DO UPDATE SET bytes = EXCLUDED.bytes",
+         ON CONFLICT (id) DO UPDATE SET bytes = EXCLUDED.bytes, created_at = now()",
     )
     .bind(id)
     .bind(user)
@@ -231,5 +231,54 @@ impl PgCatalog {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Releases the reservations of one-request uploads (ids `upload-…`) untouched for
+    /// `idle`: an instance that died mid-upload left them. Returns how many.
+    pub async fn sweep_stale_reservations(&self, idle: std::time::Duration) -> CatalogResult<u64> {
+        let idle =
+            chrono::Duration::from_std(idle).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let stale: Vec<(String, String)> = sqlx::query(
+            "SELECT id, user_id FROM reservations WHERE id LIKE 'upload-%' AND created_at < $1
+             ORDER BY user_id",
+        )
+        .bind(chrono::Utc::now() - idle)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<CatalogResult<_>>()?;
+        let mut n = 0;
+        for (id, user) in stale {
+            let mut tx = self.pool.begin().await?;
+            lock_quota(&mut tx, &user).await?;
+            if release_locked(&mut tx, &user, &id).await? > 0 {
+                n += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+
+    /// Of `keys`, those with a file row.
+    pub async fn existing_keys(&self, keys: &[String]) -> CatalogResult<Vec<String>> {
+        Ok(sqlx::query("SELECT key FROM files WHERE key = ANY($1)")
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Of session ids `ids`, those the catalog still has.
+    pub async fn existing_sessions(&self, ids: &[uuid::Uuid]) -> CatalogResult<Vec<uuid::Uuid>> {
+        Ok(sqlx::query("SELECT id FROM sessions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 }

@@ -97,6 +97,8 @@ pub struct RemovedSession {
     pub segments: Vec<SegmentRecord>,
     /// Bytes its reservation held, now released.
     pub released: u64,
+    /// Its three-step parts (their objects to delete).
+    pub parts: Vec<super::parts::PartRecord>,
 }
 
 const SESSION_COLUMNS: &str = "session, state, end_offset, file_key, file_size";
@@ -136,6 +138,10 @@ fn segment_from_row(row: &PgRow) -> CatalogResult<SegmentRecord> {
     })
 }
 
+pub(super) fn session_uuid(id: SessionId) -> CatalogResult<uuid::Uuid> {
+    uuid(id)
+}
+
 fn uuid(id: SessionId) -> CatalogResult<uuid::Uuid> {
     uuid::Uuid::parse_str(&id.to_string()).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
@@ -150,6 +156,48 @@ async fn lock_session(conn: &mut PgConnection, id: SessionId) -> CatalogResult<S
     .await?
     .ok_or_else(|| not_found(Missing::Session))?;
     session_from_row(&row)
+}
+
+/// Locks session `id`, which must be live and unexpired: a claimed one is
+/// [`StoreError::Busy`], a finished or expired one is not found.
+pub(super) async fn lock_live(
+    conn: &mut PgConnection,
+    id: SessionId,
+) -> CatalogResult<SessionRecord> {
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS}, expires_at > now() AS open FROM sessions WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(uuid(id)?)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| not_found(Missing::Session))?;
+    let open: bool = row.try_get("open")?;
+    let record = session_from_row(&row)?;
+    match record.state {
+        _ if !open => Err(not_found(Missing::Session)),
+        SessionState::Live => Ok(record),
+        SessionState::Claimed => Err(StoreError::Busy.into()),
+        SessionState::Finished => Err(not_found(Missing::Session)),
+    }
+}
+
+/// Inserts session `s` as live (the caller reserves its bytes).
+pub(super) async fn insert_session(conn: &mut PgConnection, s: &Session) -> CatalogResult<()> {
+    let json =
+        serde_json::to_value(s).map_err(|e| CatalogError::Corrupt(format!("session JSON: {e}")))?;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, session, length, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid(s.upload_id)?)
+    .bind(s.user_id.as_str())
+    .bind(json)
+    .bind(s.length().map(to_i64).transpose()?)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Locks session `id`, which must be claimed (by the caller, who is publishing it).
@@ -182,6 +230,10 @@ pub(super) async fn finish_locked(
     if done == 0 {
         return Err(not_found(Missing::Session));
     }
+    sqlx::query("DELETE FROM parts WHERE session_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM segments WHERE session_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -459,6 +511,7 @@ impl PgCatalog {
             SessionState::Finished => return Err(not_found(Missing::Session)),
         }
         let segments = segments_of(&mut tx, sid).await?;
+        let parts = super::parts::parts_of(&mut tx, sid).await?;
         let user = record.session.user_id.as_str().to_owned();
         lock_quota(&mut tx, &user).await?;
         let released = release_locked(&mut tx, &user, &id.to_string()).await?;
@@ -471,6 +524,7 @@ impl PgCatalog {
             record,
             segments,
             released,
+            parts,
         })
     }
 
@@ -503,7 +557,8 @@ impl PgCatalog {
             let sid: uuid::Uuid = row.try_get("id")?;
             let record = session_from_row(row)?;
             let segments = segments_of(&mut tx, sid).await?;
-            removed.push((sid, record, segments));
+            let parts = super::parts::parts_of(&mut tx, sid).await?;
+            removed.push((sid, record, segments, parts));
         }
         // Quota rows in user order: two sweeps never wait on each other in a cycle.
         removed.sort_by(|a, b| {
@@ -514,7 +569,7 @@ impl PgCatalog {
         });
         let mut out = Vec::with_capacity(removed.len());
         let mut locked: Option<String> = None;
-        for (sid, record, segments) in removed {
+        for (sid, record, segments, parts) in removed {
             let user = record.session.user_id.as_str().to_owned();
             if locked.as_deref() != Some(user.as_str()) {
                 lock_quota(&mut tx, &user).await?;
@@ -529,6 +584,7 @@ impl PgCatalog {
                 record,
                 segments,
                 released,
+                parts,
             });
         }
         tx.commit().await?;

@@ -505,6 +505,20 @@ impl S3Bytes {
             .await?)
     }
 
+    /// Copies the object at `from` to `to`, inside the bucket (no byte passes through here).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
+        let (a, b) = (self.path(from)?, self.path(to)?);
+        self.store.copy(&a, &b).await?;
+        Ok(())
+    }
+
+    /// Deletes the object at `key` alone (a part, a staging object).
+    pub async fn delete_object(&self, key: &str) -> Result<(), S3Error> {
+        let path = self.path(key)?;
+        self.store.delete(&path).await?;
+        Ok(())
+    }
+
     /// Deletes the file at `key` and its sidecar (`key + ".meta"`). Deleting what is not
     /// there succeeds (S3 semantics): a repeated delete is harmless.
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
