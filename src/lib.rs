@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod jwt_keys;
 pub mod metrics;
+pub mod migrate;
 pub mod part_json;
 pub mod routes;
 pub mod secrets;

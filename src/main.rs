@@ -6,11 +6,15 @@
 //! Options: `--env-file PATH` (also `UPLOAD_ENV_FILE`), `--help`, `--version`.
 //! `upload-server check [--env-file PATH] [--accept-new-secrets]`: the pre-flight check of
 //! an env file and its data root (`src/check.rs`), without serving.
+//! `upload-server migrate [--env-file PATH]`: copies `UPLOAD_ROOT/storage` into the bucket
+//! and catalog of `STORAGE_BACKEND=s3`; `upload-server reindex [--env-file PATH] [--prune]`
+//! rebuilds the catalog's file rows from the bucket (`src/migrate/`).
 //!
-//! Exit codes: 0 stopped cleanly (or `check` found nothing wrong); 1 `check` found problems,
-//! or the server failed while serving; 2 a configuration error, which includes every
-//! failure before serving (bad value, address in use, root not writable): one stderr line
-//! naming the setting.
+//! Exit codes: 0 stopped cleanly (or `check` found nothing wrong, or `migrate`/`reindex` did
+//! every file); 1 `check` found problems, some files of `migrate`/`reindex` failed, or the
+//! server failed while serving; 2 a configuration error, which includes every failure
+//! before serving (bad value, address in use, root not writable) and a bucket or database
+//! that `migrate`/`reindex` cannot reach: one stderr line naming the setting.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +35,13 @@ enum Command {
         env_file: Option<PathBuf>,
         accept_new_secrets: bool,
     },
+    /// `migrate`: `UPLOAD_ROOT/storage` into the bucket and catalog.
+    Migrate { env_file: Option<PathBuf> },
+    /// `reindex`: the catalog's file rows from the bucket.
+    Reindex {
+        env_file: Option<PathBuf>,
+        prune: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +58,17 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             };
+        }
+        Ok(Command::Migrate { env_file }) => {
+            return run_tool(env_file, |settings| async move {
+                upload_server::migrate::migrate(&settings).await
+            })
+        }
+        Ok(Command::Reindex { env_file, prune }) => {
+            return run_tool(env_file, move |settings| async move {
+                let options = upload_server::migrate::ReindexOptions { prune };
+                upload_server::migrate::reindex(&settings, options).await
+            })
         }
         Err(code) => return code,
     };
@@ -78,6 +100,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `migrate` or `reindex` with the settings, exiting with its outcome's code.
+fn run_tool<F, Fut>(env_file: Option<PathBuf>, tool: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: std::future::Future<Output = upload_server::migrate::Outcome>,
+{
+    let settings = match Settings::from_env(env_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return config_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("upload-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ExitCode::from(runtime.block_on(tool(settings)).code())
+}
+
 /// The one line a configuration error gets, exit 2.
 fn config_error(e: ConfigError) -> ExitCode {
     eprintln!("upload-server: configuration error: {e}");
@@ -91,6 +136,8 @@ fn one_line(e: &anyhow::Error) -> String {
 
 const USAGE: &str = "Usage: upload-server [--env-file PATH]
        upload-server check [--env-file PATH] [--accept-new-secrets]
+       upload-server migrate [--env-file PATH]
+       upload-server reindex [--env-file PATH] [--prune]
 
 Settings come from the environment; --env-file or UPLOAD_ENV_FILE names a KEY=VALUE file
 (systemd's EnvironmentFile form), the environment winning over it.
@@ -99,18 +146,34 @@ check: validates the settings and the data root (permissions, free space, sideca
 signing key) and reports AUTH_SERVICE_TOKEN, UPLOAD_SIGNING_KEY or PUBLIC_BASE_URL left unset
 as upgrade hazards (warnings with --accept-new-secrets); exit 0 when fine, 1 otherwise.
 
+migrate: copies every file of UPLOAD_ROOT/storage (with its .meta sidecar) into the bucket
+and the PostgreSQL catalog named by STORAGE_BACKEND=s3, S3_* and DATABASE_URL, 4 files at a
+time, checking each SHA-256 against the sidecar's; UPLOAD_ROOT is only read. Files already
+in the bucket and the catalog are skipped, so a rerun finishes an interrupted run. Exit 0
+when every file is there, 1 when some failed (each is named on stderr), 2 when a setting is
+wrong or the bucket or database cannot be reached.
+
+reindex: rebuilds the catalog's file rows from the bucket: a row for every object under
+{S3_PREFIX}/storage/ that has none, from its .meta sidecar object; existing rows are kept;
+--prune removes rows whose object is gone. Users' usage is recounted. Exit codes as migrate.
+
 Settings (name, default, meaning):";
 
 /// `Err(code)` when the process should exit now (`--help`, `--version`, a bad argument).
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, ExitCode> {
     let mut env_file = None;
-    let mut check = false;
     let mut accept_new_secrets = false;
+    let mut prune = false;
     let mut args = args.peekable();
-    if args.peek().is_some_and(|a| a == "check") {
-        check = true;
-        args.next();
-    }
+    let sub = match args.peek().map(String::as_str) {
+        Some(s @ ("check" | "migrate" | "reindex")) => {
+            let s = s.to_owned();
+            args.next();
+            Some(s)
+        }
+        _ => None,
+    };
+    let check = sub.as_deref() == Some("check");
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--env-file" => match args.next() {
@@ -124,6 +187,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, ExitCode> {
                 env_file = Some(PathBuf::from(&a["--env-file=".len()..]))
             }
             "--accept-new-secrets" if check => accept_new_secrets = true,
+            "--prune" if sub.as_deref() == Some("reindex") => prune = true,
             "--version" | "-V" => {
                 println!("upload-server {}", env!("CARGO_PKG_VERSION"));
                 return Err(ExitCode::SUCCESS);
@@ -142,13 +206,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, ExitCode> {
             }
         }
     }
-    Ok(if check {
-        Command::Check {
+    Ok(match sub.as_deref() {
+        Some("check") => Command::Check {
             env_file,
             accept_new_secrets,
-        }
-    } else {
-        Command::Serve { env_file }
+        },
+        Some("migrate") => Command::Migrate { env_file },
+        Some("reindex") => Command::Reindex { env_file, prune },
+        _ => Command::Serve { env_file },
     })
 }
 

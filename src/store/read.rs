@@ -76,7 +76,7 @@ const META_CACHE_MAX: usize = 50_000;
 
 /// Sidecars larger than this are treated as unreadable (their file is served with
 /// metadata made up from its name).
-pub(super) const MAX_SIDECAR: usize = 16 << 20;
+pub const MAX_SIDECAR: usize = 16 << 20;
 
 /// Reads the sidecar of `data` (if any) into a `Meta`.
 fn load_meta(data: &Path, key: &Key) -> Meta {
@@ -84,8 +84,9 @@ fn load_meta(data: &Path, key: &Key) -> Meta {
 }
 
 /// A `Meta` from a sidecar's bytes, or made up from the key when there is none (or it is not
-/// valid JSON): files of the old service may have thin sidecars or none.
-pub(super) fn meta_from(sidecar: Option<&[u8]>, key: &Key) -> Meta {
+/// valid JSON): files of the old service may have thin sidecars or none. `migrate` and
+/// `reindex` make up the same metadata for such files.
+pub fn meta_from(sidecar: Option<&[u8]>, key: &Key) -> Meta {
     let stored = key.file_name();
     // `{8 hex}_{name}`: the name without its prefix stands in for a missing original name.
     let fallback = match stored.split_once('_') {

@@ -19,6 +19,7 @@ mod fuzz_found;
 mod health;
 mod helpers;
 mod logs;
+mod migrate;
 mod nginx;
 mod parts;
 mod pg_catalog;

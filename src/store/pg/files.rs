@@ -157,6 +157,27 @@ impl PgCatalog {
         Ok(inserted)
     }
 
+    /// The keys (as stored) and creation times of at most `limit` files, in key order
+    /// (bytewise), after `after` (from the first when `None`): the whole catalog walked page
+    /// by page, for `reindex --prune`.
+    pub async fn file_keys_after(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> CatalogResult<Vec<(String, DateTime<Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT key, created_at FROM files WHERE $1::text IS NULL OR key > $1
+             ORDER BY key LIMIT $2",
+        )
+        .bind(after)
+        .bind(to_i64(limit)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key")?, r.try_get("created_at")?)))
+            .collect()
+    }
+
     /// The file at `key`.
     pub async fn file(&self, key: &Key) -> CatalogResult<FileRecord> {
         let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE key = $1"))
