@@ -230,8 +230,8 @@ class Run:
         self.bytes_down += len(res.body)
         return res
 
-    def no_answer(self, c: Client, t: Target) -> str:
-        """What became of the client's last request to t, which got no good answer."""
+    def no_answer(self, c: Client) -> str:
+        """What became of the client's last request, which got no good answer."""
         if c.last_status == REFUSED:
             return "refused (instance down)"
         return "answered 5xx or cut"
@@ -290,7 +290,7 @@ class Run:
                 if t is None or t is self.nginx:
                     self.inc("part through nginx answered 5xx or cut: sent again")
                 else:
-                    self.inc(f"raw part {self.no_answer(c, t)}: sent again to the next instance")
+                    self.inc(f"raw part {self.no_answer(c)}: sent again to the next instance")
                     t = self.other(t)
                 await asyncio.sleep(0.1)
                 continue
@@ -465,7 +465,7 @@ class Run:
                 kind = "get_range" if hdr else "get_full"
                 res = await self.call(c, t, kind, "GET", storage_path(rec.key), hdr)
                 if res is None or res.status >= 500:
-                    self.inc(f"read {self.no_answer(c, t)}: asked again")
+                    self.inc(f"read {self.no_answer(c)}: asked again")
                     continue
                 self.lost_if_404(rec, res, kind)
                 if hdr:
