@@ -190,6 +190,41 @@ if [ -z "$drain" ] || [ -z "$stop" ] || [ "$stop" -le "$drain" ] || [ "$stop" -g
     fail "TimeoutStopSec must be a little above the drain"
 fi
 
+# The multi-instance files (deploy/, README "Many instances"): installed by hand, so only
+# checked here: they must not drift from the single-instance ones, and must parse.
+case_name="the template unit is upload-server.service but for its env files"
+unit_lines() { grep -vE '^[[:space:]]*(#|$)' "$1" | grep -vE '^(Description|EnvironmentFile)=' || true; }
+out=$(diff <(unit_lines upload-server.service) <(unit_lines 'deploy/upload-server@.service') || true)
+[ -z "$out" ] || fail "deploy/upload-server@.service differs from upload-server.service"
+out=$(grep '^EnvironmentFile=' 'deploy/upload-server@.service')
+[ "$out" = "$(printf 'EnvironmentFile=/etc/stream-line/upload.env\nEnvironmentFile=/etc/upload-server/instance-%%i.env')" ] \
+    || fail "the shared env file, then the instance's (required), are expected"
+
+case_name="the multi-instance site keeps every line of nginx-file-server.conf"
+# Each line of the single-instance site (comments aside) is in the multi-instance one, but
+# the upstream's one server: same locations, limits, headers, timeouts and log format.
+site_lines() { sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$1" | grep -v '^$' | sort -u; }
+out=$(comm -23 <(site_lines nginx-file-server.conf) <(site_lines deploy/nginx-multi-instance.conf) \
+    | grep -vxF 'server 127.0.0.1:5070;' || true)
+[ -z "$out" ] || fail "lines of nginx-file-server.conf missing from deploy/nginx-multi-instance.conf"
+
+case_name="nginx -t accepts the multi-instance site"
+if command -v nginx >/dev/null 2>&1; then
+    t=$work/nginx-multi
+    mkdir -p "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=files.example.org \
+        -keyout "$t/privkey.pem" -out "$t/fullchain.pem" 2>/dev/null
+    cp deploy/nginx-admin-allow.conf "$t/admin-allow.conf"
+    sed -e "s|/var/log/nginx/|$t/|" -e "s|/etc/letsencrypt/live/file-server.example.com/|$t/|" \
+        -e "s|/etc/nginx/upload-server-admin-allow.conf|$t/admin-allow.conf|" \
+        deploy/nginx-multi-instance.conf >"$t/site.conf"
+    sed "s|{dir}|$t|g" deploy/nginx-test.conf >"$t/nginx.conf"
+    out=$(nginx -t -q -p "$t" -c "$t/nginx.conf" -e "$t/error.log" 2>&1) || fail "nginx -t failed"
+    rm -rf "$t"
+else
+    echo "deploy_dry_run: nginx missing: deploy/nginx-multi-instance.conf not tested"
+fi
+
 # Real runs, with stand-ins. The "server" is healthy when the installed binary is the good
 # one; systemctl records restarts and reports the service active after the first.
 real_runs() {
