@@ -226,40 +226,37 @@ impl Store {
         }
     }
 
-    /// Stores `body` as a new file (see [`CloudStore::put_file`]; on disk: a one-request
-    /// upload of one file). At most `limit` bytes.
+    /// Stores `body` as a new file: a one-request upload of one file, at most `limit`
+    /// bytes. The body goes to the local disk as it arrives (s3: a spool file, sent to the
+    /// bucket once whole), so a client that stalls holds no memory and no share of the
+    /// bucket's transfer budget.
     pub async fn put_file<S>(&self, new: NewFile, body: S, limit: u64) -> Result<Stored, StoreError>
     where
         S: Stream<Item = Result<Bytes, StoreError>> + Send,
     {
-        match self {
-            Self::Cloud(c) => c.put_file(new, body, limit).await,
-            Self::Fs(fs) => {
-                let mut upload = fs.begin_upload(&new.user).await?;
-                let result = async {
-                    let mut sink = upload.begin_file().await?;
-                    sink.set_limit(limit);
-                    let mut body = std::pin::pin!(body);
-                    while let Some(chunk) = body.next().await {
-                        upload.write(&mut sink, chunk?, 0).await?;
-                    }
-                    let file = sink.finish().await?;
-                    upload
-                        .publish_file(
-                            file,
-                            new.name,
-                            new.folder,
-                            new.declared_mime,
-                            new.expected_sha,
-                            new.extra,
-                        )
-                        .await
-                }
-                .await;
-                upload.finish().await;
-                result
+        let mut upload = self.begin_upload(&new.user).await?;
+        let result = async {
+            let mut sink = upload.begin_file().await?;
+            sink.set_limit(limit);
+            let mut body = std::pin::pin!(body);
+            while let Some(chunk) = body.next().await {
+                upload.write(&mut sink, chunk?, 0).await?;
             }
+            let file = sink.finish().await?;
+            upload
+                .publish_file(
+                    file,
+                    new.name,
+                    new.folder,
+                    new.declared_mime,
+                    new.expected_sha,
+                    new.extra,
+                )
+                .await
         }
+        .await;
+        upload.finish().await;
+        result
     }
 
     /// Opens one session per file (API.md §3.1 init), quota reserved for all or none.

@@ -141,8 +141,9 @@ pub(crate) struct TestApp {
     pub(crate) http: reqwest::Client,
     pub(crate) root: TempDir,
     pub(crate) keys: &'static Keys,
-    /// With `UPLOAD_TEST_BACKEND=s3`: the bucket and the database the app runs on.
-    pub(crate) cloud: Option<CloudBackend>,
+    /// With `UPLOAD_TEST_BACKEND=s3`: the bucket and the database the app runs on (shared
+    /// by the apps of one test over the same `UPLOAD_ROOT`).
+    pub(crate) cloud: Option<std::sync::Arc<CloudBackend>>,
 }
 
 /// A real S3 server and a PostgreSQL database of the app's own (`STORAGE_BACKEND=s3`).
@@ -157,7 +158,51 @@ pub(crate) fn s3_backend() -> bool {
     std::env::var("UPLOAD_TEST_BACKEND").is_ok_and(|b| b == "s3")
 }
 
+/// The backends of the apps running, by `UPLOAD_ROOT`: two apps a test starts over one
+/// root (a restart, other settings) see the same files, as they would on disk.
+static BACKENDS: std::sync::Mutex<Vec<(std::path::PathBuf, std::sync::Weak<CloudBackend>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// For a test of what only the filesystem backend has (files placed by hand, sparse files,
+/// mounts, the sidecar cache): true, saying so, when this run is `UPLOAD_TEST_BACKEND=s3`.
+pub(crate) fn fs_only(what: &str) -> bool {
+    if s3_backend() {
+        eprintln!("filesystem backend only, not run with UPLOAD_TEST_BACKEND=s3: {what}");
+        return true;
+    }
+    false
+}
+
 impl CloudBackend {
+    /// The backend of the apps over `root`: made on first use, with whatever a test put in
+    /// `root/storage` beforehand (an old service's tree) moved into it by
+    /// `upload-server migrate`, as a deployment would move it.
+    pub(crate) async fn for_root(root: &Path) -> std::sync::Arc<Self> {
+        let found = BACKENDS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(r, _)| r == root)
+            .and_then(|(_, b)| b.upgrade());
+        if let Some(b) = found {
+            return b;
+        }
+        let b = std::sync::Arc::new(Self::start().await);
+        if root.join("storage").is_dir() {
+            let mut env = b.env();
+            env.push(("UPLOAD_ROOT".into(), root.to_str().unwrap().to_owned()));
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let (status, out, err) =
+                run_args_to_exit(&env, &["migrate"], std::time::Duration::from_secs(120)).await;
+            assert!(status.success(), "migrate failed: {out}{err}");
+        }
+        let mut all = BACKENDS.lock().unwrap();
+        all.retain(|(_, w)| w.strong_count() > 0);
+        all.push((root.to_path_buf(), std::sync::Arc::downgrade(&b)));
+        b
+    }
+
     pub(crate) async fn start() -> Self {
         let s3 = tokio::task::spawn_blocking(crate::s3_server::S3Server::start)
             .await
@@ -216,7 +261,11 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let cloud = if s3_backend() {
-        Some(CloudBackend::start().await)
+        let chosen = extra
+            .iter()
+            .find(|(k, _)| *k == "UPLOAD_ROOT")
+            .map_or_else(|| root.path().to_path_buf(), |(_, v)| v.into());
+        Some(CloudBackend::for_root(&chosen).await)
     } else {
         None
     };
@@ -260,6 +309,15 @@ impl TestApp {
         match &self.cloud {
             None => self.root.path().to_path_buf(),
             Some(c) => c.s3.root.path().join(crate::s3_server::BUCKET),
+        }
+    }
+
+    /// What [`TestApp::leftovers`] holds of a session that has received nothing: its record
+    /// (on disk `session.json`; s3: a row in the database, nothing in the bucket).
+    pub(crate) fn empty_session(&self, id: &str) -> Vec<String> {
+        match &self.cloud {
+            None => vec![format!("{id}/session.json")],
+            Some(_) => vec![],
         }
     }
 

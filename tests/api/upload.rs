@@ -285,23 +285,32 @@ async fn hostile_names_are_refused_or_sanitised() {
         assert_eq!(sidecar(&app, &key)["original_name"], name);
         let real = key_path(&app, &key).canonicalize().unwrap();
         assert!(
-            real.starts_with(app.root.path().canonicalize().unwrap().join("storage/u1")),
+            real.starts_with(
+                app.storage_root()
+                    .canonicalize()
+                    .unwrap()
+                    .join("storage/u1")
+            ),
             "{real:?}"
         );
     }
     // A 300-byte name is cut to 240 bytes keeping its extension, so the sidecar name fits.
-    let long = format!("{}.mp4", "é".repeat(148));
-    let done = app
-        .as_service()
-        .acting_for("u1")
-        .upload_file(&long, None, b"v")
-        .await;
-    let key = done["key"].as_str().unwrap();
-    let file_name = key.rsplit('/').next().unwrap();
-    assert!(
-        file_name.len() + ".meta".len() <= 255 && file_name.ends_with(".mp4"),
-        "{file_name}"
-    );
+    // (Not with s3s-fs, the test S3 server: it keeps an object in a file and writes it first
+    // under a longer temporary name, past the filesystem's 255 bytes; S3 takes 1024.)
+    if app.cloud.is_none() {
+        let long = format!("{}.mp4", "é".repeat(148));
+        let done = app
+            .as_service()
+            .acting_for("u1")
+            .upload_file(&long, None, b"v")
+            .await;
+        let key = done["key"].as_str().unwrap();
+        let file_name = key.rsplit('/').next().unwrap();
+        assert!(
+            file_name.len() + ".meta".len() <= 255 && file_name.ends_with(".mp4"),
+            "{file_name}"
+        );
+    }
     // Session ids that try to walk out of .parts/.
     for id in [
         "..",
@@ -721,12 +730,7 @@ async fn a_part_cut_off_mid_body_leaves_nothing() {
     let (s, status) = app.as_service().session(id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(status["receivedBytes"], 0, "{status}");
-    // On disk the session's record stays (s3: its row in the database), nothing else.
-    let session_record = match app.cloud {
-        None => vec![format!("{id}/session.json")],
-        Some(_) => vec![],
-    };
-    assert_eq!(app.leftovers(), session_record);
+    assert_eq!(app.leftovers(), app.empty_session(id));
 }
 
 #[tokio::test]
@@ -796,6 +800,9 @@ async fn expired_sessions_are_swept_and_release_quota() {
 /// 507 on a full disk: a 4 MiB tmpfs as the root. Needs mount rights (root in CI).
 #[tokio::test]
 async fn full_disk_gives_507_and_leaves_nothing() {
+    if fs_only("a full tmpfs as UPLOAD_ROOT") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let Some(_tmpfs) = mount_tmpfs(dir.path(), "4m", "full_disk_gives_507_and_leaves_nothing")
     else {
@@ -927,7 +934,7 @@ async fn a_trickled_body_is_cut_off_and_leaves_nothing() {
     );
     let (_, status) = app.as_service().session(id).await;
     assert_eq!(status["receivedBytes"], 0);
-    assert_eq!(app.leftovers(), vec![format!("{id}/session.json")]);
+    assert_eq!(app.leftovers(), app.empty_session(id));
 }
 
 /// Regression (review): each upload used to hold a blocking thread while its client was
