@@ -24,8 +24,8 @@ use crate::store::read::DataOpener;
 pub struct ZipFile {
     /// The entry name (already made safe and unique).
     pub name: String,
-    /// Opens its bytes (the store's no-symlink open), on a blocking thread.
-    pub open: DataOpener,
+    /// Where its bytes come from.
+    pub open: Source,
     /// The size the bytes must have (a file that changed is not sent).
     pub size: u64,
     /// Its CRC-32.
@@ -44,6 +44,74 @@ impl std::fmt::Debug for ZipFile {
             .field("crc32", &self.crc32)
             .field("deflate", &self.deflate)
             .finish_non_exhaustive()
+    }
+}
+
+/// Where an entry's bytes come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A file on disk, opened (the store's no-symlink open) on a blocking thread.
+    Disk(DataOpener),
+    /// An object in the bucket, read by ranges (`start..end`).
+    Object(ObjectOpener),
+}
+
+/// Streams bytes `start..end` of an object.
+pub type ObjectOpener = Arc<
+    dyn Fn(
+            u64,
+            u64,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            std::io::Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>,
+        > + Send
+        + Sync,
+>;
+
+impl From<DataOpener> for Source {
+    fn from(o: DataOpener) -> Self {
+        Self::Disk(o)
+    }
+}
+
+/// An entry's bytes from an offset on, a chunk at a time.
+enum Chunks {
+    File {
+        file: Arc<std::fs::File>,
+        pos: u64,
+        end: u64,
+    },
+    Object(futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+impl Chunks {
+    /// The next chunk; empty at the end.
+    async fn next(&mut self) -> std::io::Result<Bytes> {
+        use futures_util::StreamExt as _;
+        match self {
+            Self::File { file, pos, end } => {
+                let want = usize::try_from(*end - *pos).map_or(CHUNK, |l| l.min(CHUNK));
+                if want == 0 {
+                    return Ok(Bytes::new());
+                }
+                let b = read_chunk(file, *pos, want).await?;
+                *pos += b.len() as u64;
+                Ok(b)
+            }
+            Self::Object(s) => Ok(s.next().await.transpose()?.unwrap_or_default()),
+        }
+    }
+}
+
+/// Bytes `from..from + len` of entry `f`, whose whole is `size` bytes (checked for a file).
+async fn chunks(f: &ZipFile, size: u64, from: u64, len: u64) -> std::io::Result<Chunks> {
+    match &f.open {
+        Source::Disk(_) => Ok(Chunks::File {
+            file: open(f, size).await?,
+            pos: from,
+            end: from + len,
+        }),
+        Source::Object(o) => Ok(Chunks::Object(o(from, from + len).await?)),
     }
 }
 
@@ -317,8 +385,8 @@ impl Layout {
                 Segment::Bytes(b) => send(tx, b.slice(from as usize..to as usize)).await?,
                 Segment::File { index, len } => {
                     let f = &self.files[*index];
-                    let file = open(f, *len).await?;
-                    send_file(&file, from, to - from, &f.name, tx).await?;
+                    let mut c = chunks(f, *len, from, to - from).await?;
+                    send_chunks(&mut c, to - from, &f.name, tx).await?;
                 }
             }
         }
@@ -328,7 +396,10 @@ impl Layout {
 
 /// Opens an entry's file and checks it still has the size laid out.
 async fn open(f: &ZipFile, len: u64) -> std::io::Result<Arc<std::fs::File>> {
-    let opener = Arc::clone(&f.open);
+    let Source::Disk(opener) = &f.open else {
+        return Err(std::io::Error::other("not a file on disk"));
+    };
+    let opener = Arc::clone(opener);
     let file = tokio::task::spawn_blocking(move || opener())
         .await
         .map_err(std::io::Error::other)??;
@@ -338,25 +409,26 @@ async fn open(f: &ZipFile, len: u64) -> std::io::Result<Arc<std::fs::File>> {
     Ok(Arc::new(file))
 }
 
-/// Sends `len` bytes of `file` from `offset`; a file that ends early fails the archive.
-async fn send_file(
-    file: &Arc<std::fs::File>,
-    offset: u64,
+/// Sends `len` bytes from `c`; an entry that ends early fails the archive.
+async fn send_chunks(
+    c: &mut Chunks,
     len: u64,
     name: &str,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
     let mut done = 0;
     while done < len {
-        let want = usize::try_from(len - done).map_or(CHUNK, |l| l.min(CHUNK));
         // Room first, then the read: a client that stops reading leaves this task waiting
         // with no chunk in hand (only the channel and hyper hold bytes).
         let room = reserve(tx).await?;
-        let buf = read_chunk(file, offset + done, want).await?;
+        let mut buf = c.next().await?;
         if buf.is_empty() {
             return Err(std::io::Error::other(format!(
                 "{name} shrank while being sent"
             )));
+        }
+        if buf.len() as u64 > len - done {
+            buf.truncate((len - done) as usize);
         }
         done += buf.len() as u64;
         room.send(Ok(buf));
@@ -397,9 +469,9 @@ pub async fn write_compressed(
         let offset = pos;
         pos += header.len() as u64;
         send(tx, header).await?;
-        let file = open(f, f.size).await?;
+        let mut c = chunks(f, f.size, 0, f.size).await?;
         if !f.deflate {
-            send_file(&file, 0, f.size, &f.name, tx).await?;
+            send_chunks(&mut c, f.size, &f.name, tx).await?;
             pos += f.size;
             written.push((f, offset, f.size, f.crc32, false));
             continue;
@@ -413,7 +485,7 @@ pub async fn write_compressed(
         let mut total = 0u64;
         loop {
             let room = reserve(tx).await?;
-            let buf = read_chunk(&file, total, CHUNK).await?;
+            let buf = c.next().await?;
             if buf.is_empty() {
                 break;
             }
@@ -580,7 +652,7 @@ mod tests {
             std::fs::write(&p, data).unwrap();
             files.push(ZipFile {
                 name: format!("f{i}.txt"),
-                open: Arc::new(move || std::fs::File::open(&p)),
+                open: Source::Disk(Arc::new(move || std::fs::File::open(&p))),
                 size: data.len() as u64,
                 crc32: crc32fast::hash(data),
                 modified: SystemTime::now(),

@@ -91,11 +91,7 @@ async fn create_batch(
             .await
             .map_err(|_| ApiError::NotFound(format!("File not found: {raw}")))?;
         // Record a missing CRC now, so the download can lay out its archive at once.
-        state
-            .store
-            .fs("Batch downloads")?
-            .ensure_crc(&entry)
-            .await?;
+        state.store.ensure_crc(&entry).await?;
     }
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(state.settings.batch_token_ttl)
@@ -106,7 +102,6 @@ async fn create_batch(
     };
     let token = state
         .store
-        .fs("Batch downloads")?
         .create_batch(BatchToken {
             keys: req.keys.clone(),
             compress: req.compress,
@@ -167,7 +162,7 @@ async fn download_batch(
     AppPath(token): AppPath<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let batch = state.store.fs("Batch downloads")?.batch(&token).await?;
+    let batch = state.store.batch(&token).await?;
     // Files deleted since the token was made are left out, before anything is sent.
     let mut entries = Vec::with_capacity(batch.keys.len());
     for raw in &batch.keys {
@@ -191,12 +186,12 @@ async fn download_batch(
     let mut files = Vec::with_capacity(entries.len());
     let mut tag = Sha256::new();
     for (e, name) in entries.iter().zip(names) {
-        let crc32 = state.store.fs("Batch downloads")?.ensure_crc(e).await?;
+        let crc32 = state.store.ensure_crc(e).await?;
         let modified = e.modified;
         tag.update(format!("{name}\0{}\0{crc32}\0{:?}\0", e.size, modified).as_bytes());
         files.push(ZipFile {
             name,
-            open: state.store.fs("Batch downloads")?.data_opener(&e.key),
+            open: state.store.zip_source(&e.key),
             size: e.size,
             crc32,
             modified,

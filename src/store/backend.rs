@@ -15,9 +15,11 @@ use super::sink::{Sink, TempGuard, Written};
 use super::DirectUpload;
 use serde_json::{Map, Value};
 
+use super::batch::BatchToken;
 use super::resumable::Progress;
 use super::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
 use super::{CompleteRequest, FileStore, Missing, PartUpload, StoreError, Stored};
+use crate::zip_stream::Source;
 
 /// Files, sessions and quotas, wherever they live.
 #[derive(Debug, Clone)]
@@ -349,6 +351,38 @@ impl Store {
         match self {
             Self::Fs(fs) => fs.complete(info, req).await,
             Self::Cloud(c) => c.complete(info, req).await,
+        }
+    }
+
+    /// Keeps a batch-download token; its id.
+    pub async fn create_batch(&self, batch: BatchToken) -> Result<String, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.create_batch(batch).await,
+            Self::Cloud(c) => c.create_batch(batch).await,
+        }
+    }
+
+    /// A batch-download token, while it has not expired.
+    pub async fn batch(&self, token: &str) -> Result<BatchToken, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.batch(token).await,
+            Self::Cloud(c) => c.batch(token).await,
+        }
+    }
+
+    /// A file's CRC-32, computed and recorded when its metadata lacks it.
+    pub async fn ensure_crc(&self, entry: &FileEntry) -> Result<u32, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.ensure_crc(entry).await,
+            Self::Cloud(c) => c.ensure_crc(entry).await,
+        }
+    }
+
+    /// Where a ZIP entry's bytes come from.
+    pub fn zip_source(&self, key: &Key) -> Source {
+        match self {
+            Self::Fs(fs) => Source::Disk(fs.data_opener(key)),
+            Self::Cloud(c) => c.zip_source(key),
         }
     }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use serde_json::{Map, Value};
 
+use super::batch::BatchToken;
 use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::parts::PartUpload;
 use super::pg::{Claim, FileRecord, PartRecord, PgCatalog, Publish, SessionState};
@@ -23,6 +24,7 @@ use super::sidecar::Meta;
 use super::sink::Sink;
 use super::{CompleteRequest, Missing, StoreError, Stored};
 use crate::config::CloudSettings;
+use crate::zip_stream::Source;
 
 /// How long a presigned read URL (`S3_PRESIGN_READS=1`) stays valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(300);
@@ -799,6 +801,65 @@ impl CloudUpload {
         if let Err(e) = self.store.catalog.release(&self.reservation.id).await {
             tracing::warn!(reservation = self.reservation.id, error = %e, "cannot release a quota reservation; the sweep will");
         }
+    }
+}
+
+impl CloudStore {
+    /// Keeps a batch-download token in the catalog; its id.
+    pub async fn create_batch(&self, batch: BatchToken) -> Result<String, StoreError> {
+        Ok(self.catalog.create_batch(&batch).await?)
+    }
+
+    /// A batch-download token, while it has not expired.
+    pub async fn batch(&self, token: &str) -> Result<BatchToken, StoreError> {
+        Ok(self.catalog.batch(token).await?)
+    }
+
+    /// The CRC-32 of a file: from its row, else computed from the object and recorded.
+    pub async fn ensure_crc(&self, entry: &FileEntry) -> Result<u32, StoreError> {
+        if let (Some(crc), true) = (
+            entry.meta.crc32,
+            entry.meta.size.is_none_or(|s| s == entry.size),
+        ) {
+            return Ok(crc);
+        }
+        let mut stream = self
+            .bytes
+            .get_range(&entry.key.to_string(), None)
+            .await?
+            .stream;
+        let mut h = crc32fast::Hasher::new();
+        while let Some(chunk) = stream.next().await {
+            h.update(&chunk?);
+        }
+        let crc = h.finalize();
+        let mut meta = entry.meta.clone();
+        meta.crc32 = Some(crc);
+        meta.size = Some(entry.size);
+        if let Err(e) = self.update_meta(&entry.key, meta).await {
+            tracing::warn!(key = %entry.key, error = %e, "cannot record a CRC-32");
+        }
+        Ok(crc)
+    }
+
+    /// Where a ZIP entry's bytes come from: the object, by ranges.
+    pub fn zip_source(&self, key: &Key) -> Source {
+        let bytes = self.bytes.clone();
+        let key = key.to_string();
+        Source::Object(Arc::new(move |start, end| {
+            let bytes = bytes.clone();
+            let key = key.clone();
+            Box::pin(async move {
+                if start >= end {
+                    return Ok(futures_util::stream::empty().boxed());
+                }
+                let got = bytes
+                    .get_range(&key, Some(GetRange::Bounded(start..end)))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok(got.stream.map_err(std::io::Error::other).boxed())
+            })
+        }))
     }
 }
 

@@ -114,15 +114,20 @@ async fn pg_migrations_are_idempotent_and_safe_from_two_connections_at_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     // Again, and the SQL itself a second time: nothing changes, nothing fails.
     a.migrate().await.unwrap();
-    sqlx::raw_sql(include_str!("../../migrations/0001_catalog.sql"))
-        .execute(a.pool())
-        .await
-        .unwrap();
+    for sql in [
+        include_str!("../../migrations/0001_catalog.sql"),
+        include_str!("../../migrations/0002_parts.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(a.pool()).await.unwrap();
+    }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(b.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied as usize, files, "each migration applied once");
     a.health().await.unwrap();
     b.health().await.unwrap();
 }
