@@ -263,6 +263,17 @@ async fn metrics(State(state): State<AppState>, _reader: MetricsReader) -> ApiRe
     let metrics = state.metrics.clone();
     let store = state.store.as_fs().cloned();
     let root = state.settings.upload_root.clone();
+    // s3: what the catalog counts (one query), asked before the blocking part.
+    let cloud = match state.store.as_cloud() {
+        Some(c) => Some((
+            c.catalog()
+                .totals()
+                .await
+                .map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?,
+            c.expired_sessions_swept(),
+        )),
+        None => None,
+    };
     let text = tokio::task::spawn_blocking(move || {
         let scrape = match &store {
             Some(store) => Scrape {
@@ -271,13 +282,16 @@ async fn metrics(State(state): State<AppState>, _reader: MetricsReader) -> ApiRe
                 stored: Some(metrics.stored_totals(|| store.stored_totals())),
                 expired_sessions_swept: store.expired_sessions_swept(),
             },
-            // STORAGE_BACKEND=s3: no sessions or files on this machine's disk.
-            None => Scrape {
-                sessions_on_disk: 0,
-                disk: DiskStats::of(&root),
-                stored: None,
-                expired_sessions_swept: 0,
-            },
+            // STORAGE_BACKEND=s3: the catalog's counts; the disk is the local spool's.
+            None => {
+                let ((bytes, files, sessions), swept) = cloud.unwrap_or_default();
+                Scrape {
+                    sessions_on_disk: sessions,
+                    disk: DiskStats::of(&root),
+                    stored: Some(crate::store::StoredTotals { bytes, files }),
+                    expired_sessions_swept: swept,
+                }
+            }
         };
         metrics.render(&scrape)
     })

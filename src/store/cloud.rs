@@ -37,6 +37,8 @@ pub struct CloudStore {
     quota: u64,
     presign_reads: bool,
     limits: Limits,
+    /// Expired sessions this instance's sweeps removed (`/metrics`).
+    swept: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the settings bound, and where parts wait on the local disk.
@@ -115,6 +117,7 @@ impl CloudStore {
             quota,
             presign_reads: s.presign_reads,
             limits,
+            swept: Arc::default(),
         })
     }
 
@@ -126,6 +129,11 @@ impl CloudStore {
     /// The bucket.
     pub fn bytes(&self) -> &S3Bytes {
         &self.bytes
+    }
+
+    /// Expired sessions this instance's sweeps removed.
+    pub fn expired_sessions_swept(&self) -> u64 {
+        self.swept.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether reads answer with a presigned URL.
@@ -886,6 +894,8 @@ impl CloudStore {
             }
             swept += removed.len() as u64;
         }
+        self.swept
+            .fetch_add(swept, std::sync::atomic::Ordering::Relaxed);
         self.catalog.sweep_batches(chrono::Utc::now()).await?;
         self.catalog.sweep_stale_reservations(ORPHAN_AGE).await?;
         if deep {

@@ -3,7 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{mount_tmpfs, send, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    fs_only, mount_tmpfs, run_args_to_exit, send, spawn_app, spawn_app_with, CloudBackend, TestApp,
+};
 
 const HEALTH_PATHS: [&str; 2] = ["/healthz", "/v1/files/healthz"];
 
@@ -74,6 +76,9 @@ async fn assert_unhealthy(app: &TestApp, why: &str) {
 
 #[tokio::test]
 async fn health_is_unhealthy_when_the_root_is_gone() {
+    if fs_only("UPLOAD_ROOT replaced by a file") {
+        return;
+    }
     let app = spawn_app().await;
     let root = app.root.path().to_owned();
     // Root ignores permission bits, so replace the directory by a plain file instead.
@@ -93,6 +98,9 @@ async fn health_is_unhealthy_when_the_root_is_gone() {
 /// test's user, and by a read-only mount, which stops root too (CI runs as root).
 #[tokio::test]
 async fn health_is_unhealthy_on_a_read_only_root() {
+    if fs_only("UPLOAD_ROOT on a read-only mount") {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt as _;
     let app = spawn_app().await;
     let root = app.root.path().to_owned();
@@ -135,6 +143,9 @@ async fn health_is_unhealthy_on_a_read_only_root() {
 /// (root in CI).
 #[tokio::test]
 async fn health_stays_healthy_on_a_full_disk_and_says_so() {
+    if fs_only("a full tmpfs as UPLOAD_ROOT") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let Some(_tmpfs) = mount_tmpfs(
         dir.path(),
@@ -171,4 +182,42 @@ async fn health_stays_healthy_on_a_full_disk_and_says_so() {
         without_free_space(body),
         json!({ "status": "healthy", "writable": true })
     );
+}
+
+/// STORAGE_BACKEND=s3 (whatever UPLOAD_TEST_BACKEND says): healthy while the database and
+/// the bucket answer, 503 naming the one that does not; an unreachable backend at start
+/// stops the server with one line naming it (exit 2), the password left out.
+#[tokio::test]
+async fn s3_health_names_the_backend_that_is_down() {
+    let backend = CloudBackend::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = backend.env();
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.push(("UPLOAD_ROOT", root.path().to_str().unwrap()));
+    let app = spawn_app_with(&pairs).await;
+    let (s, b) = send(app.get("/healthz")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["status"], "healthy");
+
+    // The bucket goes away: 503, saying which.
+    let CloudBackend { s3, db } = backend;
+    drop(s3);
+    let (s, b) = send(app.get("/healthz")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["unreachable"], "object storage", "{b}");
+
+    // A database nobody listens on, at start: exit 2, one line naming DATABASE_URL.
+    let port = crate::pg_server::free_port();
+    let bad = format!("postgres://app:s3cret-pw@127.0.0.1:{port}/none");
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.retain(|(k, _)| *k != "DATABASE_URL");
+    pairs.push(("DATABASE_URL", &bad));
+    pairs.push(("UPLOAD_ROOT", root.path().to_str().unwrap()));
+    pairs.push(("PORT", "0"));
+    let (status, _, err) = run_args_to_exit(&pairs, &[], std::time::Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(last.contains("DATABASE_URL"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+    drop(db);
 }

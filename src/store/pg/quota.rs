@@ -281,4 +281,20 @@ impl PgCatalog {
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?)
     }
+
+    /// Bytes and files stored, all users together, and sessions open (`/metrics`).
+    pub async fn totals(&self) -> CatalogResult<(u64, u64, u64)> {
+        let row = sqlx::query(
+            "SELECT coalesce(sum(used), 0)::bigint, coalesce(sum(files), 0)::bigint,
+                    (SELECT count(*) FROM sessions WHERE state <> 'finished' AND expires_at > now())
+             FROM quota",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            to_u64(row.try_get(0)?)?,
+            to_u64(row.try_get(1)?)?,
+            to_u64(row.try_get(2)?)?,
+        ))
+    }
 }
