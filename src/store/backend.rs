@@ -325,7 +325,7 @@ impl Store {
     pub async fn begin_staged_part(&self, who: Option<&UserId>) -> Result<PartUpload, StoreError> {
         match self {
             Self::Fs(fs) => fs.begin_staged_part(who).await,
-            Self::Cloud(c) => c.begin_staged_part().await,
+            Self::Cloud(c) => c.begin_staged_part(who).await,
         }
     }
 

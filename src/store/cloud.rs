@@ -497,10 +497,16 @@ impl CloudStore {
         Ok(PartUpload::spooled(self.spool_sink(room).await?, None))
     }
 
-    /// Starts receiving a JSON part whose session is not known yet.
-    pub async fn begin_staged_part(&self) -> Result<PartUpload, StoreError> {
+    /// Starts receiving a JSON part whose session is not known yet: for a user, at most
+    /// what its sessions have reserved (a part can only be for one of them); for a service
+    /// caller, the largest file.
+    pub async fn begin_staged_part(&self, who: Option<&UserId>) -> Result<PartUpload, StoreError> {
+        let limit = match who {
+            Some(user) => self.catalog.usage(user).await?.reserved,
+            None => self.limits.max_file,
+        };
         Ok(PartUpload::spooled(
-            self.spool_sink(self.limits.max_file).await?,
+            self.spool_sink(limit.min(self.limits.max_file)).await?,
             None,
         ))
     }

@@ -72,6 +72,9 @@ async fn a_suffix_longer_than_the_file_is_all_of_it() {
 /// name ended in a dot, which §7's stripping rule forbids.
 #[tokio::test]
 async fn a_long_name_cut_on_a_dot_does_not_end_in_one() {
+    if fs_only("a 240-byte name: s3s-fs, the test S3 server, cannot hold it (its temporary file names pass 255 bytes)") {
+        return;
+    }
     let app = spawn_app().await;
     let name = format!("{}.{}", "x".repeat(239), "y".repeat(30));
     let key = app

@@ -50,12 +50,12 @@ async fn raw_upload(
 
 /// Files stored for `user` (sidecars included), relative to its directory.
 fn stored(app: &TestApp, user: &str) -> Vec<String> {
-    files_under(&app.root.path().join("storage").join(user))
+    files_under(&app.storage_root().join("storage").join(user))
 }
 
 /// What `.parts/` holds (a refused upload must leave no work folder behind).
 fn parts_left(app: &TestApp) -> Vec<String> {
-    files_under(&app.root.path().join(".parts"))
+    app.leftovers()
         .into_iter()
         .filter(|p| !p.starts_with('.'))
         .collect()
@@ -116,7 +116,7 @@ async fn a_service_signs_and_a_browser_uploads_with_no_token() {
     let key = body["files"][0]["key"].as_str().unwrap();
     assert!(key.starts_with("storage/u1/photos/2026/"), "{key}");
     assert!(key.ends_with("_a.png"), "{key}");
-    let path = app.root.path().join(key);
+    let path = app.storage_root().join(key);
     assert_eq!(std::fs::read(path).unwrap(), png);
 
     // Multipart, a wildcard type; the form may repeat the grant's folder.
