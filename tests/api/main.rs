@@ -18,6 +18,7 @@ mod forwarded;
 mod fuzz_found;
 mod health;
 mod helpers;
+mod instances;
 mod logs;
 mod migrate;
 mod nginx;

@@ -1,0 +1,145 @@
+//! Several instances over one bucket and one database (STORAGE_BACKEND=s3, issue 14): a
+//! session continues on any instance, of racing completes on different instances exactly one
+//! wins, the quota holds for uploads spread over instances, and what one instance signs the
+//! others verify (the signing key kept in the database). Runs whatever UPLOAD_TEST_BACKEND
+//! says: it starts its own S3 server and PostgreSQL.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sha2::Digest as _;
+
+use crate::helpers::*;
+
+/// `n` apps over one backend, each with its own UPLOAD_ROOT (only its spool is there).
+async fn instances(
+    n: usize,
+    extra: &[(&str, &str)],
+) -> (CloudBackend, Vec<TestApp>, Vec<tempfile::TempDir>) {
+    let backend = CloudBackend::start().await;
+    let env = backend.env();
+    let mut apps = Vec::new();
+    let mut roots = Vec::new();
+    for _ in 0..n {
+        let root = tempfile::tempdir().unwrap();
+        let mut pairs: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pairs.push(("UPLOAD_ROOT", root.path().to_str().unwrap()));
+        // The shared signing key comes from the database, not from the test's setting.
+        pairs.push(("UPLOAD_SIGNING_KEY", ""));
+        pairs.extend_from_slice(extra);
+        apps.push(spawn_app_with(&pairs).await);
+        roots.push(root);
+    }
+    (backend, apps, roots)
+}
+
+#[tokio::test]
+async fn a_session_continues_on_any_instance_and_one_complete_wins() {
+    let (_backend, apps, _roots) = instances(3, &[]).await;
+    let (a, b, c) = (&apps[0], &apps[1], &apps[2]);
+    let part0: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    let part1: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8).collect();
+    let whole = [part0.clone(), part1.clone()].concat();
+    let init = a
+        .as_service()
+        .acting_for("u1")
+        .init(
+            json!([{ "name": "movie.mp4", "size": whole.len() }]),
+            "chunked",
+            None,
+        )
+        .await;
+    let id = init["uploadId"].as_str().unwrap();
+    // Part 1 to B, part 0 to C (out of order, on other instances than init).
+    let (s, body) = b.as_service().put_part(id, 1, &part1).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = c.as_service().put_part(id, 0, &part0).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, status) = a.as_service().session(id).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(status["receivedBytes"], whole.len());
+    // Completes race on B and C: exactly one wins, the other finds no session.
+    let sha = hex::encode(sha2::Sha256::digest(&whole));
+    let (sb, sc) = (b.as_service(), c.as_service());
+    let (rb, rc) = tokio::join!(
+        sb.complete(id, json!({ "sha256": sha })),
+        sc.complete(id, json!({ "sha256": sha })),
+    );
+    let wins: Vec<_> = [&rb, &rc]
+        .into_iter()
+        .filter(|r| r.0 == StatusCode::OK)
+        .collect();
+    assert_eq!(wins.len(), 1, "{rb:?} {rc:?}");
+    let loser = if rb.0 == StatusCode::OK { &rc } else { &rb };
+    assert_eq!(loser.0, StatusCode::NOT_FOUND, "{loser:?}");
+    let key = wins[0].1["key"].as_str().unwrap().to_owned();
+    // Every instance serves it whole; a range from another.
+    for app in &apps {
+        let got = app
+            .get(&format!("/{}", key.replacen("storage/", "storage/", 1)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), whole.as_slice());
+    }
+    let got = a
+        .get(&format!("/{key}"))
+        .header("range", "bytes=3145720-3145735")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        got.bytes().await.unwrap().as_ref(),
+        &whole[3_145_720..=3_145_735]
+    );
+    // A URL signed by A verifies on B and C.
+    let (s, signed) = send(
+        a.get(&format!("/v1/files/signed-url?key={key}"))
+            .as_service(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{signed}");
+    let url = signed["url"].as_str().unwrap();
+    let path = &url[url.find("/get/").unwrap()..];
+    for app in [b, c] {
+        let got = app.get(path).send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK, "{path}");
+        assert_eq!(got.bytes().await.unwrap().len(), whole.len());
+    }
+}
+
+#[tokio::test]
+async fn the_quota_holds_for_uploads_spread_over_instances() {
+    // 1 MiB quota (0.0009765625 GiB); 12 uploads of 200 KB at once over 3 instances: at
+    // most 5 fit, and what is stored is what the ledger says.
+    let (_backend, apps, _roots) = instances(3, &[("PER_USER_QUOTA_GB", "0.0009765625")]).await;
+    let body = vec![7u8; 200_000];
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let app = &apps[i % 3];
+        let url = app.url(&format!("/v1/files/upload?user_id=q&filename=f{i}.bin"));
+        let http = app.http.clone();
+        let body = body.clone();
+        tasks.push(async move {
+            http.post(url)
+                .header("x-service-token", SERVICE_TOKEN)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+    }
+    let statuses = futures_util::future::join_all(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::OK || *s == StatusCode::PAYLOAD_TOO_LARGE));
+    assert!((1..=5).contains(&ok), "{statuses:?}");
+    let (_, listing) = send(apps[1].get("/v1/files/all?user_id=q").as_service()).await;
+    assert_eq!(listing["total_count"], ok);
+    assert_eq!(listing["total_size"], ok * 200_000);
+    assert!(listing["total_size"].as_u64().unwrap() <= 1 << 20);
+}
