@@ -418,24 +418,7 @@ impl CloudStore {
         if files.iter().any(|f| f.size > self.limits.max_file) {
             return Err(StoreError::TooLarge);
         }
-        let created_at = chrono::Utc::now();
-        let expires_at = created_at
-            + chrono::Duration::from_std(self.limits.session_ttl)
-                .unwrap_or(chrono::Duration::hours(24));
-        let sessions: Vec<Session> = files
-            .into_iter()
-            .map(|file| Session {
-                upload_id: SessionId::new(),
-                user_id: user.clone(),
-                mode,
-                file,
-                folder: folder.clone(),
-                meta: meta.clone(),
-                created_at,
-                expires_at,
-                resumable: None,
-            })
-            .collect();
+        let sessions = Session::for_files(user, mode, files, folder, meta, self.limits.session_ttl);
         self.catalog.create_sessions(&sessions, self.quota).await?;
         Ok(sessions)
     }

@@ -1,7 +1,6 @@
 //! Upload sessions begun and ended: one per file at init (quota reserved), read back,
 //! listed and aborted (API.md §3.1, §3.2). Their on-disk records are `sessions.rs`.
 
-use chrono::Utc;
 use serde_json::{Map, Value};
 
 use super::key::{FolderPath, UserId};
@@ -22,23 +21,7 @@ impl FileStore {
         if files.iter().any(|f| f.size > self.max_file) {
             return Err(StoreError::TooLarge);
         }
-        let created_at = Utc::now();
-        let expires_at = created_at
-            + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(24));
-        let infos: Vec<Session> = files
-            .into_iter()
-            .map(|file| Session {
-                upload_id: SessionId::new(),
-                user_id: user.clone(),
-                mode,
-                file,
-                folder: folder.clone(),
-                meta: meta.clone(),
-                created_at,
-                expires_at,
-                resumable: None,
-            })
-            .collect();
+        let infos = Session::for_files(user, mode, files, folder, meta, self.session_ttl);
         let this = self.clone();
         let user = user.as_str().to_owned();
         let out = infos.clone();

@@ -240,6 +240,34 @@ mod folder_text {
 }
 
 impl Session {
+    /// One new three-step session per file, all made now and expiring after `ttl`.
+    pub fn for_files(
+        user: &UserId,
+        mode: UploadMode,
+        files: Vec<FileSpec>,
+        folder: Option<FolderPath>,
+        meta: Map<String, Value>,
+        ttl: std::time::Duration,
+    ) -> Vec<Self> {
+        let created_at = chrono::Utc::now();
+        let expires_at =
+            created_at + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(24));
+        files
+            .into_iter()
+            .map(|file| Self {
+                upload_id: SessionId::new(),
+                user_id: user.clone(),
+                mode,
+                file,
+                folder: folder.clone(),
+                meta: meta.clone(),
+                created_at,
+                expires_at,
+                resumable: None,
+            })
+            .collect()
+    }
+
     /// Is the session past its time?
     pub fn expired(&self) -> bool {
         Utc::now() >= self.expires_at
