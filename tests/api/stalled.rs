@@ -117,11 +117,16 @@ async fn a_download_nobody_reads_is_closed_and_its_file_released() {
     let sent = Instant::now();
     let mut conn = request_small_window(&app, &format!("/{key}")).await;
     let files = [path];
-    let t = released_after(&files, sent, Duration::from_secs(STALL_SECS + 8)).await;
-    assert!(
-        t >= Duration::from_secs(STALL_SECS) && t < Duration::from_secs(STALL_SECS + 5),
-        "file released {t:?} after the request (stall timeout {STALL_SECS} s)"
-    );
+    if app.cloud.is_none() {
+        let t = released_after(&files, sent, Duration::from_secs(STALL_SECS + 8)).await;
+        assert!(
+            t >= Duration::from_secs(STALL_SECS) && t < Duration::from_secs(STALL_SECS + 5),
+            "file released {t:?} after the request (stall timeout {STALL_SECS} s)"
+        );
+    } else {
+        // s3: the S3 server's descriptors say nothing of this server; the drain checks the cut.
+        tokio::time::sleep(Duration::from_secs(STALL_SECS + 2)).await;
+    }
     let got = drain(&mut conn).await;
     assert!(got < len, "the whole file arrived ({got} bytes): not cut");
     // The server is fine and answers others meanwhile.
@@ -130,9 +135,6 @@ async fn a_download_nobody_reads_is_closed_and_its_file_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_zip_nobody_reads_is_closed_and_its_files_released() {
-    if fs_only("KNOWN GAP: with entries streamed from the bucket the stalled ZIP is not closed within 20 s (to fix)") {
-        return;
-    }
     let stall = STALL_SECS.to_string();
     let app = spawn_app_with(&[("RESPONSE_STALL_TIMEOUT_SECS", stall.as_str())]).await;
     let (ka, pa) = stored(&app, "a.bin", &noise(8 << 20, 2)).await;
@@ -152,11 +154,18 @@ async fn a_batch_zip_nobody_reads_is_closed_and_its_files_released() {
         conns.push(request_small_window(&app, &path).await);
     }
     let sent = Instant::now();
-    let t = released_after(&files, sent, Duration::from_secs(STALL_SECS + 8)).await;
-    assert!(
-        t < Duration::from_secs(STALL_SECS + 5),
-        "files released {t:?} after the requests (stall timeout {STALL_SECS} s)"
-    );
+    if app.cloud.is_none() {
+        let t = released_after(&files, sent, Duration::from_secs(STALL_SECS + 8)).await;
+        assert!(
+            t < Duration::from_secs(STALL_SECS + 5),
+            "files released {t:?} after the requests (stall timeout {STALL_SECS} s)"
+        );
+    } else {
+        // s3: the descriptors on the S3 server's files say nothing of this server (the
+        // object store hands over the bytes at its own pace); past the stall timeout the
+        // connections must be cut, which the drain below checks.
+        tokio::time::sleep(Duration::from_secs(STALL_SECS + 2)).await;
+    }
     for mut conn in conns {
         let got = drain(&mut conn).await;
         assert!(got < 16 << 20, "the whole archive arrived ({got} bytes)");
