@@ -13,6 +13,8 @@
 set -euo pipefail
 # shellcheck source=../lib/common.sh
 source "${BENCH_LIB:-$(dirname "$0")/../lib}/common.sh"
+# shellcheck source=../lib/s3stack.sh
+source "$BENCH_LIB/s3stack.sh"
 
 SECONDS_RUN=${BENCH_DIST_SECONDS:-60}
 BACKEND=${BENCH_DIST_BACKEND:-s3}
@@ -33,24 +35,15 @@ need_tool nginx nginx
 need_tool openssl openssl
 [[ -x $BENCH_BIN ]] || die "no server binary at $BENCH_BIN (run bench/run, which builds it)"
 
-GARAGE=""
-PG_BIN=""
 if [[ $BACKEND == s3 ]]; then
-    for cand in "${BENCH_GARAGE_BIN:-}" "$(command -v garage || true)" "$HOME/.cargo/bin/garage"; do
-        [[ -n $cand && -x $cand ]] && { GARAGE=$cand; break; }
-    done
-    if [[ -z $GARAGE ]]; then
+    if ! find_garage; then
         echo "distributed: SKIPPED: no garage binary (BENCH_GARAGE_BIN, PATH, ~/.cargo/bin); build it with"
         echo "    cargo install garage@2.5.0 --locked     # about 40 min on 2 cores, into ~/.cargo/bin"
         echo "or run the instances on a shared UPLOAD_ROOT instead: BENCH_DIST_BACKEND=fs bench/run distributed"
         bench_row "distributed" "skipped (no garage binary)" - - - skip
         exit 0
     fi
-    PG_BIN=$({ compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' || true; } | sort -V | tail -1)
-    PG_BIN=${PG_BIN%/pg_ctl}
-    if [[ -z $PG_BIN ]] && command -v pg_ctl >/dev/null; then PG_BIN=$(dirname "$(command -v pg_ctl)"); fi
-    [[ -n $PG_BIN && -x $PG_BIN/initdb && -x $PG_BIN/psql ]] \
-        || die "PostgreSQL not found (initdb, pg_ctl, psql in /usr/lib/postgresql/*/bin): apt-get install postgresql"
+    find_postgres
 fi
 
 # Each instance keeps client and upstream connections open.
@@ -60,10 +53,9 @@ T=$BENCH_TMP
 # At exit, also on a timeout (bench/run gives 30 s before SIGKILL): every process started
 # here is sent SIGTERM at once, what is left after 10 s gets SIGKILL, and PostgreSQL stops
 # without waiting for its clients. Runs before the temp dir is removed.
-declare -a G_PID I_PID
+declare -a I_PID
 LOAD_PID=""
 NGINX_PID=""
-PG_DATA=""
 stop_all() {
     local pids=() p k alive
     for p in "$LOAD_PID" "$NGINX_PID" "${I_PID[@]}" "${G_PID[@]}"; do [[ -n $p ]] && pids+=("$p"); done
@@ -80,7 +72,7 @@ stop_all() {
         kill -KILL "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
-    [[ -z $PG_DATA ]] || as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1 || true
+    pg_stop
 }
 bench_on_exit stop_all
 # PostgreSQL runs as the postgres user: it must reach its folder inside.
@@ -92,106 +84,16 @@ bad() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 # event TIME WHAT KIND NAME ADDR: one line for the load client's classification (TIME in
 # epoch seconds, as `now` prints it).
 event() { echo "$1 $2 $3 $4 $5" >>"$EVENTS"; }
-# pick_port VAR: a free port, into VAR, never one handed out before in this run (the
-# servers bind them later).
-USED_PORTS=" "
-pick_port() {
-    local p
-    while :; do
-        p=$(free_port)
-        [[ $USED_PORTS == *" $p "* ]] || break
-    done
-    USED_PORTS+="$p "
-    printf -v "$1" '%s' "$p"
-}
-# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds, or die.
-wait_for() {
-    local limit=$1 what=$2 i
-    shift 2
-    for ((i = 0; i < limit * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "$what: not after $limit s"
-}
 echo "distributed: $BACKEND backend, $N instances, $(nproc) cores, $(machine_load) at start"
 
 # ---------------------------------------------------------------- PostgreSQL
 
-DATABASE_URL=""
-PSQL=()
-as_pg() { if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi; }
-if [[ $BACKEND == s3 ]]; then
-    pg=$T/pg
-    mkdir -p "$pg"
-    ((EUID == 0)) && chown postgres: "$pg"
-    as_pg "$PG_BIN/initdb" -D "$pg/data" --auth=trust -U postgres -E UTF8 --locale=C --no-sync \
-        >"$pg/initdb.log" 2>&1 || { cat "$pg/initdb.log" >&2; die "initdb failed"; }
-    pick_port PG_PORT
-    # Not under test and never killed: no fsync, to leave the disk to Garage.
-    as_pg "$PG_BIN/pg_ctl" -D "$pg/data" -l "$pg/log" -w -t 60 -o "-p $PG_PORT -k $pg -h 127.0.0.1 \
-        -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start \
-        >/dev/null || { cat "$pg/log" >&2; die "pg_ctl start failed"; }
-    PG_DATA=$pg/data
-    PSQL=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres)
-    "${PSQL[@]}" -d postgres -X -q -c 'CREATE DATABASE uploads' || die "CREATE DATABASE failed"
-    PSQL+=(-d uploads)
-    DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/uploads
-    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') on 127.0.0.1:$PG_PORT"
-fi
+# Not under test and never killed: no fsync, to leave the disk to Garage.
+[[ $BACKEND != s3 ]] || pg_start -c fsync=off -c synchronous_commit=off -c full_page_writes=off
 
 # ---------------------------------------------------------------- Garage
 
-declare -a G_S3 G_RPC G_ID
-garage_conf() { echo "$T/garage/n$1/garage.toml"; }
-g() { "$GARAGE" -c "$(garage_conf 1)" "$@"; }
-start_node() {
-    "$GARAGE" -c "$(garage_conf "$1")" server >>"$T/garage/n$1/log" 2>&1 &
-    G_PID[$1]=$!
-}
-healthy_nodes() {
-    g status 2>/dev/null | awk '/^==== HEALTHY NODES/ { h = 1; next } /^====/ { h = 0 }
-        h && NF && $1 != "ID" { n++ } END { print n + 0 }'
-}
-if [[ $BACKEND == s3 ]]; then
-    secret=$(openssl rand -hex 32)
-    for n in 1 2 3; do
-        mkdir -p "$T/garage/n$n"
-        pick_port "G_S3[$n]"
-        pick_port "G_RPC[$n]"
-        cat >"$(garage_conf "$n")" <<EOF
-metadata_dir = "$T/garage/n$n/meta"
-data_dir = "$T/garage/n$n/data"
-db_engine = "sqlite"
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:${G_RPC[n]}"
-rpc_public_addr = "127.0.0.1:${G_RPC[n]}"
-rpc_secret = "$secret"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:${G_S3[n]}"
-root_domain = ".s3.garage.localhost"
-EOF
-        start_node "$n"
-    done
-    for n in 1 2 3; do
-        wait_for 30 "garage node $n" "$GARAGE" -c "$(garage_conf "$n")" node id -q
-        G_ID[n]=$("$GARAGE" -c "$(garage_conf "$n")" node id -q 2>/dev/null)
-    done
-    for n in 2 3; do g node connect "${G_ID[n]}" >/dev/null; done
-    for n in 1 2 3; do g layout assign -z dc1 -c 1G "${G_ID[n]%@*}" >/dev/null; done
-    g layout apply --version 1 >/dev/null
-    wait_for 30 "three healthy Garage nodes" test "$(healthy_nodes)" = 3
-    g bucket create uploads >/dev/null
-    g key create bench-key >/dev/null
-    g bucket allow --read --write --owner uploads --key bench-key >/dev/null
-    key_info=$(g key info bench-key --show-secret 2>/dev/null)
-    S3_KEY_ID=$(awk '/^Key ID:/ { print $3 }' <<<"$key_info")
-    S3_SECRET=$(awk '/^Secret key:/ { print $3 }' <<<"$key_info")
-    [[ -n $S3_KEY_ID && -n $S3_SECRET ]] || die "no key from 'garage key info': $key_info"
-    log "Garage $("$GARAGE" --version | awk '{ print $2 }'): 3 nodes, replication 3, S3 on ports ${G_S3[*]}"
-fi
+[[ $BACKEND != s3 ]] || garage_cluster 3 3 1G sqlite
 
 # ---------------------------------------------------------------- the instances
 
