@@ -9,7 +9,7 @@
 #                      # G_PID, G_S3, G_RPC, G_ID per node; bucket `uploads`; S3_KEY_ID, S3_SECRET
 # The caller stops them at exit (its own trap: kill "${G_PID[@]}", then pg_stop), since a
 # scenario may have other processes to stop first. Also here: pick_port, wait_for, as_pg,
-# garage_conf, g (the garage CLI on node 1), start_node, healthy_nodes.
+# garage_conf, g (the garage CLI on node 1), start_node, healthy_nodes, nodes_healthy.
 
 # shellcheck disable=SC2034  # the variables set here are for the caller
 GARAGE=""
@@ -107,6 +107,9 @@ healthy_nodes() {
     g status 2>/dev/null | awk '/^==== HEALTHY NODES/ { h = 1; next } /^====/ { h = 0 }
         h && NF && $1 != "ID" { n++ } END { print n + 0 }'
 }
+# nodes_healthy N: success when `garage status` lists N healthy nodes (counted anew on each
+# call, for wait_for).
+nodes_healthy() { [[ $(healthy_nodes) == "$1" ]]; }
 
 # garage_cluster NODES REPLICATION [CAPACITY (1G)] [DB_ENGINE (sqlite)]: NODES Garage
 # servers (one rpc_secret, S3 API region `garage`), connected, each assigned CAPACITY in
@@ -142,7 +145,7 @@ EOF
     for ((n = 2; n <= nodes; n++)); do g node connect "${G_ID[n]}" >/dev/null; done
     for ((n = 1; n <= nodes; n++)); do g layout assign -z dc1 -c "$cap" "${G_ID[n]%@*}" >/dev/null; done
     g layout apply --version 1 >/dev/null
-    wait_for 30 "$nodes healthy Garage node(s)" test "$(healthy_nodes)" = "$nodes"
+    wait_for 30 "$nodes healthy Garage node(s)" nodes_healthy "$nodes"
     g bucket create uploads >/dev/null
     g key create bench-key >/dev/null
     g bucket allow --read --write --owner uploads --key bench-key >/dev/null

@@ -74,6 +74,22 @@ stop_all() {
     done
     pg_stop
 }
+# keep_logs: the instances', nginx's and Garage's logs to BENCH_TMPDIR, when the run fails
+# or dies (at exit, after everything stopped, before the temp dir goes).
+FINISHED=0
+keep_logs() {
+    local i n
+    for i in $(seq 1 $N); do
+        cp "$T/i$i.log" "$BENCH_TMPDIR/bench-distributed-last-i$i.log" 2>/dev/null || true
+    done
+    cp "$T/nginx/error.log" "$BENCH_TMPDIR/bench-distributed-last-nginx-error.log" 2>/dev/null || true
+    for n in 1 2 3; do
+        cp "$T/garage/n$n/log" "$BENCH_TMPDIR/bench-distributed-last-garage-n$n.log" 2>/dev/null || true
+    done
+    echo "   logs kept in $BENCH_TMPDIR/bench-distributed-last-*.log"
+}
+keep_logs_on_failure() { ((FINISHED)) || keep_logs; }
+bench_on_exit keep_logs_on_failure
 bench_on_exit stop_all
 # PostgreSQL runs as the postgres user: it must reach its folder inside.
 chmod 0711 "$T"
@@ -292,7 +308,7 @@ if [[ $BACKEND == s3 ]]; then
     wait_for 30 "Garage node $KILL_NODE back" "$GARAGE" -c "$(garage_conf "$KILL_NODE")" node id -q
     # A restarted node finds its peers again by itself, but only after ~30 s: help it.
     [[ $KILL_NODE == 1 ]] || g node connect "${G_ID[KILL_NODE]}" >/dev/null 2>&1 || true
-    wait_for 60 "three healthy Garage nodes after the restart" test "$(healthy_nodes)" = 3
+    wait_for 60 "three healthy Garage nodes after the restart" nodes_healthy 3
     event "$(now)" up garage "g$KILL_NODE" "127.0.0.1:${G_S3[KILL_NODE]}"
     node_back_s=$(elapsed "$t_restart" "$(now)")
     log "Garage node $KILL_NODE back in the cluster after $node_back_s s"
@@ -351,11 +367,7 @@ if [[ $BACKEND == s3 ]]; then
 fi
 bench_table
 if ((load_rc != 0 || failures > 0)); then
-    for i in $(seq 1 $N); do
-        cp "$T/i$i.log" "$BENCH_TMPDIR/bench-distributed-last-i$i.log" 2>/dev/null || true
-    done
-    cp "$ng/error.log" "$BENCH_TMPDIR/bench-distributed-last-nginx-error.log" 2>/dev/null || true
-    echo "   logs kept in $BENCH_TMPDIR/bench-distributed-last-*.log"
     echo "distributed: FAIL" >&2
     exit 1
 fi
+FINISHED=1
