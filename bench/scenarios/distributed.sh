@@ -289,7 +289,7 @@ note_hwm "$k"
 event "$(now)" kill instance "i$k" "127.0.0.1:${I_PORT[k]}"
 kill -KILL "${I_PID[k]}"
 wait "${I_PID[k]}" 2>/dev/null || true
-log "instance $k SIGKILLed at $(elapsed "$t_start" "$(now)") s (VmHWM $(kib_to_mib "${I_HWM[k]}") MiB)"
+log "instance $k SIGKILLed at $(elapsed "$t_start" "$(now)") s, $(date -u +%T.%3N) UTC (VmHWM $(kib_to_mib "${I_HWM[k]}") MiB)"
 sleep "$DOWN_S"
 t_restart=$(now)
 start_instance "$k"
@@ -325,8 +325,14 @@ bucket_objects=""
 if [[ $BACKEND == s3 ]]; then
     bucket_objects=$(g bucket info uploads 2>/dev/null | awk '/^Objects:/ { print $2 }')
     leftover_rows=$("${PSQL[@]}" -X -q -t -A -F ' ' -c \
-        "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM sessions WHERE state <> 'finished')" 2>&1) \
+        "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM sessions WHERE state <> 'finished'),
+            (SELECT count(*) FROM sessions WHERE state = 'claimed')" 2>&1 | awk '{ print $1, $2, "(" $3 " claimed)" }') \
         || leftover_rows="? ?"
+    # Sessions a complete claimed and never finished (its instance died in it, say): named
+    # in the log with when they were claimed, beside the instance's kill time.
+    "${PSQL[@]}" -X -q -t -A -F ' ' -c "SELECT id, user_id, to_char(claimed_at AT TIME ZONE 'UTC',
+        'HH24:MI:SS.MS') FROM sessions WHERE state = 'claimed' ORDER BY claimed_at" 2>/dev/null \
+        | while read -r sid suser sat; do log "session $sid ($suser) left claimed, claimed at $sat UTC"; done || true
     local_files=$({ find "$T"/i*/root -path '*/storage/*' -type f 2>/dev/null || true; } | wc -l)
 fi
 declare -a STOP_RC ERR_LINES
@@ -359,7 +365,7 @@ for i in $(seq 1 $N); do errs+="${ERR_LINES[i]} "; done
 bench_row "server ERROR log lines (each instance)" "${errs% }" "-" "-" "-" info
 if [[ $BACKEND == s3 ]]; then
     bench_row "objects in the bucket (Garage's count, data and sidecars)" "${bucket_objects:-?}" "-" "-" "-" info
-    bench_row "reservations / unfinished sessions left in PostgreSQL" "$leftover_rows" "-" "-" "-" info
+    bench_row "reservations / unfinished sessions (of which claimed) left in PostgreSQL" "$leftover_rows" "-" "-" "-" info
     ok=PASS
     ((local_files == 0)) || ok=FAIL
     bench_row "files on the instances' own disks" "$local_files" "-" "-" "0" "$ok"
