@@ -13,6 +13,8 @@
 set -euo pipefail
 # shellcheck source=../lib/common.sh
 source "${BENCH_LIB:-$(dirname "$0")/../lib}/common.sh"
+# shellcheck source=../lib/s3stack.sh
+source "$BENCH_LIB/s3stack.sh"
 
 SECONDS_RUN=${BENCH_DIST_SECONDS:-60}
 BACKEND=${BENCH_DIST_BACKEND:-s3}
@@ -33,24 +35,15 @@ need_tool nginx nginx
 need_tool openssl openssl
 [[ -x $BENCH_BIN ]] || die "no server binary at $BENCH_BIN (run bench/run, which builds it)"
 
-GARAGE=""
-PG_BIN=""
 if [[ $BACKEND == s3 ]]; then
-    for cand in "${BENCH_GARAGE_BIN:-}" "$(command -v garage || true)" "$HOME/.cargo/bin/garage"; do
-        [[ -n $cand && -x $cand ]] && { GARAGE=$cand; break; }
-    done
-    if [[ -z $GARAGE ]]; then
+    if ! find_garage; then
         echo "distributed: SKIPPED: no garage binary (BENCH_GARAGE_BIN, PATH, ~/.cargo/bin); build it with"
         echo "    cargo install garage@2.5.0 --locked     # about 40 min on 2 cores, into ~/.cargo/bin"
         echo "or run the instances on a shared UPLOAD_ROOT instead: BENCH_DIST_BACKEND=fs bench/run distributed"
         bench_row "distributed" "skipped (no garage binary)" - - - skip
         exit 0
     fi
-    PG_BIN=$({ compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' || true; } | sort -V | tail -1)
-    PG_BIN=${PG_BIN%/pg_ctl}
-    if [[ -z $PG_BIN ]] && command -v pg_ctl >/dev/null; then PG_BIN=$(dirname "$(command -v pg_ctl)"); fi
-    [[ -n $PG_BIN && -x $PG_BIN/initdb && -x $PG_BIN/psql ]] \
-        || die "PostgreSQL not found (initdb, pg_ctl, psql in /usr/lib/postgresql/*/bin): apt-get install postgresql"
+    find_postgres
 fi
 
 # Each instance keeps client and upstream connections open.
@@ -60,10 +53,9 @@ T=$BENCH_TMP
 # At exit, also on a timeout (bench/run gives 30 s before SIGKILL): every process started
 # here is sent SIGTERM at once, what is left after 10 s gets SIGKILL, and PostgreSQL stops
 # without waiting for its clients. Runs before the temp dir is removed.
-declare -a G_PID I_PID
+declare -a I_PID
 LOAD_PID=""
 NGINX_PID=""
-PG_DATA=""
 stop_all() {
     local pids=() p k alive
     for p in "$LOAD_PID" "$NGINX_PID" "${I_PID[@]}" "${G_PID[@]}"; do [[ -n $p ]] && pids+=("$p"); done
@@ -80,8 +72,24 @@ stop_all() {
         kill -KILL "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
-    [[ -z $PG_DATA ]] || as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1 || true
+    pg_stop
 }
+# keep_logs: the instances', nginx's and Garage's logs to BENCH_TMPDIR, when the run fails
+# or dies (at exit, after everything stopped, before the temp dir goes).
+FINISHED=0
+keep_logs() {
+    local i n
+    for i in $(seq 1 $N); do
+        cp "$T/i$i.log" "$BENCH_TMPDIR/bench-distributed-last-i$i.log" 2>/dev/null || true
+    done
+    cp "$T/nginx/error.log" "$BENCH_TMPDIR/bench-distributed-last-nginx-error.log" 2>/dev/null || true
+    for n in 1 2 3; do
+        cp "$T/garage/n$n/log" "$BENCH_TMPDIR/bench-distributed-last-garage-n$n.log" 2>/dev/null || true
+    done
+    echo "   logs kept in $BENCH_TMPDIR/bench-distributed-last-*.log"
+}
+keep_logs_on_failure() { ((FINISHED)) || keep_logs; }
+bench_on_exit keep_logs_on_failure
 bench_on_exit stop_all
 # PostgreSQL runs as the postgres user: it must reach its folder inside.
 chmod 0711 "$T"
@@ -92,106 +100,16 @@ bad() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 # event TIME WHAT KIND NAME ADDR: one line for the load client's classification (TIME in
 # epoch seconds, as `now` prints it).
 event() { echo "$1 $2 $3 $4 $5" >>"$EVENTS"; }
-# pick_port VAR: a free port, into VAR, never one handed out before in this run (the
-# servers bind them later).
-USED_PORTS=" "
-pick_port() {
-    local p
-    while :; do
-        p=$(free_port)
-        [[ $USED_PORTS == *" $p "* ]] || break
-    done
-    USED_PORTS+="$p "
-    printf -v "$1" '%s' "$p"
-}
-# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds, or die.
-wait_for() {
-    local limit=$1 what=$2 i
-    shift 2
-    for ((i = 0; i < limit * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "$what: not after $limit s"
-}
 echo "distributed: $BACKEND backend, $N instances, $(nproc) cores, $(machine_load) at start"
 
 # ---------------------------------------------------------------- PostgreSQL
 
-DATABASE_URL=""
-PSQL=()
-as_pg() { if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi; }
-if [[ $BACKEND == s3 ]]; then
-    pg=$T/pg
-    mkdir -p "$pg"
-    ((EUID == 0)) && chown postgres: "$pg"
-    as_pg "$PG_BIN/initdb" -D "$pg/data" --auth=trust -U postgres -E UTF8 --locale=C --no-sync \
-        >"$pg/initdb.log" 2>&1 || { cat "$pg/initdb.log" >&2; die "initdb failed"; }
-    pick_port PG_PORT
-    # Not under test and never killed: no fsync, to leave the disk to Garage.
-    as_pg "$PG_BIN/pg_ctl" -D "$pg/data" -l "$pg/log" -w -t 60 -o "-p $PG_PORT -k $pg -h 127.0.0.1 \
-        -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start \
-        >/dev/null || { cat "$pg/log" >&2; die "pg_ctl start failed"; }
-    PG_DATA=$pg/data
-    PSQL=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres)
-    "${PSQL[@]}" -d postgres -X -q -c 'CREATE DATABASE uploads' || die "CREATE DATABASE failed"
-    PSQL+=(-d uploads)
-    DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/uploads
-    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') on 127.0.0.1:$PG_PORT"
-fi
+# Not under test and never killed: no fsync, to leave the disk to Garage.
+[[ $BACKEND != s3 ]] || pg_start -c fsync=off -c synchronous_commit=off -c full_page_writes=off
 
 # ---------------------------------------------------------------- Garage
 
-declare -a G_S3 G_RPC G_ID
-garage_conf() { echo "$T/garage/n$1/garage.toml"; }
-g() { "$GARAGE" -c "$(garage_conf 1)" "$@"; }
-start_node() {
-    "$GARAGE" -c "$(garage_conf "$1")" server >>"$T/garage/n$1/log" 2>&1 &
-    G_PID[$1]=$!
-}
-healthy_nodes() {
-    g status 2>/dev/null | awk '/^==== HEALTHY NODES/ { h = 1; next } /^====/ { h = 0 }
-        h && NF && $1 != "ID" { n++ } END { print n + 0 }'
-}
-if [[ $BACKEND == s3 ]]; then
-    secret=$(openssl rand -hex 32)
-    for n in 1 2 3; do
-        mkdir -p "$T/garage/n$n"
-        pick_port "G_S3[$n]"
-        pick_port "G_RPC[$n]"
-        cat >"$(garage_conf "$n")" <<EOF
-metadata_dir = "$T/garage/n$n/meta"
-data_dir = "$T/garage/n$n/data"
-db_engine = "sqlite"
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:${G_RPC[n]}"
-rpc_public_addr = "127.0.0.1:${G_RPC[n]}"
-rpc_secret = "$secret"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:${G_S3[n]}"
-root_domain = ".s3.garage.localhost"
-EOF
-        start_node "$n"
-    done
-    for n in 1 2 3; do
-        wait_for 30 "garage node $n" "$GARAGE" -c "$(garage_conf "$n")" node id -q
-        G_ID[n]=$("$GARAGE" -c "$(garage_conf "$n")" node id -q 2>/dev/null)
-    done
-    for n in 2 3; do g node connect "${G_ID[n]}" >/dev/null; done
-    for n in 1 2 3; do g layout assign -z dc1 -c 1G "${G_ID[n]%@*}" >/dev/null; done
-    g layout apply --version 1 >/dev/null
-    wait_for 30 "three healthy Garage nodes" test "$(healthy_nodes)" = 3
-    g bucket create uploads >/dev/null
-    g key create bench-key >/dev/null
-    g bucket allow --read --write --owner uploads --key bench-key >/dev/null
-    key_info=$(g key info bench-key --show-secret 2>/dev/null)
-    S3_KEY_ID=$(awk '/^Key ID:/ { print $3 }' <<<"$key_info")
-    S3_SECRET=$(awk '/^Secret key:/ { print $3 }' <<<"$key_info")
-    [[ -n $S3_KEY_ID && -n $S3_SECRET ]] || die "no key from 'garage key info': $key_info"
-    log "Garage $("$GARAGE" --version | awk '{ print $2 }'): 3 nodes, replication 3, S3 on ports ${G_S3[*]}"
-fi
+[[ $BACKEND != s3 ]] || garage_cluster 3 3 1G sqlite
 
 # ---------------------------------------------------------------- the instances
 
@@ -371,7 +289,7 @@ note_hwm "$k"
 event "$(now)" kill instance "i$k" "127.0.0.1:${I_PORT[k]}"
 kill -KILL "${I_PID[k]}"
 wait "${I_PID[k]}" 2>/dev/null || true
-log "instance $k SIGKILLed at $(elapsed "$t_start" "$(now)") s (VmHWM $(kib_to_mib "${I_HWM[k]}") MiB)"
+log "instance $k SIGKILLed at $(elapsed "$t_start" "$(now)") s, $(date -u +%T.%3N) UTC (VmHWM $(kib_to_mib "${I_HWM[k]}") MiB)"
 sleep "$DOWN_S"
 t_restart=$(now)
 start_instance "$k"
@@ -390,7 +308,7 @@ if [[ $BACKEND == s3 ]]; then
     wait_for 30 "Garage node $KILL_NODE back" "$GARAGE" -c "$(garage_conf "$KILL_NODE")" node id -q
     # A restarted node finds its peers again by itself, but only after ~30 s: help it.
     [[ $KILL_NODE == 1 ]] || g node connect "${G_ID[KILL_NODE]}" >/dev/null 2>&1 || true
-    wait_for 60 "three healthy Garage nodes after the restart" test "$(healthy_nodes)" = 3
+    wait_for 60 "three healthy Garage nodes after the restart" nodes_healthy 3
     event "$(now)" up garage "g$KILL_NODE" "127.0.0.1:${G_S3[KILL_NODE]}"
     node_back_s=$(elapsed "$t_restart" "$(now)")
     log "Garage node $KILL_NODE back in the cluster after $node_back_s s"
@@ -407,8 +325,14 @@ bucket_objects=""
 if [[ $BACKEND == s3 ]]; then
     bucket_objects=$(g bucket info uploads 2>/dev/null | awk '/^Objects:/ { print $2 }')
     leftover_rows=$("${PSQL[@]}" -X -q -t -A -F ' ' -c \
-        "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM sessions WHERE state <> 'finished')" 2>&1) \
+        "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM sessions WHERE state <> 'finished'),
+            (SELECT count(*) FROM sessions WHERE state = 'claimed')" 2>&1 | awk '{ print $1, $2, "(" $3 " claimed)" }') \
         || leftover_rows="? ?"
+    # Sessions a complete claimed and never finished (its instance died in it, say): named
+    # in the log with when they were claimed, beside the instance's kill time.
+    "${PSQL[@]}" -X -q -t -A -F ' ' -c "SELECT id, user_id, to_char(claimed_at AT TIME ZONE 'UTC',
+        'HH24:MI:SS.MS') FROM sessions WHERE state = 'claimed' ORDER BY claimed_at" 2>/dev/null \
+        | while read -r sid suser sat; do log "session $sid ($suser) left claimed, claimed at $sat UTC"; done || true
     local_files=$({ find "$T"/i*/root -path '*/storage/*' -type f 2>/dev/null || true; } | wc -l)
 fi
 declare -a STOP_RC ERR_LINES
@@ -441,7 +365,7 @@ for i in $(seq 1 $N); do errs+="${ERR_LINES[i]} "; done
 bench_row "server ERROR log lines (each instance)" "${errs% }" "-" "-" "-" info
 if [[ $BACKEND == s3 ]]; then
     bench_row "objects in the bucket (Garage's count, data and sidecars)" "${bucket_objects:-?}" "-" "-" "-" info
-    bench_row "reservations / unfinished sessions left in PostgreSQL" "$leftover_rows" "-" "-" "-" info
+    bench_row "reservations / unfinished sessions (of which claimed) left in PostgreSQL" "$leftover_rows" "-" "-" "-" info
     ok=PASS
     ((local_files == 0)) || ok=FAIL
     bench_row "files on the instances' own disks" "$local_files" "-" "-" "0" "$ok"
@@ -449,11 +373,7 @@ if [[ $BACKEND == s3 ]]; then
 fi
 bench_table
 if ((load_rc != 0 || failures > 0)); then
-    for i in $(seq 1 $N); do
-        cp "$T/i$i.log" "$BENCH_TMPDIR/bench-distributed-last-i$i.log" 2>/dev/null || true
-    done
-    cp "$ng/error.log" "$BENCH_TMPDIR/bench-distributed-last-nginx-error.log" 2>/dev/null || true
-    echo "   logs kept in $BENCH_TMPDIR/bench-distributed-last-*.log"
     echo "distributed: FAIL" >&2
     exit 1
 fi
+FINISHED=1
