@@ -245,7 +245,12 @@ impl PgCatalog {
     ) -> CatalogResult<ListPage> {
         let limit = to_i64(limit)?;
         let offset = to_i64(offset)?;
-        let mut conn = self.pool.acquire().await?;
+        // One snapshot for the page and the totals: an upload committed between two
+        // statements would be counted but not listed (found by the distributed bench).
+        let mut conn = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *conn)
+            .await?;
         let (rows, total_files, total_bytes) = match folder {
             None => {
                 let rows = sqlx::query(&format!(
