@@ -433,7 +433,8 @@ impl From<StoreError> for ApiError {
                 "Upload-Offset does not match: the upload is at offset {offset}"
             )),
             StoreError::Busy => Self::Locked(
-                "Another request is appending to this upload; retry when it ends".to_owned(),
+                "Another request is appending to or completing this upload; retry when it ends"
+                    .to_owned(),
             ),
             StoreError::WrongProtocol => Self::Conflict(
                 "This upload was begun with another protocol; continue it with that one".to_owned(),

@@ -332,8 +332,8 @@ class Run:
                 self.cut_completes.append(CutComplete(cid, user, uid, size, sha, seed, name, parts))
                 self.inc("complete cut, then its session gone (settled after the run)")
                 return
-            if res is not None and res.status == 409:
-                self.inc("complete answered 409 (another complete holds the session): asked again")
+            if res is not None and res.status in (409, 423):
+                self.inc(f"complete answered {res.status} (another complete holds the session): asked again")
                 await asyncio.sleep(0.5)
                 continue
             if res is not None and res.status < 500:

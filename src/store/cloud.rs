@@ -15,7 +15,9 @@ use serde_json::{Map, Value};
 use super::batch::BatchToken;
 use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::parts::PartUpload;
-use super::pg::{Claim, FileRecord, PartRecord, PgCatalog, Publish, SessionState};
+use super::pg::{
+    Claim, ClaimToken, FileRecord, PartRecord, PgCatalog, Publish, SessionState, CLAIM_LEASE,
+};
 use super::publish::check_sha;
 use super::read::FileEntry;
 use super::s3::{GetRange, Ranged, S3Bytes, S3Error};
@@ -28,6 +30,13 @@ use crate::zip_stream::Source;
 
 /// How long a presigned read URL (`S3_PRESIGN_READS=1`) stays valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(300);
+
+/// How long a complete waits for another complete of the same session (on any instance)
+/// before answering 423: under the 60 s a proxy commonly waits for an answer.
+pub const COMPLETE_WAIT: Duration = Duration::from_secs(45);
+
+/// How often a waiting complete looks at the claim.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 
 /// The bucket and the catalog together.
 #[derive(Clone)]
@@ -423,12 +432,14 @@ impl CloudStore {
         Ok(sessions)
     }
 
-    /// A live session, not expired.
+    /// A session not expired and not finished: live, or claimed by a complete in progress
+    /// (on this instance or another, or one whose instance died: the next complete waits
+    /// for it or takes it over; a part or an abort meanwhile is [`StoreError::Busy`]).
     pub async fn session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let r = self.catalog.session(*id).await?;
         match r.state {
-            SessionState::Live => Ok(r.session),
-            _ => Err(StoreError::NotFound(Missing::Session)),
+            SessionState::Live | SessionState::Claimed => Ok(r.session),
+            SessionState::Finished => Err(StoreError::NotFound(Missing::Session)),
         }
     }
 
@@ -556,26 +567,63 @@ impl CloudStore {
     /// bucket, its SHA-256 known from when it came), checked, the sidecar written, and the
     /// row committed with the quota charged and the session finished. A failed check gives
     /// the claim back with the parts kept.
+    ///
+    /// The claim is a lease, renewed while the publish runs: a complete whose instance dies
+    /// leaves a claim the next complete takes over once it lapses. A complete that finds the
+    /// session claimed waits for the holder (as the filesystem's lock does): finished, it
+    /// answers not found (completing again); given back, it claims and completes itself;
+    /// still held after [`COMPLETE_WAIT`], [`StoreError::Busy`].
     pub async fn complete(
         &self,
         info: &Session,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
         let id = info.upload_id;
-        match self.catalog.claim(id).await? {
-            Claim::Won(..) => {}
-            Claim::Lost(_) => return Err(StoreError::NotFound(Missing::Session)),
-        }
-        match self.publish_claimed(info, req).await {
+        let waiting = tokio::time::Instant::now();
+        let token = loop {
+            match self.catalog.claim(id).await? {
+                Claim::Won(_, _, token) => break token,
+                Claim::Lost(SessionState::Claimed) if waiting.elapsed() < COMPLETE_WAIT => {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+                Claim::Lost(SessionState::Claimed) => return Err(StoreError::Busy),
+                Claim::Lost(_) => return Err(StoreError::NotFound(Missing::Session)),
+            }
+        };
+        let outcome = tokio::select! {
+            done = self.publish_claimed(info, req, token) => done,
+            lost = self.hold_claim(id, token) => Err(lost),
+        };
+        match outcome {
             Ok((stored, parts)) => {
                 self.delete_parts(&parts).await;
                 Ok(stored)
             }
             Err(e) => {
-                if let Err(u) = self.catalog.unclaim(id).await {
-                    tracing::warn!(session = %id, error = %u, "cannot give a claim back; it times out");
+                if let Err(u) = self.catalog.unclaim(id, token).await {
+                    tracing::warn!(session = %id, error = %u, "cannot give a claim back; its lease lapses");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Renews the claim `token` holds on session `id` until the claim is lost (another
+    /// complete took it over after a renewal came too late), which it returns as the
+    /// publish's error. A renewal that fails (the database unreachable a moment) is retried:
+    /// the publish itself is fenced by the token, so a late one changes nothing.
+    async fn hold_claim(&self, id: SessionId, token: ClaimToken) -> StoreError {
+        loop {
+            tokio::time::sleep(CLAIM_LEASE / 3).await;
+            match self.catalog.renew(id, token).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(session = %id, "lost the claim of a complete in progress (its lease lapsed and another took it over); stopping it");
+                    return StoreError::Busy;
+                }
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cannot renew a complete's claim; retrying")
+                }
             }
         }
     }
@@ -584,6 +632,7 @@ impl CloudStore {
         &self,
         info: &Session,
         req: CompleteRequest,
+        token: ClaimToken,
     ) -> Result<(Stored, Vec<PartRecord>), StoreError> {
         let parts = self.catalog.parts(info.upload_id).await?;
         let total: u64 = parts.iter().map(|p| p.size).sum();
@@ -666,7 +715,7 @@ impl CloudStore {
                 .publish(Publish {
                     file: &record,
                     reservation: Some(&reservation),
-                    session: Some(info.upload_id),
+                    session: Some((info.upload_id, token)),
                 })
                 .await?;
             Ok::<_, StoreError>(())

@@ -108,8 +108,8 @@ pub enum StoreError {
         /// Where the upload ends.
         offset: u64,
     },
-    /// Another request is appending to the upload.
-    #[error("another request is appending to this upload")]
+    /// Another request is appending to the upload, or completing it.
+    #[error("another request is appending to or completing this upload")]
     Busy,
     /// A request of one protocol on a session of another (a three-step part on a tus
     /// upload, a tus `PATCH` on a three-step session).

@@ -139,3 +139,67 @@ async fn the_quota_holds_for_uploads_spread_over_instances() {
     assert_eq!(listing["total_size"], ok * 200_000);
     assert!(listing["total_size"].as_u64().unwrap() <= 1 << 20);
 }
+
+/// Regression (distributed bench, session 6): a complete cut by its instance's death left
+/// the session claimed, so every retry answered 404 and the upload was lost. The claim is a
+/// lease now: a retry on another instance waits while the lease holds (the holder might
+/// still finish), then takes the claim over and completes. The dying instance is played by
+/// the database row it leaves: claimed, under a token nobody holds, a lease about to lapse.
+#[tokio::test]
+async fn a_complete_cut_by_a_dead_instance_is_taken_over_by_the_retry() {
+    let (backend, apps, _roots) = instances(2, &[]).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let whole: Vec<u8> = (0..(1 << 20) + 17).map(|i| (i % 239) as u8).collect();
+    let init = a
+        .as_service()
+        .acting_for("u1")
+        .init(
+            json!([{ "name": "cut.bin", "size": whole.len() }]),
+            "chunked",
+            None,
+        )
+        .await;
+    let id = init["uploadId"].as_str().unwrap();
+    let (s, body) = a.as_service().put_part(id, 0, &whole).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
+    let claimed = sqlx::query(
+        "UPDATE sessions SET state = 'claimed', claimed_at = now(),
+                claim_token = gen_random_uuid(), lease_until = now() + interval '2 seconds'
+         WHERE id = $1::uuid AND state = 'live'",
+    )
+    .bind(id)
+    .execute(&db)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(claimed, 1);
+    let sha = hex::encode(sha2::Sha256::digest(&whole));
+    let started = std::time::Instant::now();
+    let (s, done) = b.as_service().complete(id, json!({ "sha256": sha })).await;
+    assert_eq!(s, StatusCode::OK, "{done}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "completed after {:?}, while the dead instance's lease still held",
+        started.elapsed()
+    );
+    let key = done["key"].as_str().unwrap();
+    let got = a.get(&format!("/{key}")).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), whole.as_slice());
+    // Completing again: not found, as API.md §3.1 says; the quota counts the file once.
+    let (s, again) = a.as_service().complete(id, json!({ "sha256": sha })).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{again}");
+    let (state, size): (String, i64) =
+        sqlx::query_as("SELECT state, file_size FROM sessions WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), size), ("finished", whole.len() as i64));
+    let used: i64 = sqlx::query_scalar("SELECT used FROM quota WHERE user_id = 'u1'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(used, whole.len() as i64);
+}

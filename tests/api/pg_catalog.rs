@@ -219,17 +219,97 @@ async fn pg_of_two_racing_claims_exactly_one_wins() {
     // A claim given back can be won again; an unknown session is not found.
     let s = session("claimer", Some(10), hour());
     a.create_session(&s, 10, 1 << 20).await.unwrap();
-    assert!(matches!(
-        a.claim(s.upload_id).await.unwrap(),
-        Claim::Won(..)
-    ));
-    a.unclaim(s.upload_id).await.unwrap();
+    let Claim::Won(_, _, token) = a.claim(s.upload_id).await.unwrap() else {
+        panic!("claim lost")
+    };
+    a.unclaim(s.upload_id, token).await.unwrap();
     assert!(matches!(
         b.claim(s.upload_id).await.unwrap(),
         Claim::Won(..)
     ));
     let missing = store_err(a.claim(SessionId::new()).await.unwrap_err());
     assert!(matches!(missing, StoreError::NotFound(Missing::Session)));
+}
+
+/// A claim is a lease: renewed, it holds; lapsed (its instance died mid-complete), the next
+/// claim takes it over with a new token, and the old holder's token no longer publishes,
+/// renews or gives the claim back.
+#[tokio::test]
+async fn pg_a_lapsed_claim_is_taken_over_and_its_old_holder_is_fenced() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.catalog(2).await, db.catalog(2).await);
+    let s = session("leaser", Some(10), hour());
+    a.create_session(&s, 10, 1 << 20).await.unwrap();
+    let id = s.upload_id;
+    let sid = uuid::Uuid::parse_str(&id.to_string()).unwrap();
+    let Claim::Won(_, _, old) = a.claim(id).await.unwrap() else {
+        panic!("claim lost")
+    };
+    // Held: another claim loses, a renewal keeps it.
+    assert!(matches!(
+        b.claim(id).await.unwrap(),
+        Claim::Lost(SessionState::Claimed)
+    ));
+    assert!(a.renew(id, old).await.unwrap());
+    let lease: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT lease_until FROM sessions WHERE id = $1")
+            .bind(sid)
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
+    let ahead = lease - Utc::now();
+    let want = chrono::Duration::from_std(upload_server::store::pg::CLAIM_LEASE).unwrap();
+    assert!(
+        ahead > want - chrono::Duration::seconds(5) && ahead <= want,
+        "lease {ahead} ahead"
+    );
+    // The holder dies: its lease lapses; the next claim takes over.
+    sqlx::query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(sid)
+        .execute(a.pool())
+        .await
+        .unwrap();
+    let Claim::Won(record, _, new) = b.claim(id).await.unwrap() else {
+        panic!("a lapsed claim was not taken over")
+    };
+    assert_eq!(record.state, SessionState::Claimed);
+    assert_ne!(old, new);
+    // The old holder, back from its stall, changes nothing.
+    assert!(!a.renew(id, old).await.unwrap());
+    let gone = store_err(a.unclaim(id, old).await.unwrap_err());
+    assert!(
+        matches!(gone, StoreError::NotFound(Missing::Session)),
+        "{gone:?}"
+    );
+    let f = file("leaser", None, "22222222_late.bin", 10, at(3));
+    let rid = id.to_string();
+    let fenced = a
+        .publish(Publish {
+            file: &f,
+            reservation: Some(&rid),
+            session: Some((id, old)),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(store_err(fenced), StoreError::Busy));
+    assert_eq!(a.usage(&user("leaser")).await.unwrap().files, 0);
+    assert!(matches!(
+        a.finish(id, old, "leaser/x", 10).await.unwrap_err(),
+        CatalogError::Store(StoreError::Busy)
+    ));
+    // The new holder publishes.
+    b.publish(Publish {
+        file: &f,
+        reservation: Some(&rid),
+        session: Some((id, new)),
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.session(id).await.unwrap().state, SessionState::Finished);
+    assert!(matches!(
+        a.claim(id).await.unwrap(),
+        Claim::Lost(SessionState::Finished)
+    ));
 }
 
 #[tokio::test]
@@ -301,7 +381,7 @@ async fn pg_publish_is_one_transaction() {
     c.append_segment(id, 0, 100, &hashes(1), Some(&json!({"etag": "e1"})))
         .await
         .unwrap();
-    let Claim::Won(..) = c.claim(id).await.unwrap() else {
+    let Claim::Won(_, _, token) = c.claim(id).await.unwrap() else {
         panic!("claim lost")
     };
     let before = c.usage(&u).await.unwrap();
@@ -316,7 +396,7 @@ async fn pg_publish_is_one_transaction() {
         .publish(Publish {
             file: &clash,
             reservation: Some(&rid),
-            session: Some(id),
+            session: Some((id, token)),
         })
         .await
         .unwrap_err();
@@ -337,7 +417,7 @@ async fn pg_publish_is_one_transaction() {
     c.publish(Publish {
         file: &fresh,
         reservation: Some(&rid),
-        session: Some(id),
+        session: Some((id, token)),
     })
     .await
     .unwrap();
@@ -552,18 +632,18 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
             .unwrap();
         expired.insert(s.upload_id.to_string());
     }
-    // One claimed (a complete in progress): not swept until its claim times out.
+    // One claimed (a complete in progress): not swept while its lease holds.
     let claimed = session("sweep1", Some(10), hour());
     a.create_session(&claimed, 10, 1 << 20).await.unwrap();
     a.claim(claimed.upload_id).await.unwrap();
     let live = session("sweep0", Some(10), hour() * 24);
     a.create_session(&live, 10, 1 << 20).await.unwrap();
-    // Two hours on, the first 60 sessions have expired; the claim was made 10 minutes
-    // before (the database's clock cannot be moved, the claim's time can).
+    // Two hours on, the first 60 sessions have expired; the complete holding the claim is
+    // still renewing it (the database's clock cannot be moved, the lease's end can).
     let now = Utc::now() + hour() * 2;
-    sqlx::query("UPDATE sessions SET claimed_at = $2 WHERE id = $1")
+    sqlx::query("UPDATE sessions SET lease_until = $2 WHERE id = $1")
         .bind(uuid::Uuid::parse_str(&claimed.upload_id.to_string()).unwrap())
-        .bind(now - chrono::Duration::minutes(10))
+        .bind(now + chrono::Duration::minutes(10))
         .execute(a.pool())
         .await
         .unwrap();
@@ -612,8 +692,8 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
         a.session(live.upload_id).await.unwrap().state,
         SessionState::Live
     );
-    // The claim, once older than CLAIM_TIMEOUT, goes too (a complete that crashed).
-    let later = now + chrono::Duration::from_std(upload_server::store::pg::CLAIM_TIMEOUT).unwrap();
+    // Once its lease lapsed (the complete stopped renewing: it crashed), it goes too.
+    let later = now + chrono::Duration::minutes(11);
     let swept = a.sweep_expired(later, 100).await.unwrap();
     assert_eq!(swept.len(), 1);
     assert_eq!(swept[0].record.state, SessionState::Claimed);

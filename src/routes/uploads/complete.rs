@@ -56,6 +56,7 @@ pub struct Completed {
         (status = 404, description = "No such session (or another user's, or already completed)", body = ErrorBody),
         (status = 413, description = "Over the quota", body = ErrorBody),
         (status = 422, description = "Malformed JSON or a missing field", body = ErrorBody),
+        (status = 423, description = "Another complete of this upload (on another instance) is still running after 45 s; retry", body = ErrorBody),
         (status = 507, description = "The disk is full", body = ErrorBody),
     ))]
 pub(crate) async fn complete_upload(

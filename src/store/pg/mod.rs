@@ -21,7 +21,8 @@ pub use files::{FileRecord, ListPage};
 pub use parts::PartRecord;
 pub use quota::{Publish, Usage};
 pub use sessions::{
-    Appended, Claim, RemovedSession, SegmentRecord, SessionRecord, SessionState, CLAIM_TIMEOUT,
+    Appended, Claim, ClaimToken, RemovedSession, SegmentRecord, SessionRecord, SessionState,
+    CLAIM_LEASE,
 };
 
 use std::time::Duration;

@@ -7,7 +7,7 @@
 use sqlx::{PgConnection, Row as _};
 
 use super::files::{insert_locked, lock_quota, FileRecord};
-use super::sessions::finish_locked;
+use super::sessions::{finish_locked, ClaimToken};
 use super::{to_i64, to_u64, CatalogError, CatalogResult, PgCatalog};
 use crate::store::key::UserId;
 use crate::store::sessions::SessionId;
@@ -31,8 +31,8 @@ pub struct Publish<'a> {
     pub file: &'a FileRecord,
     /// The reservation its bytes were held under (dropped; its bytes become `used`).
     pub reservation: Option<&'a str>,
-    /// The session that made it (claimed by the caller; left finished).
-    pub session: Option<SessionId>,
+    /// The session that made it, claimed by the caller under the token (left finished).
+    pub session: Option<(SessionId, ClaimToken)>,
 }
 
 /// Reserves `bytes` for `id` under the user's lock held by the caller: refused
@@ -185,8 +185,8 @@ impl PgCatalog {
     /// left finished with the key and size. Any failure leaves all of it as it was.
     pub async fn publish(&self, p: Publish<'_>) -> CatalogResult<()> {
         let mut tx = self.pool.begin().await?;
-        if let Some(id) = p.session {
-            super::sessions::lock_claimed(&mut tx, id).await?;
+        if let Some((id, token)) = p.session {
+            super::sessions::lock_claimed(&mut tx, id, token).await?;
         }
         let user = p.file.user().as_str();
         lock_quota(&mut tx, user).await?;
@@ -197,7 +197,7 @@ impl PgCatalog {
         if !insert_locked(&mut tx, p.file).await? {
             return Err(CatalogError::KeyTaken);
         }
-        if let Some(id) = p.session {
+        if let Some((id, _)) = p.session {
             finish_locked(&mut tx, id, &p.file.key.to_string(), p.file.size).await?;
         }
         tx.commit().await?;

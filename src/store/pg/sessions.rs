@@ -3,6 +3,12 @@
 //! segments ends. Appends, claims, aborts and sweeps each lock the session row, so of two
 //! racing appends at one offset, or two racing claims, exactly one wins; sweeps skip rows
 //! another instance holds (`FOR UPDATE SKIP LOCKED`).
+//!
+//! A claim is a lease: its holder renews it ([`PgCatalog::renew`]) while it publishes, and
+//! a claim whose lease lapsed (its instance died mid-complete) is taken over by the next
+//! claim. Each claim has its own token, which the holder shows to publish, finish or give
+//! the claim back: a holder that lost its claim (it stalled past its lease and another took
+//! over) changes nothing.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,9 +21,18 @@ use super::{not_found, to_i64, to_u64, CatalogError, CatalogResult, PgCatalog};
 use crate::store::sessions::{SegmentHashes, Session, SessionId};
 use crate::store::{Missing, StoreError};
 
-/// How long a claim may last before the sweep takes it for a crashed complete (once the
-/// session is past its expiry too).
-pub const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a claim holds without renewal: a complete renews it every third of this while
+/// it publishes, so a claim left by a dead instance is taken over by the next complete (or
+/// swept, once the session expired) at most this long after the instance died.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// When a claim lapses, in SQL: rows claimed before leases existed (no `lease_until`) hold an
+/// hour from their claim, as they did then.
+const LEASE_END: &str = "coalesce(lease_until, claimed_at + interval '1 hour')";
+
+/// A claim's fencing token: shown to publish, finish or give back the claim it came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(uuid::Uuid);
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +97,8 @@ pub struct Appended {
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one per complete, never stored
 pub enum Claim {
-    /// This caller won: the session and its segments, now claimed.
-    Won(SessionRecord, Vec<SegmentRecord>),
+    /// This caller won: the session and its segments, now claimed under the token.
+    Won(SessionRecord, Vec<SegmentRecord>, ClaimToken),
     /// Another caller claimed it first (`Claimed`), or finished it (`Finished`).
     Lost(SessionState),
 }
@@ -200,11 +215,24 @@ pub(super) async fn insert_session(conn: &mut PgConnection, s: &Session) -> Cata
     Ok(())
 }
 
-/// Locks session `id`, which must be claimed (by the caller, who is publishing it).
-pub(super) async fn lock_claimed(conn: &mut PgConnection, id: SessionId) -> CatalogResult<()> {
-    match lock_session(conn, id).await?.state {
-        SessionState::Claimed => Ok(()),
-        _ => Err(not_found(Missing::Session)),
+/// Locks session `id`, which must be claimed under `token` (by the caller, who is
+/// publishing it). Claimed under another token, or live again (the caller's claim lapsed and
+/// was taken over): [`StoreError::Busy`]; finished or gone: not found.
+pub(super) async fn lock_claimed(
+    conn: &mut PgConnection,
+    id: SessionId,
+    token: ClaimToken,
+) -> CatalogResult<()> {
+    let row = sqlx::query("SELECT state, claim_token FROM sessions WHERE id = $1 FOR UPDATE")
+        .bind(uuid(id)?)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| not_found(Missing::Session))?;
+    let holder: Option<uuid::Uuid> = row.try_get("claim_token")?;
+    match SessionState::parse(&row.try_get::<String, _>("state")?)? {
+        SessionState::Claimed if holder == Some(token.0) => Ok(()),
+        SessionState::Claimed | SessionState::Live => Err(StoreError::Busy.into()),
+        SessionState::Finished => Err(not_found(Missing::Session)),
     }
 }
 
@@ -218,7 +246,8 @@ pub(super) async fn finish_locked(
 ) -> CatalogResult<()> {
     let id = uuid(id)?;
     let done = sqlx::query(
-        "UPDATE sessions SET state = 'finished', file_key = $2, file_size = $3, claimed_at = NULL
+        "UPDATE sessions SET state = 'finished', file_key = $2, file_size = $3,
+                claimed_at = NULL, claim_token = NULL, lease_until = NULL
          WHERE id = $1 AND state = 'claimed'",
     )
     .bind(id)
@@ -441,42 +470,82 @@ impl PgCatalog {
         Ok(session)
     }
 
-    /// Claims live session `id` for a complete: of racing claims on any instances exactly
-    /// one wins. The loser learns whether the session is being completed or finished; an
-    /// unknown or expired session is not found.
+    /// Claims session `id` for a complete: of racing claims on any instances exactly one
+    /// wins. A live session is claimed; so is a claimed one whose lease lapsed (the complete
+    /// holding it died), taken over with a new token. The loser learns whether the session
+    /// is being completed or finished; an unknown or expired session is not found.
     pub async fn claim(&self, id: SessionId) -> CatalogResult<Claim> {
         let sid = uuid(id)?;
         let mut tx = self.pool.begin().await?;
-        let won = sqlx::query(&format!(
-            "UPDATE sessions SET state = 'claimed', claimed_at = now()
-             WHERE id = $1 AND state = 'live' AND expires_at > now()
-             RETURNING {SESSION_COLUMNS}"
+        let row = sqlx::query(&format!(
+            "SELECT state, expires_at > now() AS open, {LEASE_END} < now() AS lapsed, claimed_at
+             FROM sessions WHERE id = $1 FOR UPDATE"
         ))
         .bind(sid)
         .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = won {
-            let record = session_from_row(&row)?;
-            let segments = segments_of(&mut tx, sid).await?;
-            tx.commit().await?;
-            return Ok(Claim::Won(record, segments));
+        .await?
+        .ok_or_else(|| not_found(Missing::Session))?;
+        if !row.try_get::<bool, _>("open")? {
+            return Err(not_found(Missing::Session));
         }
-        let row = sqlx::query("SELECT state FROM sessions WHERE id = $1 AND expires_at > now()")
-            .bind(sid)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| not_found(Missing::Session))?;
-        let state = SessionState::parse(&row.try_get::<String, _>(0)?)?;
-        Ok(Claim::Lost(state))
+        match SessionState::parse(&row.try_get::<String, _>("state")?)? {
+            SessionState::Live => {}
+            SessionState::Claimed if row.try_get::<Option<bool>, _>("lapsed")? == Some(true) => {
+                let since: Option<DateTime<Utc>> = row.try_get("claimed_at")?;
+                tracing::warn!(
+                    session = %id,
+                    claimed_at = ?since,
+                    "taking over a claim whose lease lapsed (the complete holding it stopped)"
+                );
+            }
+            state => return Ok(Claim::Lost(state)),
+        }
+        let token = ClaimToken(uuid::Uuid::new_v4());
+        let row = sqlx::query(&format!(
+            "UPDATE sessions SET state = 'claimed', claimed_at = now(), claim_token = $2,
+                    lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(sid)
+        .bind(token.0)
+        .bind(CLAIM_LEASE.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = session_from_row(&row)?;
+        let segments = segments_of(&mut tx, sid).await?;
+        tx.commit().await?;
+        Ok(Claim::Won(record, segments, token))
     }
 
-    /// Gives a claim back (a complete that failed, say on a SHA-256 mismatch): the session
-    /// is live again, its segments and reservation untouched.
-    pub async fn unclaim(&self, id: SessionId) -> CatalogResult<()> {
+    /// Renews the lease of the claim `token` holds on session `id` for another
+    /// [`CLAIM_LEASE`]. False when the claim is no longer this token's (it lapsed and was
+    /// taken over, or the session is gone).
+    pub async fn renew(&self, id: SessionId, token: ClaimToken) -> CatalogResult<bool> {
         let done = sqlx::query(
-            "UPDATE sessions SET state = 'live', claimed_at = NULL WHERE id = $1 AND state = 'claimed'",
+            "UPDATE sessions SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND state = 'claimed' AND claim_token = $2",
         )
         .bind(uuid(id)?)
+        .bind(token.0)
+        .bind(CLAIM_LEASE.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Gives the claim `token` holds back (a complete that failed, say on a SHA-256
+    /// mismatch): the session is live again, its segments and reservation untouched. Not
+    /// found when the claim is no longer this token's.
+    pub async fn unclaim(&self, id: SessionId, token: ClaimToken) -> CatalogResult<()> {
+        let done = sqlx::query(
+            "UPDATE sessions SET state = 'live', claimed_at = NULL, claim_token = NULL,
+                    lease_until = NULL
+             WHERE id = $1 AND state = 'claimed' AND claim_token = $2",
+        )
+        .bind(uuid(id)?)
+        .bind(token.0)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -486,12 +555,18 @@ impl PgCatalog {
         Ok(())
     }
 
-    /// Marks claimed session `id` finished with the file at `key` (`size` bytes), kept for
+    /// Marks session `id`, claimed under `token`, finished with the file at `key` (`size` bytes), kept for
     /// `HEAD` until it expires; its segments go. (A publish does this itself, in its own
     /// transaction: see [`PgCatalog::publish`].)
-    pub async fn finish(&self, id: SessionId, key: &str, size: u64) -> CatalogResult<()> {
+    pub async fn finish(
+        &self,
+        id: SessionId,
+        token: ClaimToken,
+        key: &str,
+        size: u64,
+    ) -> CatalogResult<()> {
         let mut tx = self.pool.begin().await?;
-        lock_claimed(&mut tx, id).await?;
+        lock_claimed(&mut tx, id, token).await?;
         finish_locked(&mut tx, id, key, size).await?;
         tx.commit().await?;
         Ok(())
@@ -528,8 +603,8 @@ impl PgCatalog {
         })
     }
 
-    /// Removes sessions expired at `now` (live and finished ones; a claimed one only when
-    /// also claimed longer than [`CLAIM_TIMEOUT`]: a complete that crashed), at most `batch`
+    /// Removes sessions expired at `now` (live and finished ones; a claimed one only once
+    /// its lease lapsed: a complete that crashed), at most `batch`
     /// of them, releasing their reservations. Safe with every instance sweeping at once:
     /// rows another sweep (or a request) holds are skipped, so each session is removed
     /// exactly once. Returns what was removed, for the bytes backend to delete.
@@ -538,17 +613,14 @@ impl PgCatalog {
         now: DateTime<Utc>,
         batch: u32,
     ) -> CatalogResult<Vec<RemovedSession>> {
-        let claim_timeout = chrono::Duration::from_std(CLAIM_TIMEOUT)
-            .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT id, {SESSION_COLUMNS} FROM sessions
-             WHERE expires_at <= $1 AND (state <> 'claimed' OR claimed_at <= $2)
-             ORDER BY expires_at LIMIT $3
+             WHERE expires_at <= $1 AND (state <> 'claimed' OR {LEASE_END} <= $1)
+             ORDER BY expires_at LIMIT $2
              FOR UPDATE SKIP LOCKED"
         ))
         .bind(now)
-        .bind(now - claim_timeout)
         .bind(i64::from(batch))
         .fetch_all(&mut *tx)
         .await?;
