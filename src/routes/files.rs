@@ -127,9 +127,9 @@ pub(crate) async fn list_files(
         .map(|e| ListedFile {
             folder: e.key.folder(),
             key: e.key.to_string(),
-            filename: e.meta.original_name,
+            filename: e.original_name,
             size: e.size,
-            mime: e.meta.mime,
+            mime: e.mime,
             created_at: e.created_at,
         })
         .collect();

@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt as _};
 use super::cloud::{CloudStore, CloudUpload, NewFile, Page, Unreachable};
 use super::key::ClientFileName;
 use super::key::{FolderPath, Key, UserId};
-use super::read::FileEntry;
+use super::read::{FileEntry, Listed};
 use super::sidecar::Meta;
 use super::sink::{Sink, TempGuard, Written};
 use super::DirectUpload;
@@ -196,7 +196,7 @@ impl Store {
                         .iter()
                         .skip(skip)
                         .take(take)
-                        .map(|e| FileEntry::clone(e))
+                        .map(|e| Listed::from(&**e))
                         .collect(),
                 })
             }

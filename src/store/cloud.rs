@@ -19,7 +19,7 @@ use super::pg::{
     Claim, ClaimToken, FileRecord, PartRecord, PgCatalog, Publish, SessionState, CLAIM_LEASE,
 };
 use super::publish::check_sha;
-use super::read::FileEntry;
+use super::read::{FileEntry, Listed};
 use super::s3::{GetRange, Ranged, S3Bytes, S3Error};
 use super::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
 use super::sidecar::Meta;
@@ -180,12 +180,12 @@ impl CloudStore {
         let cap = i64::MAX as u64;
         let page = self
             .catalog
-            .list_files(user, folder, limit.min(cap), offset.min(cap))
+            .list_listed(user, folder, limit.min(cap), offset.min(cap))
             .await?;
         Ok(Page {
             total_count: page.total_files,
             total_size: page.total_bytes,
-            files: page.files.into_iter().map(entry_of).collect(),
+            files: page.files,
         })
     }
 
@@ -1045,7 +1045,7 @@ fn remember(slot: &Mutex<Option<StoreError>>, e: StoreError) -> std::io::Error {
 #[derive(Debug, Clone)]
 pub struct Page {
     /// The page's files, newest first.
-    pub files: Vec<FileEntry>,
+    pub files: Vec<Listed>,
     /// Files in the whole listing.
     pub total_count: u64,
     /// Their bytes together.

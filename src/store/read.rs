@@ -47,7 +47,35 @@ impl FileEntry {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// What a listing shows of a file (API.md §4.1): read by the catalog without the whole
+/// sidecar, copied from a [`FileEntry`] by the filesystem's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: Key,
+    /// The name it was uploaded under.
+    pub original_name: String,
+    /// Its MIME type.
+    pub mime: String,
+    /// Bytes.
+    pub size: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&FileEntry> for Listed {
+    fn from(e: &FileEntry) -> Self {
+        Self {
+            key: e.key.clone(),
+            original_name: e.meta.original_name.clone(),
+            mime: e.meta.mime.clone(),
+            size: e.size,
+            created_at: e.created_at.clone(),
+        }
+    }
+}
+
+pub(super) fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

@@ -1,14 +1,15 @@
 //! File records: one row per stored file, the sidecar as jsonb; listing newest first with
 //! the tie-break of `store/list.rs` (keys bytewise), paged, with totals.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 
 use super::{not_found, to_i64, to_u64, CatalogError, CatalogResult, PgCatalog};
 use crate::store::key::{FolderPath, Key, UserId};
-use crate::store::sidecar::Meta;
+use crate::store::read::Listed;
+use crate::store::sidecar::{guess_mime, Meta};
 use crate::store::Missing;
 
 /// A stored file as the catalog keeps it.
@@ -33,9 +34,9 @@ pub struct FileRecord {
 
 /// One page of a listing.
 #[derive(Debug, Clone)]
-pub struct ListPage {
+pub struct ListPage<T = FileRecord> {
     /// The page's files, newest first, ties by key.
-    pub files: Vec<FileRecord>,
+    pub files: Vec<T>,
     /// Files in the whole listing (not only this page).
     pub total_files: u64,
     /// Their bytes together.
@@ -46,6 +47,37 @@ pub struct ListPage {
 /// [`Meta::from_json`] (a jsonb value would be built and then serialised again).
 pub(super) const FILE_COLUMNS: &str =
     "key, size, sha256, crc32, mime, meta::text AS meta, created_at";
+
+/// The columns a [`Listed`] is read from: each sidecar field only when it is a string, as
+/// `Meta::from_json` takes it, else the same fallback (the key's file name, a type guessed
+/// from the name, the row's time).
+const LISTED_COLUMNS: &str = "key, size, created_at,
+    CASE WHEN jsonb_typeof(meta->'original_name') = 'string' THEN meta->>'original_name' END AS name,
+    CASE WHEN jsonb_typeof(meta->'mime') = 'string' THEN meta->>'mime' END AS mime,
+    CASE WHEN jsonb_typeof(meta->'created_at') = 'string' THEN meta->>'created_at' END AS meta_created";
+
+fn listed_from_row(row: &PgRow) -> CatalogResult<Listed> {
+    let key_text: String = row.try_get("key")?;
+    let key = Key::parse(&key_text)
+        .map_err(|e| CatalogError::Corrupt(format!("key {key_text:?}: {e}")))?;
+    let name: Option<String> = row.try_get("name")?;
+    let original_name = name.unwrap_or_else(|| key.file_name().to_owned());
+    let mime: Option<String> = row.try_get("mime")?;
+    let mime = mime.unwrap_or_else(|| guess_mime(&original_name, None));
+    let created_at = match row.try_get::<Option<String>, _>("meta_created")? {
+        Some(c) => c,
+        None => row
+            .try_get::<DateTime<Utc>, _>("created_at")?
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+    };
+    Ok(Listed {
+        size: to_u64(row.try_get("size")?)?,
+        key,
+        original_name,
+        mime,
+        created_at,
+    })
+}
 
 impl FileRecord {
     /// The owner.
@@ -243,6 +275,52 @@ impl PgCatalog {
         limit: u64,
         offset: u64,
     ) -> CatalogResult<ListPage> {
+        let (rows, total_files, total_bytes) = self
+            .list_rows(FILE_COLUMNS, user, folder, limit, offset)
+            .await?;
+        Ok(ListPage {
+            files: rows
+                .iter()
+                .map(FileRecord::from_row)
+                .collect::<CatalogResult<_>>()?,
+            total_files,
+            total_bytes,
+        })
+    }
+
+    /// The same page as [`PgCatalog::list_files`], with only what a listing shows of each
+    /// file: the sidecar's name, type and date are picked out by PostgreSQL, not shipped
+    /// whole and parsed (the whole sidecar made a 10,000-file listing cost the server ~45 ms
+    /// of CPU, mostly allocation and JSON).
+    pub async fn list_listed(
+        &self,
+        user: &UserId,
+        folder: Option<&FolderPath>,
+        limit: u64,
+        offset: u64,
+    ) -> CatalogResult<ListPage<Listed>> {
+        let (rows, total_files, total_bytes) = self
+            .list_rows(LISTED_COLUMNS, user, folder, limit, offset)
+            .await?;
+        Ok(ListPage {
+            files: rows
+                .iter()
+                .map(listed_from_row)
+                .collect::<CatalogResult<_>>()?,
+            total_files,
+            total_bytes,
+        })
+    }
+
+    /// The rows (`columns` of each) and totals of a listing page, read in one snapshot.
+    async fn list_rows(
+        &self,
+        columns: &str,
+        user: &UserId,
+        folder: Option<&FolderPath>,
+        limit: u64,
+        offset: u64,
+    ) -> CatalogResult<(Vec<PgRow>, u64, u64)> {
         let limit = to_i64(limit)?;
         let offset = to_i64(offset)?;
         // One snapshot for the page and the totals: an upload committed between two
@@ -254,7 +332,7 @@ impl PgCatalog {
         let (rows, total_files, total_bytes) = match folder {
             None => {
                 let rows = sqlx::query(&format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1
+                    "SELECT {columns} FROM files WHERE user_id = $1
                      ORDER BY created_at DESC, key LIMIT $2 OFFSET $3"
                 ))
                 .bind(user.as_str())
@@ -276,7 +354,7 @@ impl PgCatalog {
                 let (exact, lo, hi) = folder_range(folder);
                 let filter = "user_id = $1 AND (folder = $2 OR (folder >= $3 AND folder < $4))";
                 let rows = sqlx::query(&format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE {filter}
+                    "SELECT {columns} FROM files WHERE {filter}
                      ORDER BY created_at DESC, key LIMIT $5 OFFSET $6"
                 ))
                 .bind(user.as_str())
@@ -299,13 +377,7 @@ impl PgCatalog {
                 (rows, r.try_get(0)?, r.try_get(1)?)
             }
         };
-        Ok(ListPage {
-            files: rows
-                .iter()
-                .map(FileRecord::from_row)
-                .collect::<CatalogResult<_>>()?,
-            total_files: to_u64(total_files)?,
-            total_bytes: to_u64(total_bytes)?,
-        })
+        conn.commit().await?;
+        Ok((rows, to_u64(total_files)?, to_u64(total_bytes)?))
     }
 }
