@@ -131,6 +131,49 @@ async fn put_stream_large_goes_in_parts_with_the_right_hashes() {
     assert_eq!(srv.open_uploads(), 0);
 }
 
+/// Parts go out beside each other while the budget has room (several in flight), one at a
+/// time when it has only the writer's share: either way in order, whole, the budget given
+/// back, and a body failing with parts in flight leaves no upload open.
+#[tokio::test]
+async fn put_stream_with_parts_in_flight_keeps_their_order_and_the_budget() {
+    let srv = S3Fs::start();
+    let bytes = data(40 * MIB + 3, 9);
+    for budget in [DEFAULT_BUFFER_BUDGET, 0] {
+        let s3 = S3Bytes::connect(&S3Config {
+            buffer_budget: budget,
+            ..srv.config()
+        })
+        .await
+        .unwrap();
+        let free = s3.budget().free_writers();
+        let w = s3
+            .put_stream(KEY, body(&bytes, 256 * 1024), 1 << 30)
+            .await
+            .unwrap();
+        assert_eq!((w.sha256, w.crc32), local_hashes(&bytes), "budget {budget}");
+        assert_eq!(read_all(&s3, KEY, None).await, bytes, "budget {budget}");
+        // Seven parts of 5 MiB, the last of 5 MiB + 3 bytes.
+        let etag = s3.head(KEY).await.unwrap().etag.unwrap();
+        assert!(etag.trim_matches('"').ends_with("-8"), "{etag}");
+        assert_eq!(s3.budget().free_writers(), free, "the budget is given back");
+        assert_eq!(srv.open_uploads(), 0);
+
+        let failing = body(&bytes[..30 * MIB], 256 * 1024).chain(stream::once(async {
+            Err(std::io::Error::other("connection reset"))
+        }));
+        let err = s3.put_stream("other", failing, 1 << 30).await.unwrap_err();
+        assert!(matches!(err, S3Error::Body(_)), "{err:?}");
+        srv.assert_no_open_uploads().await;
+        assert!(matches!(s3.head("other").await, Err(S3Error::NotFound)));
+        // The parts still in flight when it failed give their share back as they stop.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s3.budget().free_writers() != free {
+            assert!(Instant::now() < deadline, "budget not given back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn put_stream_over_the_limit_or_failing_leaves_nothing() {
     let srv = S3Fs::start();

@@ -44,6 +44,14 @@ impl Budget {
         }
     }
 
+    /// `bytes` more for a writer that has its share, if the budget has them free now
+    /// (never waits: a writer that waited for more while holding its share could block
+    /// another doing the same).
+    pub fn try_extra(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
     /// Writers that could start now without waiting.
     pub fn free_writers(&self) -> usize {
         self.kib.available_permits() / self.share.max(1) as usize

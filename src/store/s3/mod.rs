@@ -50,6 +50,11 @@ pub(crate) const PART: usize = MIN_PART;
 /// What a writer reserves of the [`Budget`]: its part buffer may grow to `2 × PART` plus
 /// one incoming chunk before a part is cut off.
 pub(crate) const WRITER_RESERVATION: usize = 2 * PART + (1 << 20);
+/// Parts one writer keeps in flight at most, each with a part's worth of the [`Budget`]
+/// beyond the writer's share while the budget has it (so one large upload on a quiet
+/// instance overlaps its parts, as `aws s3 cp` does, and a busy instance sends one at a
+/// time within the same memory).
+const MAX_IN_FLIGHT: usize = 3;
 
 /// Where the bucket is and how to reach it (`S3_*` settings).
 #[derive(Debug, Clone)]
@@ -377,7 +382,9 @@ impl S3Bytes {
         let mut buf = Buffer::default();
         let mut size = 0u64;
         let mut upload: Option<AbortOnDrop> = None;
+        // Parts sent, in order, and the ones still in flight after them.
         let mut parts: Vec<PartId> = Vec::new();
+        let mut flight = InFlight::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| S3Error::Body(std::io::Error::other(e)))?;
             size += chunk.len() as u64;
@@ -396,16 +403,39 @@ impl S3Bytes {
                         armed: true,
                     }),
                 };
-                let idx = parts.len();
+                let idx = parts.len() + flight.len();
                 if idx >= MAX_PARTS as usize - 1 {
                     return Err(S3Error::TooLarge);
                 }
-                let part = self
-                    .store
-                    .put_part(&path, &guard.id, idx, buf.take(PART))
-                    .await?;
-                parts.push(part);
+                let payload = buf.take(PART);
+                // A part in flight holds its bytes beside the buffer refilling: it needs
+                // a part's worth more of the budget. When none is free, the oldest part in
+                // flight is waited for; with none in flight, the part goes inline, within
+                // the writer's own share (what a busy instance does).
+                loop {
+                    if flight.len() < MAX_IN_FLIGHT {
+                        if let Some(extra) = self.budget.try_extra(PART) {
+                            let (store, path, id) =
+                                (self.store.clone(), path.clone(), guard.id.clone());
+                            flight.0.push_back(tokio::spawn(async move {
+                                let _extra = extra;
+                                store.put_part(&path, &id, idx, payload).await
+                            }));
+                            break;
+                        }
+                    }
+                    match flight.next().await {
+                        Some(done) => parts.push(done?),
+                        None => {
+                            parts.push(self.store.put_part(&path, &guard.id, idx, payload).await?);
+                            break;
+                        }
+                    }
+                }
             }
+        }
+        while let Some(done) = flight.next().await {
+            parts.push(done?);
         }
         match upload {
             None => {
@@ -647,6 +677,34 @@ impl S3Bytes {
 /// Aborts a multipart upload when dropped armed: an upload cut short (an error, or the
 /// request's future dropped because the client went away) leaves no parts behind. The
 /// abort runs on a spawned task, since `Drop` cannot wait.
+/// Parts of one upload sent beside each other, oldest first; dropped (an error, a client
+/// gone), the ones still running are stopped (their multipart upload is aborted too).
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<PartId>>>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The oldest part's outcome, once it is sent; `None` when none is in flight.
+    async fn next(&mut self) -> Option<Result<PartId, S3Error>> {
+        let task = self.0.pop_front()?;
+        Some(match task.await {
+            Ok(sent) => sent.map_err(S3Error::from),
+            Err(e) => Err(S3Error::Body(std::io::Error::other(e))),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 struct AbortOnDrop {
     store: Arc<AmazonS3>,
     path: Path,
