@@ -22,7 +22,7 @@ use super::{connect, created_at, human, quiet_logs, same_sha, to_utc, Outcome, T
 use crate::config::Settings;
 use crate::store::key::{Key, UserId};
 use crate::store::pg::{CatalogError, FileRecord};
-use crate::store::read::{meta_from, MAX_SIDECAR};
+use crate::store::read::{meta_from, rfc3339, MAX_SIDECAR};
 use crate::store::s3::S3Error;
 use crate::store::sidecar::Meta;
 use crate::store::sink::Hashes;
@@ -339,6 +339,30 @@ async fn copy_one(target: &Target, source: &Source, progress: &Arc<Progress>) ->
     }
 }
 
+/// The sidecar `text` (a JSON object without a `created_at` member) with `created_at`
+/// added as its first member, every other byte as it was (the old service's sidecars keep
+/// their layout in the bucket). `None` when `text` has a `created_at` of another type
+/// (then the sidecar is written anew from what was read).
+fn dated_sidecar(text: &[u8], created_at: Option<&str>) -> Option<Vec<u8>> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(text).ok()?;
+    if map.contains_key("created_at") {
+        return None;
+    }
+    let open = text.iter().position(|&b| b == b'{')?;
+    let mut member = format!(
+        "\"created_at\": {}",
+        serde_json::to_string(created_at?).ok()?
+    );
+    if !map.is_empty() {
+        member.push(',');
+    }
+    let mut out = Vec::with_capacity(text.len() + member.len());
+    out.extend_from_slice(&text[..=open]);
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&text[open + 1..]);
+    Some(out)
+}
+
 async fn try_copy(
     target: &Target,
     source: &Source,
@@ -439,14 +463,26 @@ async fn try_copy(
         Err(e) => return Err(format!("bucket: HEAD after the upload: {e}")),
     }
 
-    // The sidecar object, then the row.
+    // The sidecar object, then the row. A sidecar without `created_at` (the old service
+    // wrote none) gets the file's modification time, the date its listings showed: the
+    // bucket has no other place for it, and `reindex` would otherwise date the file by
+    // its object (the migration's time).
+    let undated = meta.created_at.is_none();
+    if undated {
+        meta.created_at = Some(rfc3339(source.modified));
+    }
     let sidecar_bytes = match readable {
-        Some(b) => Bytes::from(b),
-        None => {
-            meta.sha256 = Some(written.sha256.clone());
+        Some(b) if !undated => Bytes::from(b),
+        Some(b) if let Some(dated) = dated_sidecar(&b, meta.created_at.as_deref()) => {
+            Bytes::from(dated)
+        }
+        readable => {
+            if readable.is_none() {
+                meta.sha256 = Some(written.sha256.clone());
+            }
             Bytes::from(
                 meta.to_json()
-                    .map_err(|e| format!("cannot write the made-up sidecar: {e}"))?,
+                    .map_err(|e| format!("cannot write the sidecar: {e}"))?,
             )
         }
     };
@@ -476,4 +512,28 @@ async fn try_copy(
             .map_err(|e| format!("catalog: {e}"))?;
     }
     Ok(Done::Copied(written.size))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::dated_sidecar;
+
+    #[test]
+    fn an_undated_sidecar_gets_created_at_first_and_keeps_its_other_bytes() {
+        let old = b"{\n  \"original_name\": \"a.txt\",\n  \"mime\": \"text/plain\"\n}";
+        let dated = dated_sidecar(old, Some("2025-11-24T16:00:00.000000Z")).unwrap();
+        assert_eq!(
+            String::from_utf8(dated).unwrap(),
+            "{\"created_at\": \"2025-11-24T16:00:00.000000Z\",\n  \"original_name\": \"a.txt\",\n  \"mime\": \"text/plain\"\n}"
+        );
+        let empty = dated_sidecar(b" {} ", Some("t")).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&empty).unwrap(),
+            serde_json::json!({"created_at": "t"})
+        );
+        // A created_at of another type: written anew instead (no duplicate member).
+        assert_eq!(dated_sidecar(b"{\"created_at\": null}", Some("t")), None);
+        assert_eq!(dated_sidecar(b"[1]", Some("t")), None);
+    }
 }

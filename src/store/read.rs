@@ -75,7 +75,8 @@ impl From<&FileEntry> for Listed {
     }
 }
 
-pub(super) fn rfc3339(t: SystemTime) -> String {
+/// A time as listings show it: RFC 3339, UTC, microseconds.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

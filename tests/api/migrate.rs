@@ -261,11 +261,21 @@ async fn assert_bucket_mirrors_root(setup: &Setup, except: &[&str]) {
         }
         let bytes = std::fs::read(&path).unwrap();
         assert!(object.as_deref() == Some(&bytes[..]), "{key}: bytes differ");
+        let mtime = DateTime::<Utc>::from(SystemTime::UNIX_EPOCH + Duration::from_secs(MTIME))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let want = match std::fs::read(Meta::path_for(&path)) {
+            // An undated sidecar (the old service's) gets the file's mtime as its first
+            // member, every other byte kept.
+            Ok(text) if !String::from_utf8_lossy(&text).contains("\"created_at\"") => {
+                let text = String::from_utf8(text).unwrap();
+                text.replacen('{', &format!("{{\"created_at\": \"{mtime}\","), 1)
+                    .into_bytes()
+            }
             Ok(text) => text,
             Err(_) => {
                 let mut meta = meta_from(None, &Key::parse(&key).unwrap());
                 meta.sha256 = Some(sha(&bytes));
+                meta.created_at = Some(mtime);
                 meta.to_json().unwrap()
             }
         };
@@ -295,6 +305,11 @@ async fn assert_rows(setup: &Setup, catalog: &PgCatalog, except: &[&str]) {
         let mut meta = meta_from(sidecar.as_deref(), &k);
         if sidecar.is_none() {
             meta.sha256 = Some(sha(&bytes));
+        }
+        // An undated sidecar is dated with the file's mtime, as the listings showed it.
+        if meta.created_at.is_none() {
+            let mtime = DateTime::<Utc>::from(SystemTime::UNIX_EPOCH + Duration::from_secs(MTIME));
+            meta.created_at = Some(mtime.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         }
         assert_eq!(row.size, bytes.len() as u64, "{key}");
         assert_eq!(row.sha256.as_deref(), Some(sha(&bytes).as_str()), "{key}");
@@ -522,13 +537,10 @@ async fn reindex_into_an_empty_database_rebuilds_the_rows_migrate_made() {
         .await
         .unwrap();
     for (key, row) in &rebuilt {
-        let mut want = migrated[key].clone();
-        // A sidecar without `created_at` (the old service's) leaves the object's date as
-        // listed: the file's mtime is not in the bucket.
-        if want.meta.created_at.is_none() {
-            want.created_at = listed[key];
-        }
-        assert_eq!(row, &want, "{key}");
+        // Every row as migrate made it, its date too: an old sidecar without `created_at`
+        // went to the bucket dated with the file's mtime, not left to the object's date.
+        assert_eq!(row, &migrated[key], "{key}");
+        assert_ne!(row.created_at, listed[key], "{key}: dated by its object");
     }
     assert_usage(&catalog, &expected_usage(&setup.root(), &[])).await;
 
