@@ -155,7 +155,7 @@ async fn a_tus_upload_in_chunks_becomes_an_ordinary_file() {
         header(&last, "x-upload-url").unwrap(),
         format!("{}/{key}", app.base)
     );
-    assert_eq!(std::fs::read(app.root.path().join(&key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(&key)).unwrap(), data);
     let side = sidecar(&app, &key).await;
     assert_eq!(side["sha256"], sha_hex(&data));
     assert_eq!(side["note"], "hi");
@@ -328,7 +328,7 @@ async fn a_checksum_that_fails_discards_the_chunk_with_460() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"helloworld"
     );
 }
@@ -429,7 +429,7 @@ async fn creation_with_upload_and_deferred_length_and_override() {
         "a nameless upload is called 'upload': {key}"
     );
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"abcdefgh"
     );
 
@@ -462,7 +462,7 @@ async fn creation_with_upload_and_deferred_length_and_override() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"12345678"
     );
 }
@@ -495,6 +495,9 @@ async fn termination_frees_the_upload_and_its_reservation() {
 
 #[tokio::test]
 async fn an_expired_upload_is_gone() {
+    if fs_only("expires an upload by editing its session.json") {
+        return;
+    }
     let app = spawn_app().await;
     let path = tus_create(&app, Some(4), &meta("old")).await;
     let id = path.rsplit('/').next().unwrap();
@@ -544,7 +547,7 @@ async fn concatenation_joins_partial_uploads_finished_or_not() {
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap().to_owned();
     assert_eq!(
-        std::fs::read(app.root.path().join(&key)).unwrap(),
+        std::fs::read(app.storage_root().join(&key)).unwrap(),
         b"abcdefg"
     );
     assert_eq!(sidecar(&app, &key).await["sha256"], sha_hex(b"abcdefg"));
@@ -587,7 +590,10 @@ async fn concatenation_joins_partial_uploads_finished_or_not() {
     );
     let last = tus_patch(&app, &c, 0, b"yy").await;
     let key = header(&last, "x-upload-key").unwrap().to_owned();
-    assert_eq!(std::fs::read(app.root.path().join(&key)).unwrap(), b"yyzz");
+    assert_eq!(
+        std::fs::read(app.storage_root().join(&key)).unwrap(),
+        b"yyzz"
+    );
     let head = tus_head(&app, &fin).await;
     assert_eq!(offset(&head), 4);
     assert_eq!(header(&head, "x-upload-key"), Some(key.as_str()));
@@ -655,7 +661,7 @@ async fn a_cut_patch_keeps_what_arrived_and_resumes_there() {
     let res = tus_patch(&app, &path, 120_000, &data[120_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
     assert_eq!(sidecar(&app, key).await["sha256"], sha_hex(&data));
 }
 
@@ -678,7 +684,7 @@ async fn a_newer_patch_ends_a_stalled_one_and_nothing_interleaves() {
     let res = tus_patch(&app, &path, 30_000, &data[30_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
 }
 
 #[tokio::test]
@@ -694,7 +700,7 @@ async fn a_head_ends_a_stalled_patch_and_gives_an_offset_that_works() {
     let res = tus_patch(&app, &path, at, &data[20_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
 }
 
 #[tokio::test]
@@ -708,7 +714,7 @@ async fn an_empty_file_is_stored_at_creation() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), b"");
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), b"");
     let head = tus_head(&app, header(&res, "location").unwrap()).await;
     assert_eq!(offset(&head), 0);
     assert_eq!(header(&head, "upload-length"), Some("0"));
@@ -807,7 +813,7 @@ async fn a_draft_upload_in_parts_with_both_interop_versions() {
         let key = body["key"].as_str().unwrap();
         assert!(key.starts_with("storage/u1/docs/") && key.ends_with("_report.pdf"));
         assert_eq!(body["sha256"], sha_hex(&data));
-        assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+        assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
         let head = draft(&app, Method::HEAD, &path, interop)
             .send()
             .await
@@ -1015,8 +1021,8 @@ async fn the_same_bytes_by_three_protocols_give_the_same_file() {
     assert_eq!(a, c);
     assert_eq!(a["sha256"], sha_hex(&data));
     for k in [three, tus_key, draft_key] {
-        assert_eq!(std::fs::read(app.root.path().join(&k)).unwrap(), data);
-        let side = std::fs::read(app.root.path().join(format!("{k}.meta"))).unwrap();
+        assert_eq!(std::fs::read(app.storage_root().join(&k)).unwrap(), data);
+        let side = std::fs::read(app.storage_root().join(format!("{k}.meta"))).unwrap();
         let side: Value = serde_json::from_slice(&side).unwrap();
         assert_eq!(
             side["crc32"].as_u64().unwrap(),
@@ -1157,6 +1163,9 @@ async fn a_signed_upload_url_works_with_tus_and_the_draft_and_holds_its_limits()
 
 #[tokio::test]
 async fn a_concatenation_that_cannot_be_published_keeps_its_partial_uploads() {
+    if fs_only("a file in the way of the folder makes the publish fail; a bucket has no folders") {
+        return;
+    }
     let app = spawn_app().await;
     let partial = |data: &'static [u8]| {
         let app = &app;
@@ -1202,7 +1211,7 @@ async fn a_concatenation_that_cannot_be_published_keeps_its_partial_uploads() {
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"left-right"
     );
     assert_eq!(tus_head(&app, &a).await.status(), StatusCode::NOT_FOUND);

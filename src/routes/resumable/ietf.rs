@@ -473,8 +473,6 @@ pub(crate) async fn ietf_create(
     let user = caller.acting_for(fields.user.as_deref()).map_err(api)?;
     let session = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .create_resumable(NewResumable {
             user,
             protocol: Protocol::Ietf,
@@ -516,12 +514,7 @@ pub(crate) async fn ietf_create(
         }
         Err(e) => {
             // Refused before anything was kept: the upload goes, with its reservation.
-            let _ = state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .terminate(&session)
-                .await;
+            let _ = state.store.terminate(&session).await;
             return Err(append_error(&state, interop, e, 0));
         }
     };
@@ -603,15 +596,11 @@ async fn finish(
 ) -> DraftResult {
     let session = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .declare_length(session, offset)
         .await
         .map_err(|e| store_error(state, interop, e))?;
     let stored = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .finish_resumable_checked(&session, sha256)
         .await
         .map_err(|e| store_error(state, interop, e))?
@@ -775,8 +764,6 @@ pub(crate) async fn ietf_patch(
         }
         session = state
             .store
-            .fs("Resumable uploads (IETF draft)")
-            .map_err(|e| DraftError::api(interop, e))?
             .declare_length(&session, l)
             .await
             .map_err(|e| store_error(&state, interop, e))?;
@@ -834,22 +821,8 @@ pub(crate) async fn ietf_delete(
     let session = progress.session().clone();
     supersede(&session.upload_id).await;
     match progress {
-        Progress::Open(..) => {
-            state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .terminate(&session)
-                .await
-        }
-        Progress::Finished(_) => {
-            state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .forget_finished(&session.upload_id)
-                .await
-        }
+        Progress::Open(..) => state.store.terminate(&session).await,
+        Progress::Finished(_) => state.store.forget_finished(&session.upload_id).await,
     }
     .map_err(|e| DraftError::api(interop, e))?;
     tracing::info!(target: "activity", event = "upload_abort", user = %session.user_id, upload_id = %session.upload_id);

@@ -115,7 +115,7 @@ pub(crate) async fn owned_upload(
 ) -> Result<Progress, ApiError> {
     let unknown = || ApiError::NotFound("Upload not found".to_owned());
     let id = SessionId::parse(id).map_err(|_| unknown())?;
-    let progress = match state.store.fs("Resumable uploads")?.progress(&id).await {
+    let progress = match state.store.progress(&id).await {
         Ok(p) => p,
         Err(StoreError::NotFound(_) | StoreError::WrongProtocol) => return Err(unknown()),
         Err(e) => return Err(e.into()),
@@ -290,18 +290,20 @@ pub(crate) async fn append_body(
     body: Body,
     checksum: ChecksumFrom,
 ) -> Result<u64, AppendFailure> {
-    let mut upload = match state
-        .store
-        .fs("Resumable uploads")?
-        .begin_append(session, offset)
-        .await
-    {
+    let mut upload = match state.store.begin_append(session, offset).await {
+        // The filesystem's lock refuses while another append runs: if it runs here, it is
+        // ended (keeping its bytes) and the offset checked again.
         Err(StoreError::Busy) if supersede(&session.upload_id).await => {
-            state
-                .store
-                .fs("Resumable uploads")?
-                .begin_append(session, offset)
-                .await?
+            state.store.begin_append(session, offset).await?
+        }
+        // The bucket takes appends side by side and refuses the later at its end: one
+        // running here is ended first all the same, as on the filesystem.
+        Ok(begun) if is_running(&session.upload_id) => {
+            drop(begun);
+            if !supersede(&session.upload_id).await {
+                return Err(AppendFailure::Store(StoreError::Busy));
+            }
+            state.store.begin_append(session, offset).await?
         }
         other => other?,
     };
@@ -398,11 +400,7 @@ pub(crate) async fn append_body(
             return Err(AppendFailure::ChecksumMismatch);
         }
     }
-    Ok(state
-        .store
-        .fs("Resumable uploads")?
-        .commit_append(session, upload)
-        .await?)
+    Ok(state.store.commit_append(session, upload).await?)
 }
 
 /// A body that ended early: what arrived is kept (when it can be trusted without the
@@ -410,7 +408,7 @@ pub(crate) async fn append_body(
 async fn cut(
     state: &AppState,
     session: &Session,
-    upload: crate::store::PartUpload,
+    upload: crate::store::backend::Append,
     offset: u64,
     cause: ApiError,
     checksummed: bool,
@@ -420,11 +418,7 @@ async fn cut(
         drop(upload);
         return Err(AppendFailure::Cut { offset, cause });
     }
-    let offset = state
-        .store
-        .fs("Resumable uploads")?
-        .commit_append(session, upload)
-        .await?;
+    let offset = state.store.commit_append(session, upload).await?;
     Err(AppendFailure::Cut { offset, cause })
 }
 
