@@ -444,19 +444,33 @@ impl CloudStore {
         }
     }
 
-    /// The parts received: number and size.
+    /// The parts received: number and size (a resumable upload's: its segments).
     pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
-        Ok(self
+        let mut parts: Vec<(u32, u64)> = self
             .catalog
             .parts(*id)
             .await?
             .into_iter()
             .map(|p| (p.number, p.size))
-            .collect())
+            .collect();
+        if parts.is_empty() {
+            parts = self
+                .catalog
+                .segments(*id)
+                .await?
+                .into_iter()
+                .map(|s| (s.number, s.size))
+                .collect();
+        }
+        Ok(parts)
     }
 
     /// Ends a session unfinished: its parts' objects go, its reservation is released.
     pub async fn abort(&self, info: &Session) -> Result<(), StoreError> {
+        if info.resumable.is_some() {
+            // Its bytes are segments, which the catalog's abort names.
+            return self.terminate(info).await;
+        }
         let parts = self.catalog.abort_parts(info.upload_id).await?;
         self.delete_parts(&parts).await;
         Ok(())

@@ -483,6 +483,11 @@ async fn termination_frees_the_upload_and_its_reservation() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The session status counts the bytes received.
+    let id = path.rsplit('/').next().unwrap();
+    let (s, status) = app.as_service().session(id).await;
+    assert_eq!(s, StatusCode::OK, "{status}");
+    assert_eq!(status["receivedBytes"], 3, "{status}");
     let res = tus(&app, Method::DELETE, &path).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
@@ -490,6 +495,20 @@ async fn termination_frees_the_upload_and_its_reservation() {
         tus_patch(&app, &path, 3, b"d").await.status(),
         StatusCode::NOT_FOUND
     );
+    assert_eq!(app.leftovers(), Vec::<String>::new());
+    // Aborted as a session (the three-step DELETE), a tus upload goes the same way.
+    let path = tus_create(&app, Some(1 << 20), &meta("fits")).await;
+    assert_eq!(
+        tus_patch(&app, &path, 0, b"abc").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let (s, body) = app
+        .as_service()
+        .abort(path.rsplit('/').next().unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.leftovers(), Vec::<String>::new());
     let _ = tus_create(&app, Some(1 << 20), &meta("fits")).await;
 }
 
