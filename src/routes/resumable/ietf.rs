@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 
 use super::tus::{set, FileFields};
 use super::{
-    append_body, content_type_is, has_body, owned_upload, stored_headers, supersede,
-    upload_metadata, AppendFailure, ChecksumFrom,
+    append_body, content_type_is, has_body, owned_upload, stored_headers, upload_metadata,
+    AppendFailure, ChecksumFrom,
 };
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::routes::uploads::grant::Uploader;
@@ -653,7 +653,7 @@ pub(crate) async fn ietf_head(
             .await
             .is_ok()
         {
-            supersede(&id).await;
+            state.appends.supersede(&id).await;
         }
     }
     let progress = owned_upload(&state, &caller, &upload_id, Protocol::Ietf)
@@ -819,7 +819,7 @@ pub(crate) async fn ietf_delete(
         .await
         .map_err(|e| DraftError::api(interop, e))?;
     let session = progress.session().clone();
-    supersede(&session.upload_id).await;
+    state.appends.supersede(&session.upload_id).await;
     match progress {
         Progress::Open(..) => state.store.terminate(&session).await,
         Progress::Finished(_) => state.store.forget_finished(&session.upload_id).await,

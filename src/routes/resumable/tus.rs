@@ -553,8 +553,8 @@ async fn head(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult
             }
         }
         let id = session.upload_id;
-        if super::is_running(&id) {
-            super::supersede(&id).await;
+        if state.appends.is_running(&id) {
+            state.appends.supersede(&id).await;
             return head_with(state, owned(state, caller, upload_id).await?);
         }
     }
