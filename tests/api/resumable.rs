@@ -543,6 +543,36 @@ async fn an_expired_upload_is_gone() {
     );
 }
 
+/// The sweep removes an expired upload with the bytes it received (s3: its segment
+/// objects) and its reservation.
+#[tokio::test]
+async fn an_expired_upload_is_swept_with_its_bytes() {
+    // Sessions live 7.2 s; sweeps run every 1.8 s.
+    let app = spawn_app_with(&[
+        ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
+        ("PER_USER_QUOTA_GB", "0.0009765625"),
+    ])
+    .await;
+    let path = tus_create(&app, Some(1 << 20), &meta("late")).await;
+    assert_eq!(
+        tus_patch(&app, &path, 0, b"abcd").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_ne!(app.leftovers(), Vec::<String>::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = app.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
+    // Its reservation went too: the whole quota fits again.
+    let _ = tus_create(&app, Some(1 << 20), &meta("fits")).await;
+}
+
 #[tokio::test]
 async fn concatenation_joins_partial_uploads_finished_or_not() {
     let app = spawn_app().await;
