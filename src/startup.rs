@@ -68,6 +68,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         secrets: SecretsCell::new(secrets),
         store,
         metrics,
+        appends: Default::default(),
     }))
 }
 

@@ -23,6 +23,8 @@ pub struct App {
     pub store: Store,
     /// This app's metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// The resumable appends running here (a newer request for an upload ends the older).
+    pub appends: crate::routes::resumable::Appends,
 }
 
 impl AppState {

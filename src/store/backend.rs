@@ -1,6 +1,6 @@
 //! The store the routes hold: the filesystem under `UPLOAD_ROOT` (`STORAGE_BACKEND=fs`, the
 //! default) or a bucket with a PostgreSQL catalog (`s3`). Routes call these methods and
-//! never learn which is in use; what the s3 backend does not do yet answers
+//! never learn which is in use; what the s3 backend does not do answers
 //! [`StoreError::Unsupported`] (501) through [`Store::fs`].
 
 use bytes::Bytes;
@@ -16,9 +16,10 @@ use super::DirectUpload;
 use serde_json::{Map, Value};
 
 use super::batch::BatchToken;
-use super::resumable::Progress;
+use super::cloud_resumable::CloudAppend;
+use super::resumable::{NewResumable, Progress};
 use super::sessions::{FileSpec, PartNumber, Session, SessionId, UploadMode};
-use super::{CompleteRequest, FileStore, Missing, PartUpload, StoreError, Stored};
+use super::{CompleteRequest, FileStore, PartUpload, StoreError, Stored};
 use crate::zip_stream::Source;
 
 /// Files, sessions and quotas, wherever they live.
@@ -106,6 +107,24 @@ impl Upload {
         match self {
             Self::Fs(u) => u.finish().await,
             Self::Cloud(u) => u.finish().await,
+        }
+    }
+}
+
+/// An append to a resumable upload on its way (tus `PATCH`, draft `PATCH`/`POST`).
+pub enum Append {
+    /// Into the session's data file under `UPLOAD_ROOT/.parts`.
+    Fs(PartUpload),
+    /// Spooled locally, then to a segment object in the bucket.
+    Cloud(CloudAppend),
+}
+
+impl Append {
+    /// Writes a chunk of the request's bytes.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(p) => p.write(chunk).await,
+            Self::Cloud(c) => c.write(chunk).await,
         }
     }
 }
@@ -292,12 +311,113 @@ impl Store {
         }
     }
 
-    /// A resumable upload's progress (the s3 backend has no resumable uploads yet: none is
-    /// found).
+    /// Begins a resumable upload (tus, the IETF draft): one session, its length reserved
+    /// when known.
+    pub async fn create_resumable(&self, new: NewResumable) -> Result<Session, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.create_resumable(new).await,
+            Self::Cloud(c) => c.create_resumable(new).await,
+        }
+    }
+
+    /// Where a resumable upload stands: open at an offset, or finished.
     pub async fn progress(&self, id: &SessionId) -> Result<Progress, StoreError> {
         match self {
             Self::Fs(fs) => fs.progress(id).await,
-            Self::Cloud(_) => Err(StoreError::NotFound(Missing::Session)),
+            Self::Cloud(c) => c.progress(id).await,
+        }
+    }
+
+    /// Starts an append to `session` at `offset`, which must be where it ends
+    /// ([`StoreError::OffsetMismatch`]); [`StoreError::Busy`] while another append holds it.
+    pub async fn begin_append(&self, session: &Session, offset: u64) -> Result<Append, StoreError> {
+        match self {
+            Self::Fs(fs) => Ok(Append::Fs(fs.begin_append(session, offset).await?)),
+            Self::Cloud(c) => Ok(Append::Cloud(c.begin_append(session, offset).await?)),
+        }
+    }
+
+    /// Records an append (also one cut short); the new offset.
+    pub async fn commit_append(
+        &self,
+        session: &Session,
+        append: Append,
+    ) -> Result<u64, StoreError> {
+        match (self, append) {
+            (Self::Fs(fs), Append::Fs(p)) => fs.commit_append(session, p).await,
+            (Self::Cloud(c), Append::Cloud(a)) => c.commit_append(session, a).await,
+            _ => Err(StoreError::Unsupported(
+                "an append begun on another backend",
+            )),
+        }
+    }
+
+    /// Declares a deferred length, reserving it; the session as it now is.
+    pub async fn declare_length(
+        &self,
+        session: &Session,
+        length: u64,
+    ) -> Result<Session, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.declare_length(session, length).await,
+            Self::Cloud(c) => c.declare_length(session, length).await,
+        }
+    }
+
+    /// Publishes a resumable upload whose bytes are all there (see
+    /// [`Store::finish_resumable_checked`]).
+    pub async fn finish_resumable(&self, session: &Session) -> Result<Option<Stored>, StoreError> {
+        self.finish_resumable_checked(session, None).await
+    }
+
+    /// Publishes a resumable upload whose bytes are all there, refusing a file whose
+    /// SHA-256 is not `sha256` (hex) when given. A partial upload is not published: `None`,
+    /// unless the final upload waiting for it now is.
+    pub async fn finish_resumable_checked(
+        &self,
+        session: &Session,
+        sha256: Option<&str>,
+    ) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.finish_resumable_checked(session, sha256).await,
+            Self::Cloud(c) => c.finish_resumable_checked(session, sha256).await,
+        }
+    }
+
+    /// Forgets a finished resumable upload (its file stays).
+    pub async fn forget_finished(&self, id: &SessionId) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.forget_finished(id).await,
+            Self::Cloud(c) => c.forget_finished(id).await,
+        }
+    }
+
+    /// Ends a resumable upload that is not finished, freeing its space.
+    pub async fn terminate(&self, session: &Session) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.terminate(session).await,
+            Self::Cloud(c) => c.terminate(session).await,
+        }
+    }
+
+    /// A tus final upload of `parts`: published at once when they are all complete.
+    pub async fn create_concat(
+        &self,
+        new: NewResumable,
+        parts: Vec<SessionId>,
+    ) -> Result<(Session, Option<Stored>), StoreError> {
+        match self {
+            Self::Fs(fs) => fs.create_concat(new, parts).await,
+            Self::Cloud(c) => c.create_concat(new, parts).await,
+        }
+    }
+
+    /// Publishes a final concatenation whose partial uploads are all complete; `None`
+    /// while one is not.
+    pub async fn finish_concat(&self, fin: &Session) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.finish_concat(fin).await,
+            Self::Cloud(c) => c.finish_concat(fin).await,
         }
     }
 

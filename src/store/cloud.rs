@@ -16,7 +16,8 @@ use super::batch::BatchToken;
 use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
 use super::parts::PartUpload;
 use super::pg::{
-    Claim, ClaimToken, FileRecord, PartRecord, PgCatalog, Publish, SessionState, CLAIM_LEASE,
+    Claim, ClaimToken, FileRecord, PartRecord, PgCatalog, Publish, SegmentRecord, SessionRecord,
+    SessionState, CLAIM_LEASE,
 };
 use super::publish::check_sha;
 use super::read::{FileEntry, Listed};
@@ -41,11 +42,11 @@ const CLAIM_POLL: Duration = Duration::from_millis(250);
 /// The bucket and the catalog together.
 #[derive(Clone)]
 pub struct CloudStore {
-    bytes: S3Bytes,
-    catalog: PgCatalog,
-    quota: u64,
+    pub(super) bytes: S3Bytes,
+    pub(super) catalog: PgCatalog,
+    pub(super) quota: u64,
     presign_reads: bool,
-    limits: Limits,
+    pub(super) limits: Limits,
     /// Expired sessions this instance's sweeps removed (`/metrics`).
     swept: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -443,25 +444,39 @@ impl CloudStore {
         }
     }
 
-    /// The parts received: number and size.
+    /// The parts received: number and size (a resumable upload's: its segments).
     pub async fn session_parts(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StoreError> {
-        Ok(self
+        let mut parts: Vec<(u32, u64)> = self
             .catalog
             .parts(*id)
             .await?
             .into_iter()
             .map(|p| (p.number, p.size))
-            .collect())
+            .collect();
+        if parts.is_empty() {
+            parts = self
+                .catalog
+                .segments(*id)
+                .await?
+                .into_iter()
+                .map(|s| (s.number, s.size))
+                .collect();
+        }
+        Ok(parts)
     }
 
     /// Ends a session unfinished: its parts' objects go, its reservation is released.
     pub async fn abort(&self, info: &Session) -> Result<(), StoreError> {
+        if info.resumable.is_some() {
+            // Its bytes are segments, which the catalog's abort names.
+            return self.terminate(info).await;
+        }
         let parts = self.catalog.abort_parts(info.upload_id).await?;
         self.delete_parts(&parts).await;
         Ok(())
     }
 
-    async fn delete_parts(&self, parts: &[PartRecord]) {
+    pub(super) async fn delete_parts(&self, parts: &[PartRecord]) {
         for p in parts {
             if let Err(e) = self.bytes.delete_object(&p.object).await {
                 tracing::warn!(object = p.object, error = %e, "cannot delete a part; the sweep will");
@@ -505,7 +520,7 @@ impl CloudStore {
         ))
     }
 
-    async fn spool_sink(&self, limit: u64) -> Result<Sink, StoreError> {
+    pub(super) async fn spool_sink(&self, limit: u64) -> Result<Sink, StoreError> {
         let path = self
             .limits
             .spool
@@ -579,33 +594,53 @@ impl CloudStore {
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
         let id = info.upload_id;
+        let (_, _, token) = self.claim_waiting(id).await?;
+        let (stored, parts) = self
+            .run_claimed(id, token, self.publish_claimed(info, req, token))
+            .await?;
+        self.delete_parts(&parts).await;
+        Ok(stored)
+    }
+
+    /// Claims session `id` (see [`CloudStore::complete`]): waits for a complete holding it
+    /// on any instance; finished meanwhile, not found; still held after
+    /// [`COMPLETE_WAIT`], [`StoreError::Busy`].
+    pub(super) async fn claim_waiting(
+        &self,
+        id: SessionId,
+    ) -> Result<(SessionRecord, Vec<SegmentRecord>, ClaimToken), StoreError> {
         let waiting = tokio::time::Instant::now();
-        let token = loop {
+        loop {
             match self.catalog.claim(id).await? {
-                Claim::Won(_, _, token) => break token,
+                Claim::Won(record, segments, token) => return Ok((record, segments, token)),
                 Claim::Lost(SessionState::Claimed) if waiting.elapsed() < COMPLETE_WAIT => {
                     tokio::time::sleep(CLAIM_POLL).await;
                 }
                 Claim::Lost(SessionState::Claimed) => return Err(StoreError::Busy),
                 Claim::Lost(_) => return Err(StoreError::NotFound(Missing::Session)),
             }
-        };
+        }
+    }
+
+    /// Runs `publish` under the claim `token` holds on session `id`, renewing its lease
+    /// meanwhile; on failure (or when the claim is lost) gives the claim back, so the
+    /// session is live again with its bytes.
+    pub(super) async fn run_claimed<T>(
+        &self,
+        id: SessionId,
+        token: ClaimToken,
+        publish: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let outcome = tokio::select! {
-            done = self.publish_claimed(info, req, token) => done,
+            done = publish => done,
             lost = self.hold_claim(id, token) => Err(lost),
         };
-        match outcome {
-            Ok((stored, parts)) => {
-                self.delete_parts(&parts).await;
-                Ok(stored)
-            }
-            Err(e) => {
-                if let Err(u) = self.catalog.unclaim(id, token).await {
-                    tracing::warn!(session = %id, error = %u, "cannot give a claim back; its lease lapses");
-                }
-                Err(e)
+        if outcome.is_err() {
+            if let Err(u) = self.catalog.unclaim(id, token).await {
+                tracing::warn!(session = %id, error = %u, "cannot give a claim back; its lease lapses");
             }
         }
+        outcome
     }
 
     /// Renews the claim `token` holds on session `id` until the claim is lost (another
@@ -731,7 +766,7 @@ impl CloudStore {
     }
 
     /// Writes the sidecar object beside the file's.
-    async fn put_sidecar(&self, object: &str, meta: &Meta) -> Result<(), StoreError> {
+    pub(super) async fn put_sidecar(&self, object: &str, meta: &Meta) -> Result<(), StoreError> {
         let json = Bytes::from(meta.to_json()?);
         self.bytes
             .put_stream(
@@ -929,6 +964,7 @@ impl CloudStore {
             }
             for r in &removed {
                 self.delete_parts(&r.parts).await;
+                self.delete_segments(&r.segments).await;
             }
             swept += removed.len() as u64;
         }
@@ -1019,7 +1055,7 @@ impl CloudStore {
 }
 
 /// The objects one after the other, each streamed as the server sends it.
-fn joined(
+pub(super) fn joined(
     bytes: S3Bytes,
     objects: Vec<String>,
 ) -> futures_util::stream::BoxStream<'static, Result<Bytes, S3Error>> {

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod backend;
 pub mod batch;
 pub mod cloud;
+pub mod cloud_resumable;
 mod complete;
 mod crc;
 pub mod health;

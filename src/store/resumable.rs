@@ -18,7 +18,7 @@
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -90,6 +90,45 @@ impl Progress {
     }
 }
 
+/// The session of a new resumable upload of `length` (`None`: deferred), refused when the
+/// length passes `max_file` (`MAX_BODY_MB`) or the upload's own maximum; it expires `ttl`
+/// after now. Both backends make their sessions so.
+pub(super) fn resumable_session(
+    new: NewResumable,
+    length: Option<u64>,
+    concat: Option<Concat>,
+    max_file: u64,
+    ttl: std::time::Duration,
+) -> Result<Session, StoreError> {
+    let max = new.max_length.unwrap_or(u64::MAX).min(max_file);
+    if length.is_some_and(|l| l > max) {
+        return Err(StoreError::TooLarge);
+    }
+    let created_at = Utc::now();
+    Ok(Session {
+        upload_id: SessionId::new(),
+        user_id: new.user,
+        mode: UploadMode::Single,
+        file: FileSpec {
+            name: new.name,
+            size: length.unwrap_or(0),
+            mime: new.mime,
+        },
+        folder: new.folder,
+        meta: new.meta,
+        created_at,
+        expires_at: created_at
+            + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(24)),
+        resumable: Some(Resumable {
+            protocol: new.protocol,
+            length_deferred: length.is_none(),
+            concat,
+            metadata: new.metadata,
+            grant: new.grant,
+        }),
+    })
+}
+
 impl FileStore {
     /// Begins a resumable upload: one session, its length reserved against the quota when
     /// known (over the quota or `MAX_BODY_MB`: refused, nothing made).
@@ -101,40 +140,14 @@ impl FileStore {
         Ok(session)
     }
 
-    /// The session of a new resumable upload of `length` (`None`: deferred), refused when
-    /// the length passes `MAX_BODY_MB` or the upload's own maximum.
+    /// The session of a new resumable upload (see [`resumable_session`]).
     fn new_session(
         &self,
         new: NewResumable,
         length: Option<u64>,
         concat: Option<Concat>,
     ) -> Result<Session, StoreError> {
-        let max = new.max_length.unwrap_or(u64::MAX).min(self.max_file);
-        if length.is_some_and(|l| l > max) {
-            return Err(StoreError::TooLarge);
-        }
-        let created_at = Utc::now();
-        Ok(Session {
-            upload_id: SessionId::new(),
-            user_id: new.user,
-            mode: UploadMode::Single,
-            file: FileSpec {
-                name: new.name,
-                size: length.unwrap_or(0),
-                mime: new.mime,
-            },
-            folder: new.folder,
-            meta: new.meta,
-            created_at,
-            expires_at: self.expiry(created_at),
-            resumable: Some(Resumable {
-                protocol: new.protocol,
-                length_deferred: length.is_none(),
-                concat,
-                metadata: new.metadata,
-                grant: new.grant,
-            }),
-        })
+        resumable_session(new, length, concat, self.max_file, self.session_ttl)
     }
 
     /// Writes a new session's folder and reserves `reserve` bytes for it (all or nothing).
@@ -164,10 +177,6 @@ impl FileStore {
             })
         })
         .await
-    }
-
-    fn expiry(&self, from: DateTime<Utc>) -> DateTime<Utc> {
-        from + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(24))
     }
 
     /// Where the upload `id` stands, for its owner to resume (`HEAD`). A live session comes

@@ -203,3 +203,100 @@ async fn a_complete_cut_by_a_dead_instance_is_taken_over_by_the_retry() {
         .unwrap();
     assert_eq!(used, whole.len() as i64);
 }
+
+/// A tus request of the service for `u1`.
+fn tus(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    app.request(method, path)
+        .header("X-Service-Token", SERVICE_TOKEN)
+        .header("Tus-Resumable", "1.0.0")
+}
+
+async fn tus_patch(app: &TestApp, path: &str, at: usize, data: &[u8]) -> reqwest::Response {
+    tus(app, reqwest::Method::PATCH, path)
+        .header("Upload-Offset", at)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} in {res:?}"))
+}
+
+#[tokio::test]
+async fn a_tus_upload_goes_on_at_any_instance_and_of_racing_patches_one_is_kept() {
+    use base64::Engine as _;
+    let (backend, apps, _roots) = instances(3, &[]).await;
+    let segments = || {
+        files_under(
+            &backend
+                .s3
+                .root
+                .path()
+                .join(crate::s3_server::BUCKET)
+                .join("parts"),
+        )
+    };
+    let (a, b, c) = (&apps[0], &apps[1], &apps[2]);
+    let whole: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let res = tus(a, reqwest::Method::POST, "/v1/files/tus/")
+        .header("Upload-Length", whole.len())
+        .header(
+            "Upload-Metadata",
+            format!("filename {},user_id {}", b64("film.bin"), b64("u1")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let path = header(&res, "location").to_owned();
+    // The first MiB to B; C knows where the upload stands.
+    let mib = 1 << 20;
+    let res = tus_patch(b, &path, 0, &whole[..mib]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&res, "upload-offset"), mib.to_string());
+    let res = tus(c, reqwest::Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "upload-offset"), mib.to_string());
+    // The second MiB to B and C at once: one is kept, the other refused as at a stale
+    // offset, and its object does not stay in the bucket.
+    let (rb, rc) = tokio::join!(
+        tus_patch(b, &path, mib, &whole[mib..2 * mib]),
+        tus_patch(c, &path, mib, &whole[mib..2 * mib]),
+    );
+    let mut statuses = [rb.status(), rc.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::NO_CONTENT, StatusCode::CONFLICT]);
+    let loser = if rb.status() == StatusCode::CONFLICT {
+        rb
+    } else {
+        rc
+    };
+    let refused: serde_json::Value = loser.json().await.unwrap();
+    assert!(refused["detail"].is_string(), "{refused}");
+    let kept = segments();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    // The rest to A publishes it; any instance serves it and knows it finished.
+    let res = tus_patch(a, &path, 2 * mib, &whole[2 * mib..]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let key = header(&res, "x-upload-key").to_owned();
+    for app in &apps {
+        let got = app.get(&format!("/{key}")).send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), whole.as_slice());
+    }
+    let res = tus(b, reqwest::Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "upload-offset"), whole.len().to_string());
+    let (s, meta) = send(c.as_service().get(&format!("/v1/files/metadata/{key}"))).await;
+    assert_eq!(s, StatusCode::OK, "{meta}");
+    assert_eq!(meta["sha256"], hex::encode(sha2::Sha256::digest(&whole)));
+    // The segments went with the publish.
+    assert_eq!(segments(), Vec::<String>::new());
+}

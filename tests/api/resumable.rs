@@ -155,7 +155,7 @@ async fn a_tus_upload_in_chunks_becomes_an_ordinary_file() {
         header(&last, "x-upload-url").unwrap(),
         format!("{}/{key}", app.base)
     );
-    assert_eq!(std::fs::read(app.root.path().join(&key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(&key)).unwrap(), data);
     let side = sidecar(&app, &key).await;
     assert_eq!(side["sha256"], sha_hex(&data));
     assert_eq!(side["note"], "hi");
@@ -328,7 +328,7 @@ async fn a_checksum_that_fails_discards_the_chunk_with_460() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"helloworld"
     );
 }
@@ -429,7 +429,7 @@ async fn creation_with_upload_and_deferred_length_and_override() {
         "a nameless upload is called 'upload': {key}"
     );
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"abcdefgh"
     );
 
@@ -462,7 +462,7 @@ async fn creation_with_upload_and_deferred_length_and_override() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"12345678"
     );
 }
@@ -483,6 +483,11 @@ async fn termination_frees_the_upload_and_its_reservation() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The session status counts the bytes received.
+    let id = path.rsplit('/').next().unwrap();
+    let (s, status) = app.as_service().session(id).await;
+    assert_eq!(s, StatusCode::OK, "{status}");
+    assert_eq!(status["receivedBytes"], 3, "{status}");
     let res = tus(&app, Method::DELETE, &path).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
@@ -490,6 +495,20 @@ async fn termination_frees_the_upload_and_its_reservation() {
         tus_patch(&app, &path, 3, b"d").await.status(),
         StatusCode::NOT_FOUND
     );
+    assert_eq!(app.leftovers(), Vec::<String>::new());
+    // Aborted as a session (the three-step DELETE), a tus upload goes the same way.
+    let path = tus_create(&app, Some(1 << 20), &meta("fits")).await;
+    assert_eq!(
+        tus_patch(&app, &path, 0, b"abc").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let (s, body) = app
+        .as_service()
+        .abort(path.rsplit('/').next().unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.leftovers(), Vec::<String>::new());
     let _ = tus_create(&app, Some(1 << 20), &meta("fits")).await;
 }
 
@@ -498,15 +517,60 @@ async fn an_expired_upload_is_gone() {
     let app = spawn_app().await;
     let path = tus_create(&app, Some(4), &meta("old")).await;
     let id = path.rsplit('/').next().unwrap();
-    let file = app.root.path().join(".parts").join(id).join("session.json");
-    let mut s: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    s["expires_at"] = json!("2020-01-01T00:00:00Z");
-    std::fs::write(&file, serde_json::to_vec(&s).unwrap()).unwrap();
+    match &app.cloud {
+        None => {
+            let file = app.root.path().join(".parts").join(id).join("session.json");
+            let mut s: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            s["expires_at"] = json!("2020-01-01T00:00:00Z");
+            std::fs::write(&file, serde_json::to_vec(&s).unwrap()).unwrap();
+        }
+        Some(cloud) => {
+            let catalog = cloud.db.catalog(1).await;
+            let done = sqlx::query(
+                "UPDATE sessions SET expires_at = '2020-01-01T00:00:00Z' WHERE id::text = $1",
+            )
+            .bind(id)
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+        }
+    }
     assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         tus_patch(&app, &path, 0, b"abcd").await.status(),
         StatusCode::NOT_FOUND
     );
+}
+
+/// The sweep removes an expired upload with the bytes it received (s3: its segment
+/// objects) and its reservation.
+#[tokio::test]
+async fn an_expired_upload_is_swept_with_its_bytes() {
+    // Sessions live 7.2 s; sweeps run every 1.8 s.
+    let app = spawn_app_with(&[
+        ("UPLOAD_SESSION_TTL_HOURS", "0.002"),
+        ("PER_USER_QUOTA_GB", "0.0009765625"),
+    ])
+    .await;
+    let path = tus_create(&app, Some(1 << 20), &meta("late")).await;
+    assert_eq!(
+        tus_patch(&app, &path, 0, b"abcd").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_ne!(app.leftovers(), Vec::<String>::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = app.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(tus_head(&app, &path).await.status(), StatusCode::NOT_FOUND);
+    // Its reservation went too: the whole quota fits again.
+    let _ = tus_create(&app, Some(1 << 20), &meta("fits")).await;
 }
 
 #[tokio::test]
@@ -544,7 +608,7 @@ async fn concatenation_joins_partial_uploads_finished_or_not() {
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap().to_owned();
     assert_eq!(
-        std::fs::read(app.root.path().join(&key)).unwrap(),
+        std::fs::read(app.storage_root().join(&key)).unwrap(),
         b"abcdefg"
     );
     assert_eq!(sidecar(&app, &key).await["sha256"], sha_hex(b"abcdefg"));
@@ -587,7 +651,10 @@ async fn concatenation_joins_partial_uploads_finished_or_not() {
     );
     let last = tus_patch(&app, &c, 0, b"yy").await;
     let key = header(&last, "x-upload-key").unwrap().to_owned();
-    assert_eq!(std::fs::read(app.root.path().join(&key)).unwrap(), b"yyzz");
+    assert_eq!(
+        std::fs::read(app.storage_root().join(&key)).unwrap(),
+        b"yyzz"
+    );
     let head = tus_head(&app, &fin).await;
     assert_eq!(offset(&head), 4);
     assert_eq!(header(&head, "x-upload-key"), Some(key.as_str()));
@@ -655,7 +722,7 @@ async fn a_cut_patch_keeps_what_arrived_and_resumes_there() {
     let res = tus_patch(&app, &path, 120_000, &data[120_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
     assert_eq!(sidecar(&app, key).await["sha256"], sha_hex(&data));
 }
 
@@ -678,7 +745,7 @@ async fn a_newer_patch_ends_a_stalled_one_and_nothing_interleaves() {
     let res = tus_patch(&app, &path, 30_000, &data[30_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
 }
 
 #[tokio::test]
@@ -694,7 +761,7 @@ async fn a_head_ends_a_stalled_patch_and_gives_an_offset_that_works() {
     let res = tus_patch(&app, &path, at, &data[20_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
 }
 
 #[tokio::test]
@@ -708,7 +775,7 @@ async fn an_empty_file_is_stored_at_creation() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap();
-    assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), b"");
+    assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), b"");
     let head = tus_head(&app, header(&res, "location").unwrap()).await;
     assert_eq!(offset(&head), 0);
     assert_eq!(header(&head, "upload-length"), Some("0"));
@@ -807,7 +874,7 @@ async fn a_draft_upload_in_parts_with_both_interop_versions() {
         let key = body["key"].as_str().unwrap();
         assert!(key.starts_with("storage/u1/docs/") && key.ends_with("_report.pdf"));
         assert_eq!(body["sha256"], sha_hex(&data));
-        assert_eq!(std::fs::read(app.root.path().join(key)).unwrap(), data);
+        assert_eq!(std::fs::read(app.storage_root().join(key)).unwrap(), data);
         let head = draft(&app, Method::HEAD, &path, interop)
             .send()
             .await
@@ -1015,8 +1082,8 @@ async fn the_same_bytes_by_three_protocols_give_the_same_file() {
     assert_eq!(a, c);
     assert_eq!(a["sha256"], sha_hex(&data));
     for k in [three, tus_key, draft_key] {
-        assert_eq!(std::fs::read(app.root.path().join(&k)).unwrap(), data);
-        let side = std::fs::read(app.root.path().join(format!("{k}.meta"))).unwrap();
+        assert_eq!(std::fs::read(app.storage_root().join(&k)).unwrap(), data);
+        let side = std::fs::read(app.storage_root().join(format!("{k}.meta"))).unwrap();
         let side: Value = serde_json::from_slice(&side).unwrap();
         assert_eq!(
             side["crc32"].as_u64().unwrap(),
@@ -1157,6 +1224,9 @@ async fn a_signed_upload_url_works_with_tus_and_the_draft_and_holds_its_limits()
 
 #[tokio::test]
 async fn a_concatenation_that_cannot_be_published_keeps_its_partial_uploads() {
+    if fs_only("a file in the way of the folder makes the publish fail; a bucket has no folders") {
+        return;
+    }
     let app = spawn_app().await;
     let partial = |data: &'static [u8]| {
         let app = &app;
@@ -1202,7 +1272,7 @@ async fn a_concatenation_that_cannot_be_published_keeps_its_partial_uploads() {
     assert_eq!(res.status(), StatusCode::CREATED);
     let key = header(&res, "x-upload-key").unwrap();
     assert_eq!(
-        std::fs::read(app.root.path().join(key)).unwrap(),
+        std::fs::read(app.storage_root().join(key)).unwrap(),
         b"left-right"
     );
     assert_eq!(tus_head(&app, &a).await.status(), StatusCode::NOT_FOUND);

@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::{
-    header, keys, pattern, send, sha_hex, spawn_app, spawn_app_with, start_server, As as _, Server,
-    SERVICE_TOKEN,
+    header, keys, pattern, s3_backend, send, sha_hex, spawn_app, spawn_app_with, start_server,
+    As as _, CloudBackend, Server, SERVICE_TOKEN,
 };
 
 /// tus chunk size of the chunked cases (the example).
@@ -398,7 +398,8 @@ async fn tus_js_client_terminates_and_the_quota_is_free_again() {
     assert_eq!(header(&res, "tus-resumable"), "1.0.0");
     let (s, body) = app.as_service().session(id).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
-    assert!(!app.root.path().join(".parts").join(id).exists());
+    let left = app.leftovers();
+    assert!(left.iter().all(|f| !f.contains(id)), "{left:?}");
     // Its reservation too: a new upload of the same size fits, and a second does not.
     let create = || {
         app.post("/v1/files/tus/")
@@ -623,21 +624,28 @@ async fn tus_js_client_resumes_after_the_connection_is_cut_mid_patch() {
     check_stored(&app.base, &out, &data, &want).await;
 }
 
-fn binary_env(root: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("PORT", "0".into()),
-        ("UPLOAD_ROOT", root.to_str().unwrap().into()),
-        ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN.into()),
+fn binary_env(root: &Path) -> Vec<(String, String)> {
+    [
+        ("PORT", "0".to_owned()),
+        ("UPLOAD_ROOT", root.to_str().unwrap().to_owned()),
+        ("AUTH_SERVICE_TOKEN", SERVICE_TOKEN.to_owned()),
         (
             "JWT_PRIVATE_KEY_PATH",
-            keys().main.private_path.to_str().unwrap().into(),
+            keys().main.private_path.to_str().unwrap().to_owned(),
         ),
     ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
-async fn start_binary(root: &Path) -> Server {
-    let env = binary_env(root);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+/// The server binary over `root`, and (s3) over `cloud`'s bucket and database.
+async fn start_binary(root: &Path, cloud: Option<&CloudBackend>) -> Server {
+    let mut env = binary_env(root);
+    if let Some(c) = cloud {
+        env.extend(c.env());
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     start_server(&env, &[]).await
 }
 
@@ -647,7 +655,14 @@ async fn tus_js_client_resumes_after_a_server_restart() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut server = start_binary(root.path()).await;
+    // (s3: both servers over one bucket and database, the second finding the first's
+    // segments in them.)
+    let cloud = if s3_backend() {
+        Some(CloudBackend::for_root(root.path()).await)
+    } else {
+        None
+    };
+    let mut server = start_binary(root.path(), cloud.as_deref()).await;
     let dir = tempfile::tempdir().unwrap();
     let (file, data) = write_file(dir.path(), "restart.bin", 3 * 1024 * 1024, 6);
     let state = dir.path().join("tus-urls.json");
@@ -672,7 +687,7 @@ async fn tus_js_client_resumes_after_a_server_restart() {
     server.child.wait().unwrap();
     first.kill().await.unwrap();
 
-    let server = start_binary(root.path()).await;
+    let server = start_binary(root.path(), cloud.as_deref()).await;
     proxy.retarget(&server.base);
     // The stored URL, from the client's own storage.
     let stored: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();

@@ -356,7 +356,7 @@ async fn uppy_uploads_20_mib_from_the_page_with_a_signed_upload_url() {
     assert!(key.starts_with("storage/u1/browser/"), "{key}");
     assert!(key.ends_with("_clip.mp4"), "{key}");
     assert!(listed["url"].as_str().unwrap().starts_with(&app.base));
-    let stored = std::fs::read(app.root.path().join(key)).unwrap();
+    let stored = std::fs::read(app.storage_root().join(key)).unwrap();
     assert_eq!(stored.len(), data.len());
     assert_eq!(sha_hex(&stored), sha_hex(&data));
 }

@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 
 use super::tus::{set, FileFields};
 use super::{
-    append_body, content_type_is, has_body, owned_upload, stored_headers, supersede,
-    upload_metadata, AppendFailure, ChecksumFrom,
+    append_body, content_type_is, has_body, owned_upload, stored_headers, upload_metadata,
+    AppendFailure, ChecksumFrom,
 };
 use crate::error::{ApiError, AppPath, ErrorBody};
 use crate::routes::uploads::grant::Uploader;
@@ -473,8 +473,6 @@ pub(crate) async fn ietf_create(
     let user = caller.acting_for(fields.user.as_deref()).map_err(api)?;
     let session = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .create_resumable(NewResumable {
             user,
             protocol: Protocol::Ietf,
@@ -516,12 +514,7 @@ pub(crate) async fn ietf_create(
         }
         Err(e) => {
             // Refused before anything was kept: the upload goes, with its reservation.
-            let _ = state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .terminate(&session)
-                .await;
+            let _ = state.store.terminate(&session).await;
             return Err(append_error(&state, interop, e, 0));
         }
     };
@@ -603,15 +596,11 @@ async fn finish(
 ) -> DraftResult {
     let session = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .declare_length(session, offset)
         .await
         .map_err(|e| store_error(state, interop, e))?;
     let stored = state
         .store
-        .fs("Resumable uploads (IETF draft)")
-        .map_err(|e| DraftError::api(interop, e))?
         .finish_resumable_checked(&session, sha256)
         .await
         .map_err(|e| store_error(state, interop, e))?
@@ -664,7 +653,7 @@ pub(crate) async fn ietf_head(
             .await
             .is_ok()
         {
-            supersede(&id).await;
+            state.appends.supersede(&id).await;
         }
     }
     let progress = owned_upload(&state, &caller, &upload_id, Protocol::Ietf)
@@ -775,8 +764,6 @@ pub(crate) async fn ietf_patch(
         }
         session = state
             .store
-            .fs("Resumable uploads (IETF draft)")
-            .map_err(|e| DraftError::api(interop, e))?
             .declare_length(&session, l)
             .await
             .map_err(|e| store_error(&state, interop, e))?;
@@ -832,24 +819,10 @@ pub(crate) async fn ietf_delete(
         .await
         .map_err(|e| DraftError::api(interop, e))?;
     let session = progress.session().clone();
-    supersede(&session.upload_id).await;
+    state.appends.supersede(&session.upload_id).await;
     match progress {
-        Progress::Open(..) => {
-            state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .terminate(&session)
-                .await
-        }
-        Progress::Finished(_) => {
-            state
-                .store
-                .fs("Resumable uploads (IETF draft)")
-                .map_err(|e| DraftError::api(interop, e))?
-                .forget_finished(&session.upload_id)
-                .await
-        }
+        Progress::Open(..) => state.store.terminate(&session).await,
+        Progress::Finished(_) => state.store.forget_finished(&session.upload_id).await,
     }
     .map_err(|e| DraftError::api(interop, e))?;
     tracing::info!(target: "activity", event = "upload_abort", user = %session.user_id, upload_id = %session.upload_id);

@@ -22,12 +22,14 @@ use crate::store::resumable::Progress;
 use crate::store::sessions::{Protocol, Session, SessionId};
 use crate::store::StoreError;
 
-/// The appends running in this process, by upload: a newer request for the same upload
-/// ends the older one (what the draft recommends: a client only retries when it thinks the
-/// older request failed, and the server may not have noticed yet). The ended request keeps
-/// what reached the disk. Across instances, the data file's lock still refuses (423).
-static RUNNING: std::sync::LazyLock<std::sync::Mutex<RunningMap>> =
-    std::sync::LazyLock::new(Default::default);
+/// The appends running in this app, by upload: a newer request for the same upload ends
+/// the older one (what the draft recommends: a client only retries when it thinks the older
+/// request failed, and the server may not have noticed yet). The ended request keeps what
+/// reached the store. Across instances, the filesystem's data-file lock refuses (423) and the
+/// catalog keeps one of appends racing at an offset (409). One per app, not per process: two
+/// apps in one process (the tests' instances) are two instances.
+#[derive(Debug, Default)]
+pub struct Appends(std::sync::Mutex<RunningMap>);
 
 /// Each running append: its ticket and the signal that ends it.
 type RunningMap = std::collections::HashMap<SessionId, (u64, std::sync::Arc<tokio::sync::Notify>)>;
@@ -35,28 +37,34 @@ type RunningMap = std::collections::HashMap<SessionId, (u64, std::sync::Arc<toki
 /// How long a new request waits for the one it ends to let go.
 const SUPERSEDE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A running append's entry in [`RUNNING`], removed when it ends.
-struct Running {
+/// A running append's entry in its app's [`Appends`], removed when it ends.
+struct Running<'a> {
+    appends: &'a Appends,
     id: SessionId,
     ticket: u64,
     stop: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl Running {
-    fn register(id: SessionId) -> Self {
+impl<'a> Running<'a> {
+    fn register(appends: &'a Appends, id: SessionId) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stop = std::sync::Arc::new(tokio::sync::Notify::new());
-        if let Ok(mut map) = RUNNING.lock() {
+        if let Ok(mut map) = appends.0.lock() {
             map.insert(id, (ticket, stop.clone()));
         }
-        Self { id, ticket, stop }
+        Self {
+            appends,
+            id,
+            ticket,
+            stop,
+        }
     }
 }
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if let Ok(mut map) = RUNNING.lock() {
+        if let Ok(mut map) = self.appends.0.lock() {
             if map.get(&self.id).is_some_and(|(t, _)| *t == self.ticket) {
                 map.remove(&self.id);
             }
@@ -64,30 +72,33 @@ impl Drop for Running {
     }
 }
 
-/// Is an append running on `id` in this process?
-pub(crate) fn is_running(id: &SessionId) -> bool {
-    RUNNING.lock().is_ok_and(|m| m.contains_key(id))
-}
-
-/// Ends the append running on `id` in this process, if any, and waits (a few seconds at
-/// most) until it has let go. Returns whether none runs any more.
-pub(crate) async fn supersede(id: &SessionId) -> bool {
-    let running = RUNNING
-        .lock()
-        .ok()
-        .and_then(|map| map.get(id).map(|(_, n)| n.clone()));
-    let Some(stop) = running else {
-        return true;
-    };
-    stop.notify_one();
-    let deadline = tokio::time::Instant::now() + SUPERSEDE_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if RUNNING.lock().map(|m| !m.contains_key(id)).unwrap_or(true) {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+impl Appends {
+    /// Is an append running on `id` here?
+    pub(crate) fn is_running(&self, id: &SessionId) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(id))
     }
-    false
+
+    /// Ends the append running on `id` here, if any, and waits (a few seconds at most)
+    /// until it has let go. Returns whether none runs any more.
+    pub(crate) async fn supersede(&self, id: &SessionId) -> bool {
+        let running = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(id).map(|(_, n)| n.clone()));
+        let Some(stop) = running else {
+            return true;
+        };
+        stop.notify_one();
+        let deadline = tokio::time::Instant::now() + SUPERSEDE_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if !self.is_running(id) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
 }
 
 /// The stored file's key, on the response that finishes an upload (and on `HEAD` after).
@@ -115,7 +126,7 @@ pub(crate) async fn owned_upload(
 ) -> Result<Progress, ApiError> {
     let unknown = || ApiError::NotFound("Upload not found".to_owned());
     let id = SessionId::parse(id).map_err(|_| unknown())?;
-    let progress = match state.store.fs("Resumable uploads")?.progress(&id).await {
+    let progress = match state.store.progress(&id).await {
         Ok(p) => p,
         Err(StoreError::NotFound(_) | StoreError::WrongProtocol) => return Err(unknown()),
         Err(e) => return Err(e.into()),
@@ -290,22 +301,24 @@ pub(crate) async fn append_body(
     body: Body,
     checksum: ChecksumFrom,
 ) -> Result<u64, AppendFailure> {
-    let mut upload = match state
-        .store
-        .fs("Resumable uploads")?
-        .begin_append(session, offset)
-        .await
-    {
-        Err(StoreError::Busy) if supersede(&session.upload_id).await => {
-            state
-                .store
-                .fs("Resumable uploads")?
-                .begin_append(session, offset)
-                .await?
+    let mut upload = match state.store.begin_append(session, offset).await {
+        // The filesystem's lock refuses while another append runs: if it runs here, it is
+        // ended (keeping its bytes) and the offset checked again.
+        Err(StoreError::Busy) if state.appends.supersede(&session.upload_id).await => {
+            state.store.begin_append(session, offset).await?
+        }
+        // The bucket takes appends side by side and refuses the later at its end: one
+        // running here is ended first all the same, as on the filesystem.
+        Ok(begun) if state.appends.is_running(&session.upload_id) => {
+            drop(begun);
+            if !state.appends.supersede(&session.upload_id).await {
+                return Err(AppendFailure::Store(StoreError::Busy));
+            }
+            state.store.begin_append(session, offset).await?
         }
         other => other?,
     };
-    let running = Running::register(session.upload_id);
+    let running = Running::register(&state.appends, session.upload_id);
     let (mut hasher, mut expected, trailer) = match checksum {
         ChecksumFrom::None => (None, None, false),
         ChecksumFrom::Header(e) => {
@@ -398,11 +411,7 @@ pub(crate) async fn append_body(
             return Err(AppendFailure::ChecksumMismatch);
         }
     }
-    Ok(state
-        .store
-        .fs("Resumable uploads")?
-        .commit_append(session, upload)
-        .await?)
+    Ok(state.store.commit_append(session, upload).await?)
 }
 
 /// A body that ended early: what arrived is kept (when it can be trusted without the
@@ -410,7 +419,7 @@ pub(crate) async fn append_body(
 async fn cut(
     state: &AppState,
     session: &Session,
-    upload: crate::store::PartUpload,
+    upload: crate::store::backend::Append,
     offset: u64,
     cause: ApiError,
     checksummed: bool,
@@ -420,11 +429,7 @@ async fn cut(
         drop(upload);
         return Err(AppendFailure::Cut { offset, cause });
     }
-    let offset = state
-        .store
-        .fs("Resumable uploads")?
-        .commit_append(session, upload)
-        .await?;
+    let offset = state.store.commit_append(session, upload).await?;
     Err(AppendFailure::Cut { offset, cause })
 }
 

@@ -380,11 +380,7 @@ pub(crate) async fn tus_create(
     };
     let has_body = has_body(&headers);
     if let Some(Some(parts)) = final_of {
-        let (session, stored) = state
-            .store
-            .fs("tus uploads")?
-            .create_concat(new, parts)
-            .await?;
+        let (session, stored) = state.store.create_concat(new, parts).await?;
         tracing::info!(target: "activity", event = "tus_concat", user = %session.user_id, upload_id = %session.upload_id);
         let mut res = created(&session, &caller);
         if let Some(stored) = stored {
@@ -397,7 +393,7 @@ pub(crate) async fn tus_create(
         return Err(TusError::ContentType);
     }
     let checksum = request_checksum(&headers)?;
-    let session = state.store.fs("tus uploads")?.create_resumable(new).await?;
+    let session = state.store.create_resumable(new).await?;
     tracing::info!(target: "activity", event = "tus_create", user = %session.user_id, upload_id = %session.upload_id, length = ?length);
     let mut res = created(&session, &caller);
     let mut offset = 0;
@@ -409,7 +405,7 @@ pub(crate) async fn tus_create(
             Err(e) => {
                 // Refused before anything was kept, and the client has no Location to go on
                 // with: the upload goes, with its reservation.
-                let _ = state.store.fs("tus uploads")?.terminate(&session).await;
+                let _ = state.store.terminate(&session).await;
                 return Err(append_error(e));
             }
         };
@@ -418,12 +414,7 @@ pub(crate) async fn tus_create(
     // Complete already, also an empty file (Upload-Length: 0), for which tus-js-client and
     // tuspy send no PATCH at all.
     if session.length() == Some(offset) {
-        if let Some(stored) = state
-            .store
-            .fs("tus uploads")?
-            .finish_resumable(&session)
-            .await?
-        {
+        if let Some(stored) = state.store.finish_resumable(&session).await? {
             stored_headers(&state, &stored.key, res.headers_mut());
             log_stored(&session, &stored);
         }
@@ -556,19 +547,14 @@ async fn head(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult
         // A final concatenation whose partial uploads are all complete but that is not
         // published (a crash, a publish that failed): publish it now.
         if session.concat_parts().is_some() {
-            if let Some(stored) = state
-                .store
-                .fs("tus uploads")?
-                .finish_concat(session)
-                .await?
-            {
+            if let Some(stored) = state.store.finish_concat(session).await? {
                 log_stored(session, &stored);
                 return head_with(state, owned(state, caller, upload_id).await?);
             }
         }
         let id = session.upload_id;
-        if super::is_running(&id) {
-            super::supersede(&id).await;
+        if state.appends.is_running(&id) {
+            state.appends.supersede(&id).await;
             return head_with(state, owned(state, caller, upload_id).await?);
         }
     }
@@ -700,11 +686,7 @@ async fn patch(
             ))
             .into());
         }
-        session = state
-            .store
-            .fs("tus uploads")?
-            .declare_length(&session, l)
-            .await?;
+        session = state.store.declare_length(&session, l).await?;
     }
     let end = append_body(state, &session, offset, body, checksum)
         .await
@@ -714,12 +696,7 @@ async fn patch(
     res.headers_mut()
         .insert("upload-expires", expires(&session));
     if session.length() == Some(end) {
-        if let Some(stored) = state
-            .store
-            .fs("tus uploads")?
-            .finish_resumable(&session)
-            .await?
-        {
+        if let Some(stored) = state.store.finish_resumable(&session).await? {
             stored_headers(state, &stored.key, res.headers_mut());
             log_stored(&session, &stored);
         }
@@ -754,16 +731,10 @@ pub(crate) async fn tus_delete(
 async fn delete(state: &AppState, caller: &Uploader, upload_id: &str) -> TusResult {
     match owned(state, caller, upload_id).await? {
         Progress::Open(session, _) => {
-            state.store.fs("tus uploads")?.terminate(&session).await?;
+            state.store.terminate(&session).await?;
             tracing::info!(target: "activity", event = "upload_abort", user = %session.user_id, upload_id = %session.upload_id);
         }
-        Progress::Finished(f) => {
-            state
-                .store
-                .fs("tus uploads")?
-                .forget_finished(&f.session.upload_id)
-                .await?
-        }
+        Progress::Finished(f) => state.store.forget_finished(&f.session.upload_id).await?,
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -603,6 +603,46 @@ impl PgCatalog {
         })
     }
 
+    /// Forgets finished session `id` (tus termination of a finished upload; its file
+    /// stays). Not found unless it is finished.
+    pub async fn forget_finished(&self, id: SessionId) -> CatalogResult<()> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id = $1 AND state = 'finished'")
+            .bind(uuid(id)?)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            return Err(not_found(Missing::Session));
+        }
+        Ok(())
+    }
+
+    /// The live, unexpired final concatenations of `user` that join partial upload
+    /// `partial` (tus concatenation-unfinished: made before the partial was complete).
+    pub async fn finals_waiting_for(
+        &self,
+        user: &str,
+        partial: SessionId,
+    ) -> CatalogResult<Vec<Session>> {
+        sqlx::query(
+            "SELECT session FROM sessions
+             WHERE user_id = $1 AND state = 'live' AND expires_at > now()
+               AND session->'resumable'->'concat'
+                   @> jsonb_build_object('kind', 'final', 'parts', jsonb_build_array($2::text))",
+        )
+        .bind(user)
+        .bind(partial.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let json: Value = row.try_get("session")?;
+            serde_json::from_value(json)
+                .map_err(|e| CatalogError::Corrupt(format!("session JSON: {e}")))
+        })
+        .collect()
+    }
+
     /// Removes sessions expired at `now` (live and finished ones; a claimed one only once
     /// its lease lapsed: a complete that crashed), at most `batch`
     /// of them, releasing their reservations. Safe with every instance sweeping at once:
