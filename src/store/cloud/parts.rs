@@ -571,7 +571,15 @@ impl CloudStore {
             let (sha256, crc32) = hashes.finish();
             // Checked before the upload is completed: a mismatch leaves every part as it was.
             check_sha(req.sha256.as_deref(), &sha256)?;
+            let joining = std::time::Instant::now();
             self.bytes.complete(&mpu_key, &upload_id, &infos).await?;
+            tracing::info!(
+                session = %info.upload_id,
+                parts = infos.len(),
+                bytes = total,
+                server_ms = joining.elapsed().as_millis() as u64,
+                "complete: the bucket joined the parts of the multipart upload, none passed through this instance"
+            );
             // Begun at the init's name and folder: the complete may ask for others.
             let same_place = *original_name == info.file.name && folder == info.folder;
             let key = if same_place {
