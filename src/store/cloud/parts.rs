@@ -777,3 +777,161 @@ fn joined(
         .try_flatten()
         .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = MIN_PART as u64;
+
+    fn direct(number: u32, size: u64, chain: (&str, &str)) -> PartRecord {
+        PartRecord {
+            number,
+            size,
+            sha256: String::new(),
+            crc32: 0,
+            object: "storage/u/f".into(),
+            place: Place::Multipart {
+                upload_id: "up".into(),
+                etag: format!("e{number}"),
+                chain: (chain.0.into(), chain.1.into()),
+            },
+        }
+    }
+
+    fn own(number: u32, size: u64, object: &str) -> PartRecord {
+        PartRecord {
+            number,
+            size,
+            sha256: String::new(),
+            crc32: 0,
+            object: object.into(),
+            place: Place::Object,
+        }
+    }
+
+    /// The chain states of `parts`, hashed one after the other from the start.
+    fn chained(parts: &[&[u8]]) -> Vec<(String, String)> {
+        let mut h = Hashes::default();
+        parts
+            .iter()
+            .map(|p| {
+                let start = state_text(&h);
+                h.update(p);
+                (start, state_text(&h))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_part_goes_direct_only_behind_direct_parts_of_the_minimum() {
+        let declared = 3 * M;
+        // Part 0 of 5 MiB: begins the upload, from the file's start.
+        assert_eq!(
+            direct_plan(&[], 0, M, declared),
+            Some(DirectPlan {
+                upload: None,
+                from: None
+            })
+        );
+        // Small and not the last: no.
+        assert_eq!(direct_plan(&[], 0, M - 1, declared), None);
+        // Behind direct part 0: into its upload, from its end state.
+        let zero = direct(0, M, ("s0", "e0"));
+        assert_eq!(
+            direct_plan(std::slice::from_ref(&zero), 1, M, declared),
+            Some(DirectPlan {
+                upload: Some(("storage/u/f".into(), "up".into())),
+                from: Some("e0".into())
+            })
+        );
+        // The last part may be small.
+        let one = direct(1, M, ("e0", "e1"));
+        assert!(direct_plan(&[zero.clone(), one.clone()], 2, M - 7, declared - 7).is_some());
+        assert_eq!(direct_plan(&[zero.clone(), one], 2, M - 7, declared), None);
+        // A gap, or an own-object part in front: no.
+        assert_eq!(
+            direct_plan(std::slice::from_ref(&zero), 2, M, declared),
+            None
+        );
+        let small = own(0, 10, "parts/x/0");
+        assert_eq!(direct_plan(&[small], 1, M, declared), None);
+        // A small direct part in front (a short last part, re-sent elsewhere): no.
+        let short = direct(0, M - 1, ("s0", "e0"));
+        assert_eq!(direct_plan(&[short], 1, M, declared), None);
+        // Part 0 sent again while part 1 is direct: the same upload.
+        let later = direct(1, M, ("e0", "e1"));
+        assert_eq!(
+            direct_plan(&[zero, later], 0, M, declared).map(|p| p.upload),
+            Some(Some(("storage/u/f".into(), "up".into())))
+        );
+        // Nothing for an empty part.
+        assert_eq!(direct_plan(&[], 0, 0, 0), None);
+    }
+
+    #[test]
+    fn the_fast_path_needs_every_part_direct_and_chained() {
+        let (a, b) = (b"first part".as_slice(), b"second".as_slice());
+        let c = chained(&[a, b]);
+        let parts = vec![
+            direct(0, a.len() as u64, (&c[0].0, &c[0].1)),
+            direct(1, b.len() as u64, (&c[1].0, &c[1].1)),
+        ];
+        let (key, id, infos, hashes) = fast_chain(&parts).expect("a valid chain");
+        assert_eq!((key.as_str(), id.0.as_str()), ("storage/u/f", "up"));
+        assert_eq!(
+            infos
+                .iter()
+                .map(|i| (i.number, i.etag.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "e0"), (2, "e1")]
+        );
+        let mut whole = Hashes::default();
+        whole.update(b"first partsecond");
+        assert_eq!(hashes.finish(), whole.finish());
+        // Part 1 hashed on from another part 0: broken.
+        let other = chained(&[b"other part", b]);
+        let broken = vec![parts[0].clone(), direct(1, 6, (&other[1].0, &other[1].1))];
+        assert!(fast_chain(&broken).is_none());
+        // A gap, an own object, or no parts at all: no fast path.
+        assert!(fast_chain(&parts[1..]).is_none());
+        assert!(fast_chain(&[parts[0].clone(), own(1, 6, "parts/x/1")]).is_none());
+        assert!(fast_chain(&[]).is_none());
+    }
+
+    #[test]
+    fn leftovers_are_what_no_part_names_any_more() {
+        let staged = |n: u32, offset: u64| PartRecord {
+            place: Place::Range { offset },
+            ..own(n, 5, "parts/s/mpu-1")
+        };
+        let before = vec![
+            staged(0, 0),
+            staged(1, 5),
+            own(2, 5, "parts/s/2-a"),
+            direct(3, 5, ("x", "y")),
+        ];
+        // Replacing a range keeps the staging object the other range still names.
+        let after = replaced(&before, &own(0, 5, "parts/s/0-b"));
+        assert_eq!(leftovers(&before, &after), Leftovers::default());
+        // Replacing the own object and the direct part frees both.
+        let after = replaced(
+            &replaced(&before, &own(2, 5, "parts/s/2-b")),
+            &own(3, 5, "parts/s/3-b"),
+        );
+        assert_eq!(
+            leftovers(&before, &after),
+            Leftovers {
+                objects: vec!["parts/s/2-a".into()],
+                uploads: vec![("storage/u/f".into(), "up".into())],
+            }
+        );
+        // Everything, once.
+        let all = leftovers(&before, &[]);
+        assert_eq!(
+            all.objects,
+            vec!["parts/s/2-a".to_owned(), "parts/s/mpu-1".to_owned()]
+        );
+        assert_eq!(all.uploads.len(), 1);
+    }
+}
