@@ -270,6 +270,13 @@ impl CloudStore {
         let (written, spool) = part.into_sink().finish().await?;
         let n = number.get();
         if written.size > 0 && written.size <= self.bytes.direct_part_max() {
+            // The memory to send it, before the lock: a commit never waits for the budget
+            // while it holds the session and a database connection.
+            let _memory = self
+                .bytes
+                .budget()
+                .reserve_bytes(written.size as usize)
+                .await;
             let lock = self.catalog.lock_parts(session.upload_id).await?;
             lock.check_room(n, written.size)?;
             if let Some(plan) = direct_plan(lock.parts(), n, written.size, lock.declared()) {

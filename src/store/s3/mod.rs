@@ -597,9 +597,9 @@ impl S3Bytes {
 
     /// Stores part `part_number` of an upload from the first `size` bytes of the file at
     /// `file`, hashing them on from `hashes` (which it returns carried on). The part is
-    /// sent from memory (`object_store` wants a payload), so it waits for `size` bytes of
-    /// the instance's [`Budget`]: callers keep parts sent this way small
-    /// ([`S3Bytes::direct_part_max`]).
+    /// sent from memory (`object_store` wants a payload): the caller holds `size` bytes of
+    /// the instance's [`Budget`] ([`Budget::reserve_bytes`]) meanwhile, and keeps parts
+    /// sent this way small ([`S3Bytes::direct_part_max`]).
     pub async fn put_part_from_file(
         &self,
         key: &str,
@@ -611,7 +611,6 @@ impl S3Bytes {
     ) -> Result<(PartInfo, Hashes), S3Error> {
         let path = self.path(key)?;
         let len = usize::try_from(size).map_err(|_| S3Error::TooLarge)?;
-        let _permit = self.budget.reserve_bytes(len).await;
         let (chunks, hashes) = tokio::task::spawn_blocking(move || read_hashed(&file, len, hashes))
             .await
             .map_err(|e| S3Error::Body(std::io::Error::other(e)))?
