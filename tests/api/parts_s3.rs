@@ -191,6 +191,29 @@ async fn parts_s3_out_of_order_and_resent_end_in_the_right_bytes() {
 }
 
 #[tokio::test]
+async fn parts_s3_sent_at_once_end_in_the_right_bytes() {
+    let (backend, apps, _roots) = instances(2, &[]).await;
+    let data = pattern(30 * MIB + 3, 10);
+    let id = init(&apps[0], "parallel.bin", data.len()).await;
+    // Six parts at once over two instances: whichever find their parts in front already
+    // recorded go into the multipart upload (one commit at a time), the others into
+    // objects of their own.
+    let sends = data.chunks(5 * MIB).enumerate().map(|(n, chunk)| {
+        let app = &apps[n % 2];
+        let id = id.clone();
+        async move { ok(app.as_service().put_part(&id, n as u32, chunk).await) }
+    });
+    futures_util::future::join_all(sends).await;
+    assert_eq!(part_rows(&backend, &id).await.len(), 7);
+    let done = ok(apps[1]
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
+    assert_served(&apps[0], &done, &data).await;
+    assert_only_file(&backend, &done);
+}
+
+#[tokio::test]
 async fn parts_s3_small_parts_are_joined() {
     let (backend, apps, _roots) = instances(2, &[]).await;
     // 1 MiB parts: none reaches S3's minimum, each is an object of its own.
