@@ -450,11 +450,32 @@ impl CloudStore {
             })
             .collect();
         let key = key.to_owned();
-        self.bytes
-            .complete(&key, &UploadId(upload.to_owned()), &infos)
-            .await?;
         let size = infos.iter().map(|p| p.size).sum();
+        self.complete_upload(&key, &UploadId(upload.to_owned()), &infos, size)
+            .await?;
         self.stage(id, &key, size).await
+    }
+
+    /// Completes multipart upload `id` at `key` from `parts` (`size` bytes together). An
+    /// error whose request the server may still have carried out (the answer lost, a
+    /// retry finding the upload gone) counts as done when the object is there whole.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        id: &UploadId,
+        parts: &[PartInfo],
+        size: u64,
+    ) -> Result<(), StoreError> {
+        match self.bytes.complete(key, id, parts).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.bytes.head(key).await {
+                Ok(o) if o.size == size => {
+                    tracing::warn!(key, error = %e, "completing a multipart upload failed, yet its object is there whole: carrying on");
+                    Ok(())
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// Moves the object at `key` (`size` bytes) to a new staging key of session `id`.
@@ -579,7 +600,8 @@ impl CloudStore {
             // Checked before the upload is completed: a mismatch leaves every part as it was.
             check_sha(req.sha256.as_deref(), &sha256)?;
             let joining = std::time::Instant::now();
-            self.bytes.complete(&mpu_key, &upload_id, &infos).await?;
+            self.complete_upload(&mpu_key, &upload_id, &infos, total)
+                .await?;
             tracing::info!(
                 session = %info.upload_id,
                 parts = infos.len(),
