@@ -43,7 +43,7 @@ use super::super::pg::{
     Claim, ClaimToken, PartRecord, PartsLock, Place, SessionState, CLAIM_LEASE,
 };
 use super::super::publish::check_sha;
-use super::super::s3::{GetRange, PartInfo, S3Bytes, S3Error, UploadId, MIN_PART};
+use super::super::s3::{GetRange, PartInfo, S3Bytes, S3Error, UploadId, MAX_PARTS, MIN_PART};
 use super::super::sessions::{PartNumber, Session, SessionId};
 use super::super::sidecar::Meta;
 use super::super::sink::{Hashes, Sink};
@@ -76,7 +76,8 @@ struct DirectPlan {
 /// of at least [`MIN_PART`] bytes, and it is too, or it ends the file.
 fn direct_plan(parts: &[PartRecord], number: u32, size: u64, declared: u64) -> Option<DirectPlan> {
     let before: Vec<&PartRecord> = parts.iter().filter(|p| p.number < number).collect();
-    if size == 0 || before.len() != number as usize {
+    // S3 numbers parts 1 to 10,000: part 9,999 is the last that fits.
+    if size == 0 || number >= MAX_PARTS || before.len() != number as usize {
         return None;
     }
     let mut upload: Option<(String, String)> = None;
@@ -894,8 +895,12 @@ mod tests {
             direct_plan(&[zero, later], 0, M, declared).map(|p| p.upload),
             Some(Some(("storage/u/f".into(), "up".into())))
         );
-        // Nothing for an empty part.
+        // Nothing for an empty part, nor past S3's 10,000 parts.
         assert_eq!(direct_plan(&[], 0, 0, 0), None);
+        let many: Vec<PartRecord> = (0..MAX_PARTS).map(|n| direct(n, M, ("a", "b"))).collect();
+        let big = u64::from(MAX_PARTS + 1) * M;
+        assert!(direct_plan(&many[..9_999], 9_999, M, big).is_some());
+        assert_eq!(direct_plan(&many, MAX_PARTS, M, big), None);
     }
 
     #[test]
