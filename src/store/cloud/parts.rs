@@ -284,11 +284,17 @@ impl CloudStore {
                 let sha256 = written.sha256.clone().unwrap_or_default();
                 let crc32 = written.crc32.unwrap_or_default();
                 let part = (n, written.size, sha256, crc32);
-                let done = self
-                    .commit_direct(session, lock, plan, part, spool.path())
-                    .await;
-                drop(spool);
-                return done;
+                // Carried through on a task of its own: a client that goes away must not
+                // cut it between replacing the S3 part and recording its ETag.
+                let (store, session) = (self.clone(), session.clone());
+                return detached(async move {
+                    let done = store
+                        .commit_direct(&session, lock, plan, part, spool.path())
+                        .await;
+                    drop((spool, _memory));
+                    done
+                })
+                .await;
             }
         }
         let object = format!(
@@ -315,7 +321,11 @@ impl CloudStore {
             object: object.clone(),
             place: Place::Object,
         };
-        match self.record_part(session.upload_id, &record).await {
+        // On a task of its own: cut between completing a multipart upload and recording
+        // its staging object, the parts would be lost.
+        let (store, id, kept) = (self.clone(), session.upload_id, record.clone());
+        let recorded = detached(async move { store.record_part(id, &kept).await }).await;
+        match recorded {
             Ok(()) => Ok(record.size),
             Err(e) => {
                 let _ = self.bytes.delete_object(&object).await;
@@ -783,6 +793,15 @@ impl CloudStore {
             .await?;
         Ok(())
     }
+}
+
+/// Runs `work` to its end on a task of its own, even when the caller is dropped.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
 }
 
 /// The objects (or ranges of them) one after the other, each streamed as the server sends
