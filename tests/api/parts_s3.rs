@@ -214,6 +214,31 @@ async fn parts_s3_sent_at_once_end_in_the_right_bytes() {
 }
 
 #[tokio::test]
+async fn parts_s3_a_part_past_the_declared_size_is_refused_and_changes_nothing() {
+    let (backend, apps, _roots) = instances(1, &[]).await;
+    let app = &apps[0];
+    let data = pattern(10 * MIB, 11);
+    let id = init(app, "sized.bin", data.len()).await;
+    ok(app.as_service().put_part(&id, 0, &data[..6 * MIB]).await);
+    let (s, body) = app
+        .as_service()
+        .put_part(&id, 1, &pattern(6 * MIB, 12))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(part_rows(&backend, &id).await, vec![(0, true)]);
+    assert!(objects(&backend).is_empty(), "{:?}", objects(&backend));
+    // The rest, as the last part (under 5 MiB): into the multipart upload too.
+    ok(app.as_service().put_part(&id, 1, &data[6 * MIB..]).await);
+    assert_eq!(part_rows(&backend, &id).await, vec![(0, true), (1, true)]);
+    let done = ok(app
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
+    assert_served(app, &done, &data).await;
+    assert_only_file(&backend, &done);
+}
+
+#[tokio::test]
 async fn parts_s3_small_parts_are_joined() {
     let (backend, apps, _roots) = instances(2, &[]).await;
     // 1 MiB parts: none reaches S3's minimum, each is an object of its own.
