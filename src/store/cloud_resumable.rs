@@ -342,7 +342,14 @@ impl CloudStore {
             chain => {
                 let w = self
                     .bytes
-                    .put_stream(&object, joined(self.bytes.clone(), objects.to_vec()), total)
+                    .put_stream(
+                        &object,
+                        joined(
+                            self.bytes.clone(),
+                            objects.iter().map(|o| (o.clone(), None)).collect(),
+                        ),
+                        total,
+                    )
                     .await?;
                 if w.size != total || chain.as_ref().is_some_and(|(sha, _)| *sha != w.sha256) {
                     let _ = self.bytes.delete_object(&object).await;

@@ -11,7 +11,7 @@ use sha2::Digest as _;
 use crate::helpers::*;
 
 /// `n` apps over one backend, each with its own UPLOAD_ROOT (only its spool is there).
-async fn instances(
+pub(crate) async fn instances(
     n: usize,
     extra: &[(&str, &str)],
 ) -> (CloudBackend, Vec<TestApp>, Vec<tempfile::TempDir>) {

@@ -23,6 +23,7 @@ mod logs;
 mod migrate;
 mod nginx;
 mod parts;
+mod parts_s3;
 mod pg_catalog;
 mod pg_server;
 mod reading;

@@ -18,7 +18,7 @@ mod sessions;
 mod signing_key;
 
 pub use files::{FileRecord, ListPage};
-pub use parts::PartRecord;
+pub use parts::{PartRecord, PartsLock, Place};
 pub use quota::{Publish, Usage};
 pub use sessions::{
     Appended, Claim, ClaimToken, RemovedSession, SegmentRecord, SessionRecord, SessionState,

@@ -20,6 +20,8 @@ pub struct Budget {
     kib: Arc<Semaphore>,
     /// KiB one writer reserves (at most the whole budget).
     share: u32,
+    /// KiB in all.
+    total: u32,
 }
 
 impl Budget {
@@ -31,6 +33,7 @@ impl Budget {
             kib: Arc::new(Semaphore::new(total)),
             // Both fit in u32: `total` was capped above and `share` is at most `total`.
             share: u32::try_from(share).unwrap_or(u32::MAX),
+            total: u32::try_from(total).unwrap_or(u32::MAX),
         }
     }
 
@@ -50,6 +53,24 @@ impl Budget {
     pub fn try_extra(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
         self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Waits until `bytes` (at most the whole budget) can be held; given back when the
+    /// permit drops.
+    pub async fn reserve_bytes(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total.max(1));
+        loop {
+            if let Ok(p) = self.kib.clone().acquire_many_owned(kib).await {
+                return p;
+            }
+        }
+    }
+
+    /// The bytes of the whole budget.
+    pub fn bytes(&self) -> usize {
+        self.total as usize * 1024
     }
 
     /// Writers that could start now without waiting.
@@ -145,6 +166,13 @@ mod tests {
         let _two = b.reserve().await;
         assert_eq!(b.free_writers(), 0);
         drop(one);
+        assert_eq!(b.free_writers(), 1);
+        // More than the budget is capped at the whole of it, and still granted.
+        drop(_two);
+        let all = b.reserve_bytes(usize::MAX).await;
+        assert_eq!(b.free_writers(), 0);
+        drop(all);
+        let _some = b.reserve_bytes(3 << 20).await;
         assert_eq!(b.free_writers(), 1);
     }
 }

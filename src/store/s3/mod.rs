@@ -625,6 +625,39 @@ impl S3Bytes {
         })
     }
 
+    /// Stores part `part_number` of an upload from the first `size` bytes of the file at
+    /// `file`, hashing them on from `hashes` (which it returns carried on). The part is
+    /// sent from memory (`object_store` wants a payload): the caller holds `size` bytes of
+    /// the instance's [`Budget`] ([`Budget::reserve_bytes`]) meanwhile, and keeps parts
+    /// sent this way small ([`S3Bytes::direct_part_max`]).
+    pub async fn put_part_from_file(
+        &self,
+        key: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+        file: std::path::PathBuf,
+        size: u64,
+        hashes: Hashes,
+    ) -> Result<(PartInfo, Hashes), S3Error> {
+        let path = self.path(key)?;
+        let len = usize::try_from(size).map_err(|_| S3Error::TooLarge)?;
+        let (chunks, hashes) = tokio::task::spawn_blocking(move || read_hashed(&file, len, hashes))
+            .await
+            .map_err(|e| S3Error::Body(std::io::Error::other(e)))?
+            .map_err(S3Error::Body)?;
+        let payload: PutPayload = chunks.into_iter().collect();
+        let info = self
+            .put_part_at(&path, upload_id, part_number, payload)
+            .await?;
+        Ok((info, hashes))
+    }
+
+    /// The largest part [`S3Bytes::put_part_from_file`] is given: 16 MiB, or the budget
+    /// when smaller.
+    pub fn direct_part_max(&self) -> u64 {
+        self.budget.bytes().min(16 << 20) as u64
+    }
+
     /// Completes an upload from its parts, which must be numbered 1 to n without a gap
     /// (in any order: they are sorted here). The object appears whole, at once.
     pub async fn complete(
@@ -672,6 +705,27 @@ impl S3Bytes {
         let path = self.path(key)?;
         Ok(self.store.abort_multipart(&path, &upload_id.0).await?)
     }
+}
+
+/// The first `len` bytes of `file` in 1 MiB pieces, hashed on from `hashes`; fewer bytes
+/// than that is an error (the file is a spool file of known size).
+fn read_hashed(
+    file: &std::path::Path,
+    len: usize,
+    mut hashes: Hashes,
+) -> std::io::Result<(Vec<Bytes>, Hashes)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(file)?;
+    let mut chunks = Vec::with_capacity(len.div_ceil(1 << 20));
+    let mut left = len;
+    while left > 0 {
+        let mut buf = vec![0u8; left.min(1 << 20)];
+        f.read_exact(&mut buf)?;
+        hashes.update(&buf);
+        left -= buf.len();
+        chunks.push(Bytes::from(buf));
+    }
+    Ok((chunks, hashes))
 }
 
 /// Aborts a multipart upload when dropped armed: an upload cut short (an error, or the
