@@ -54,7 +54,7 @@ pub(crate) const WRITER_RESERVATION: usize = 2 * PART + (1 << 20);
 /// beyond the writer's share while the budget has it (so one large upload on a quiet
 /// instance overlaps its parts, as `aws s3 cp` does, and a busy instance sends one at a
 /// time within the same memory).
-const MAX_IN_FLIGHT: usize = 3;
+const MAX_IN_FLIGHT: usize = 2;
 
 /// Where the bucket is and how to reach it (`S3_*` settings).
 #[derive(Debug, Clone)]
