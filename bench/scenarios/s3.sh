@@ -14,6 +14,9 @@
 #   init     POST /v1/files/init (single) for that user, BENCH_S3_INIT_CALLS (200) times:
 #            p50 <= 5 ms
 #   RSS      our peak RSS during the uploads (VmHWM reset before each, VmRSS sampled) < 64 MiB
+#   parts    a 1 GiB three-step upload in 8 MiB raw parts sent in order: the complete's
+#            time (they went into one multipart upload: nothing is copied)       < 1 s
+#            (info: the same in 1 MiB parts, joined through the instance)
 # Each figure runs BENCH_S3_ROUNDS (3) times, the order of ours and the reference
 # alternating; the table shows the median with the min-max of the rounds, and a ratio is the
 # median of the rounds' ratios. Every upload sends a new random file: Garage stores blocks
@@ -67,8 +70,9 @@ LOAD_BEFORE="$(machine_load)"
 log "$LOAD_BEFORE"
 bench_tmpdir
 T=$BENCH_TMP
-# Garage keeps every upload (3 per round), plus the file being sent and our spool copy.
-need_free_gib "$T" $(((SIZE_MB * (3 * ROUNDS + 2) + 1023) / 1024 + 1))
+# Garage keeps every upload (3 per round, 2 three-step ones), plus the file being sent and
+# our spool copy (or the parts' objects).
+need_free_gib "$T" $(((SIZE_MB * (3 * ROUNDS + 4) + 1023) / 1024 + 1))
 # PostgreSQL runs as the postgres user: it must reach its folder inside.
 chmod 0711 "$T"
 # At exit (also on a timeout; our server is stopped first by start_server's own handler):
@@ -268,6 +272,45 @@ for ((rd = 1; rd <= ROUNDS; rd++)); do
     UP_RATIO[rd]=$(ratio "${OURS_MBPS[rd]}" "${CP_MBPS[rd]}")
 done
 
+# ---------------------------------------------------------------- 1b. three-step parts
+
+# parts_complete MIB: a new file of SIZE_MB sent as raw parts of MIB MiB in order
+# (PUT /v1/files/part), then POST /v1/files/complete with its SHA-256, timed; the answer and
+# the object are checked. Sets PC_SEND[MIB] and PC_COMPLETE[MIB] (seconds).
+declare -A PC_SEND PC_COMPLETE
+parts_complete() {
+    local mib=$1 n i id sha t0 t1 t2 out key size got_sha
+    new_file
+    sha=$(sha256sum "$T/up.bin" | cut -d' ' -f1)
+    settle
+    out=$(api POST /v1/files/init -H 'Content-Type: application/json' \
+        -d "{\"mode\":\"chunked\",\"files\":[{\"name\":\"parts-$mib.bin\",\"size\":$BYTES}],\"meta\":{\"user_id\":\"bench\"}}")
+    id=$(json_get uploadId <<<"$out")
+    n=$(((SIZE_MB + mib - 1) / mib))
+    t0=$(now)
+    for ((i = 0; i < n; i++)); do
+        dd if="$T/up.bin" bs=1M skip=$((i * mib)) count="$mib" status=none \
+            | api PUT "/v1/files/part/$id/$i" -H 'Content-Type: application/octet-stream' --data-binary @- >/dev/null
+    done
+    t1=$(now)
+    out=$(api POST /v1/files/complete -H 'Content-Type: application/json' -d "{\"uploadId\":\"$id\",\"sha256\":\"$sha\"}")
+    t2=$(now)
+    alive
+    read -r key size got_sha < <(python3 -c 'import json, sys; f = json.load(sys.stdin); print(f["key"], f["size"], f["sha256"])' <<<"$out")
+    [[ $size == "$BYTES" && $got_sha == "$sha" ]] || die "complete of $mib MiB parts answered size $size, sha256 $got_sha (file: $BYTES, $sha)"
+    [[ $(object_size "$key") == "$BYTES" ]] || die "the object of $key has the wrong size"
+    PC_SEND[$mib]=$(elapsed "$t0" "$t1")
+    PC_COMPLETE[$mib]=$(elapsed "$t1" "$t2")
+    log "parts of $mib MiB: $n sent in ${PC_SEND[$mib]} s, complete in ${PC_COMPLETE[$mib]} s"
+    rm -f "$T/up.bin"
+}
+# In order, 8 MiB (straight into the session's multipart upload: complete only completes
+# it) and 1 MiB (the old SDK's other clients: each part its own object, joined through the
+# instance at complete). Once each: the figure is the complete's time, not a ratio.
+log "three-step uploads of $SIZE_MB MiB: parts of 8 MiB, then of 1 MiB"
+parts_complete 8
+parts_complete 1
+
 # ---------------------------------------------------------------- 2. range reads
 
 PRESIGNED=$(awsc --endpoint-url "$S3_URL" s3 presign "s3://uploads/$RANGE_KEY" --expires-in 3600) \
@@ -385,6 +428,10 @@ bench_row "  CPU per upload: our server / Garage" "$(median %.2f "${OURS_CPU[@]}
 peak=$(printf '%s\n' "${OURS_RSS[@]}" | sort -g | tail -1)
 bench_row "peak RSS during the uploads (highest)" "$peak MiB ($(spread "${OURS_RSS[@]}"))" "$RSS_LIMIT_MIB MiB limit" \
     "$(ratio "$peak" "$RSS_LIMIT_MIB")" "< $RSS_LIMIT_MIB MiB" "$(verdict lt "$peak" "$RSS_LIMIT_MIB")"
+bench_row "complete of $SIZE_MB MiB sent in 8 MiB parts in order" "${PC_COMPLETE[8]} s" "-" "-" "< 1 s" \
+    "$(verdict lt "${PC_COMPLETE[8]}" 1)"
+bench_row "  the parts' sending (PUT, one at a time)" "${PC_SEND[8]} s" "-" "-" "-" info
+bench_row "  the same in 1 MiB parts: complete / sending" "${PC_COMPLETE[1]} s / ${PC_SEND[1]} s" "-" "-" "-" info
 ours_rps=() garage_rps=() ours_p99=() garage_p99=() scpu=() gcpu_ours=() gcpu_direct=()
 for ((rd = 1; rd <= ROUNDS; rd++)); do
     ours_rps+=("${RPS[ours.$rd]}") garage_rps+=("${RPS[garage.$rd]}")
