@@ -22,13 +22,12 @@ use serde_json::json;
 
 use super::cloud::{joined, CloudStore};
 use super::key::{FileName, Key};
-use super::pg::{FileRecord, Publish, SegmentRecord, SessionState};
+use super::pg::{SegmentRecord, SessionState};
 use super::publish::check_sha;
 use super::resumable::{resumable_session, Finished, NewResumable, Progress};
 use super::sessions::{Concat, SegmentHashes, Session, SessionId};
-use super::sidecar::Meta;
 use super::sink::{Hashes, Sink, TempGuard};
-use super::{Missing, StoreError, Stored};
+use super::{CompleteRequest, Missing, StoreError, Stored};
 
 /// An append on its way: the request's bytes spooled to the local disk, hashed on from
 /// the chain's end. Dropped, the spool goes and nothing is recorded.
@@ -360,43 +359,20 @@ impl CloudStore {
                 (w.sha256, w.crc32)
             }
         };
-        let meta = Meta::for_upload(
-            &info.user_id,
-            &info.file.name,
-            info.folder.as_ref(),
-            info.file.mime.as_deref(),
-            info.meta.clone(),
-            (total, Some(sha256.clone()), Some(crc32)),
-        );
-        let record = FileRecord {
-            key: key.clone(),
-            size: total,
-            sha256: Some(sha256),
-            crc32: Some(crc32),
-            mime: meta.mime.clone(),
-            created_at: chrono::Utc::now(),
-            meta: meta.clone(),
-        };
-        let reservation = info.upload_id.to_string();
-        let published = async {
-            self.put_sidecar(&object, &meta).await?;
-            self.catalog
-                .publish(Publish {
-                    file: &record,
-                    reservation: Some(&reservation),
-                    session: Some((info.upload_id, token)),
-                })
-                .await?;
-            Ok::<_, StoreError>(())
-        }
-        .await;
-        if let Err(e) = published {
-            if let Err(d) = self.bytes.delete(&object).await {
-                tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
+        // A resumable upload keeps the name, folder and metadata it was created with.
+        let plain = CompleteRequest::default();
+        match self
+            .publish_file(info, &plain, token, &key, (total, sha256, crc32))
+            .await
+        {
+            Ok(stored) => Ok(stored),
+            Err(e) => {
+                if let Err(d) = self.bytes.delete(&object).await {
+                    tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(Stored { key, meta })
     }
 
     /// Deletes objects whose rows are gone (a failure is left to the sweep).

@@ -757,8 +757,9 @@ impl CloudStore {
     }
 
     /// Writes the sidecar beside `key`'s object and commits the row (the quota charged,
-    /// the session finished under `token`).
-    async fn publish_file(
+    /// the session finished under `token`): the name, folder and metadata of the session,
+    /// with what `req` overrides.
+    pub(in crate::store) async fn publish_file(
         &self,
         info: &Session,
         req: &CompleteRequest,
