@@ -672,14 +672,8 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
     let live = session("sweep0", Some(10), hour() * 24);
     a.create_session(&live, 10, 1 << 20).await.unwrap();
     // Two hours on, the first 60 sessions have expired; the complete holding the claim is
-    // still renewing it (the database's clock cannot be moved, the lease's end can).
+    // still renewing it (its lease is judged by the database's clock, which set it).
     let now = Utc::now() + hour() * 2;
-    sqlx::query("UPDATE sessions SET lease_until = $2 WHERE id = $1")
-        .bind(uuid::Uuid::parse_str(&claimed.upload_id.to_string()).unwrap())
-        .bind(now + chrono::Duration::minutes(10))
-        .execute(a.pool())
-        .await
-        .unwrap();
     let sweep = |c: PgCatalog| async move {
         let mut mine = Vec::new();
         loop {
@@ -726,6 +720,11 @@ async fn pg_two_sweeps_at_once_remove_each_expired_session_exactly_once() {
         SessionState::Live
     );
     // Once its lease lapsed (the complete stopped renewing: it crashed), it goes too.
+    sqlx::query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&claimed.upload_id.to_string()).unwrap())
+        .execute(a.pool())
+        .await
+        .unwrap();
     let later = now + chrono::Duration::minutes(11);
     let swept = a.sweep_expired(later, 100).await.unwrap();
     assert_eq!(swept.len(), 1);

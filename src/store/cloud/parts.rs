@@ -588,17 +588,28 @@ impl CloudStore {
     /// publish's error. A renewal that fails (the database unreachable a moment) is retried:
     /// the publish itself is fenced by the token, so a late one changes nothing.
     async fn hold_claim(&self, id: SessionId, token: ClaimToken) -> StoreError {
+        // The lease runs from the last renewal the database took: past two thirds of it
+        // without one, this complete stops itself, before another can take the claim over
+        // (a holder that carried on could undo the new holder's work in the bucket).
+        let mut renewed = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(CLAIM_LEASE / 3).await;
-            match self.catalog.renew(id, token).await {
-                Ok(true) => {}
-                Ok(false) => {
+            tokio::time::sleep(CLAIM_LEASE / 6).await;
+            match tokio::time::timeout(CLAIM_LEASE / 6, self.catalog.renew(id, token)).await {
+                Ok(Ok(true)) => renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::warn!(session = %id, "lost the claim of a complete in progress (its lease lapsed and another took it over); stopping it");
                     return StoreError::Busy;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(session = %id, error = %e, "cannot renew a complete's claim; retrying")
                 }
+                Err(_) => {
+                    tracing::warn!(session = %id, "renewing a complete's claim timed out; retrying")
+                }
+            }
+            if renewed.elapsed() >= CLAIM_LEASE * 2 / 3 {
+                tracing::warn!(session = %id, "cannot renew a complete's claim before its lease lapses; stopping it (the client's retry takes the claim over)");
+                return StoreError::Busy;
             }
         }
     }
@@ -746,6 +757,15 @@ impl CloudStore {
     /// complete finds them.
     async fn rescue(&self, id: SessionId, token: ClaimToken, object: &str, size: u64) {
         let rescued = async {
+            // Only while the claim is still this complete's (renewed for a whole lease
+            // now): once another holds it, the object may be its published file.
+            if !self.catalog.renew(id, token).await? {
+                tracing::warn!(session = %id, object, "a failed complete lost its claim: its object is left to the new holder");
+                return Ok(());
+            }
+            if let Err(e) = self.bytes.delete_object(&format!("{object}.meta")).await {
+                tracing::warn!(object, error = %e, "cannot delete an unpublished sidecar");
+            }
             let staging = self.stage(id, object, size).await?;
             self.catalog.rebase_claimed(id, token, &staging).await?;
             Ok::<_, StoreError>(())

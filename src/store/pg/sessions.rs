@@ -21,9 +21,10 @@ use super::{not_found, to_i64, to_u64, CatalogError, CatalogResult, PgCatalog};
 use crate::store::sessions::{SegmentHashes, Session, SessionId};
 use crate::store::{Missing, StoreError};
 
-/// How long a claim holds without renewal: a complete renews it every third of this while
-/// it publishes, so a claim left by a dead instance is taken over by the next complete (or
-/// swept, once the session expired) at most this long after the instance died.
+/// How long a claim holds without renewal: a complete renews it every sixth of this while
+/// it publishes (and stops itself when two thirds pass without a renewal), so a claim left
+/// by a dead instance is taken over by the next complete (or swept, once the session
+/// expired) at most this long after the instance died.
 pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// When a claim lapses, in SQL: rows claimed before leases existed (no `lease_until`) hold an
@@ -644,7 +645,8 @@ impl PgCatalog {
     }
 
     /// Removes sessions expired at `now` (live and finished ones; a claimed one only once
-    /// its lease lapsed: a complete that crashed), at most `batch`
+    /// its lease lapsed by the database's clock, which set it: a complete that crashed),
+    /// at most `batch`
     /// of them, releasing their reservations. Safe with every instance sweeping at once:
     /// rows another sweep (or a request) holds are skipped, so each session is removed
     /// exactly once. Returns what was removed, for the bytes backend to delete.
@@ -656,7 +658,7 @@ impl PgCatalog {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT id, {SESSION_COLUMNS} FROM sessions
-             WHERE expires_at <= $1 AND (state <> 'claimed' OR {LEASE_END} <= $1)
+             WHERE expires_at <= $1 AND (state <> 'claimed' OR {LEASE_END} <= now())
              ORDER BY expires_at LIMIT $2
              FOR UPDATE SKIP LOCKED"
         ))
