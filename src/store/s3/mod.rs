@@ -314,12 +314,24 @@ impl S3Bytes {
                 "S3 credentials (S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY) refused for bucket {bucket:?}"
             ),
             e => {
-                // Requests that got an answer name its status; those that did not
-                // (refused, DNS, TLS) are the endpoint's.
+                // A request that never got an answer (refused, DNS, TLS) failed in the
+                // HTTP client: that is the endpoint's. One that got an answer names its
+                // status as "status code: NNN"; the elapsed time in the same text may
+                // hold any digits, so only that phrase counts.
                 let text = e.to_string();
-                if text.contains("403") || text.contains("SignatureDoesNotMatch") {
+                let unanswered = chain(e).any(|s| s.is::<object_store::client::HttpError>());
+                let answered = |code: &str, names: &[&str]| {
+                    text.contains(&format!("status code: {code}"))
+                        || names.iter().any(|n| text.contains(n))
+                };
+                if !unanswered
+                    && answered(
+                        "403",
+                        &["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"],
+                    )
+                {
                     format!("S3 credentials (S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY) refused for bucket {bucket:?}")
-                } else if text.contains("404") || text.contains("NoSuchBucket") {
+                } else if !unanswered && answered("404", &["NoSuchBucket"]) {
                     format!("S3_BUCKET {bucket:?} does not exist at {endpoint}")
                 } else {
                     let first = text.lines().next().unwrap_or("");
@@ -779,5 +791,58 @@ impl Drop for AbortOnDrop {
                 }
             });
         }
+    }
+}
+
+/// An error and its sources, outermost first.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn bytes() -> S3Bytes {
+        S3Bytes::new(&S3Config {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            bucket: "uploads".into(),
+            region: "us-east-1".into(),
+            access_key_id: "key".into(),
+            secret_access_key: SecretString::from("secret"),
+            prefix: String::new(),
+            path_style: true,
+            allow_http: true,
+            buffer_budget: DEFAULT_BUFFER_BUDGET,
+        })
+        .unwrap()
+    }
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.into(),
+        }
+    }
+
+    #[test]
+    fn digits_of_the_elapsed_time_are_not_a_status() {
+        // CI once read "in 1.403s" of a refused connection as a 403.
+        let s3 = bytes();
+        let refused = generic(
+            "Error performing GET http://127.0.0.1:9/uploads in 1.403404s - error sending request",
+        );
+        assert!(s3.explain(&refused).starts_with("S3_ENDPOINT"));
+        let forbidden = generic(
+            "Error performing GET http://x/uploads in 404ms - Server returned non-2xx status code: 403 Forbidden: ",
+        );
+        assert!(s3.explain(&forbidden).starts_with("S3 credentials"));
+        let missing = generic(
+            "Error performing GET http://x/uploads in 403ms - Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>",
+        );
+        assert!(s3.explain(&missing).starts_with("S3_BUCKET"));
     }
 }
