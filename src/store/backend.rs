@@ -248,13 +248,16 @@ impl Store {
     }
 
     /// Stores `body` as a new file: a one-request upload of one file, at most `limit`
-    /// bytes. The body goes to the local disk as it arrives (s3: a spool file, sent to the
-    /// bucket once whole), so a client that stalls holds no memory and no share of the
-    /// bucket's transfer budget.
+    /// bytes. The body goes to the local disk as it arrives (s3: a spool file, sent on to
+    /// the bucket a part at a time as the parts are on disk), so a client that stalls holds
+    /// no memory and no share of the bucket's transfer budget.
     pub async fn put_file<S>(&self, new: NewFile, body: S, limit: u64) -> Result<Stored, StoreError>
     where
         S: Stream<Item = Result<Bytes, StoreError>> + Send,
     {
+        if let Self::Cloud(c) = self {
+            return c.put_file(new, body, limit).await;
+        }
         let mut upload = self.begin_upload(&new.user).await?;
         let result = async {
             let mut sink = upload.begin_file().await?;

@@ -5,7 +5,7 @@
 //! sidecar are in the bucket and checked).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -240,8 +240,31 @@ impl CloudStore {
     }
 }
 
-/// Reserve quota ahead of the bytes in steps of this much.
+/// Quota is reserved ahead of the bytes: at least this much more at a time.
 const RESERVE_STEP: u64 = 8 << 20;
+/// ... and at most this much more (the step doubles with the reservation: a 1 GiB upload
+/// takes 9 reservations, not 128).
+const RESERVE_MAX_STEP: u64 = 256 << 20;
+
+/// The reservation `reserved` of `user`'s upload `id` grown to cover `need` bytes: a step
+/// ahead of them, or exactly `need` when the step would pass `quota` (413 only when that
+/// does too). The new size.
+async fn reserve_ahead(
+    catalog: &PgCatalog,
+    (user, id): (&UserId, &str),
+    reserved: u64,
+    need: u64,
+    quota: u64,
+) -> Result<u64, StoreError> {
+    let want = need.max(reserved + reserved.clamp(RESERVE_STEP, RESERVE_MAX_STEP));
+    match catalog.reserve(user, id, want, quota).await {
+        Ok(()) => Ok(want),
+        Err(_) => {
+            catalog.reserve(user, id, need, quota).await?;
+            Ok(need)
+        }
+    }
+}
 
 /// A file to store in one go: who, where, under which name, and what to check.
 #[derive(Debug)]
@@ -260,11 +283,42 @@ pub struct NewFile {
     pub extra: Map<String, Value>,
 }
 
-/// Gives a quota reservation back when an upload ends without publishing.
+impl NewFile {
+    /// A new key for the file: its folder, a random prefix and its sanitized name.
+    fn new_key(&self) -> Key {
+        let stored_name = format!(
+            "{}_{}",
+            super::random_prefix(),
+            FileName::sanitize(self.name.as_str()).as_str()
+        );
+        Key::new(&self.user, self.folder.as_ref(), &stored_name)
+    }
+}
+
+/// A quota reservation of a one-request upload, given back when the upload ends without
+/// publishing.
 struct Reservation {
     catalog: PgCatalog,
     id: String,
     armed: bool,
+}
+
+impl Reservation {
+    fn new(catalog: &PgCatalog) -> Self {
+        Self {
+            catalog: catalog.clone(),
+            id: format!("upload-{}", uuid::Uuid::new_v4().simple()),
+            armed: true,
+        }
+    }
+
+    /// Gives the reservation back now (an error's answer then finds the quota free).
+    async fn give_back(mut self) {
+        self.armed = false;
+        if let Err(e) = self.catalog.release(&self.id).await {
+            tracing::warn!(reservation = self.id, error = %e, "cannot release a quota reservation; the sweep will");
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -285,81 +339,77 @@ impl Drop for Reservation {
 }
 
 impl CloudStore {
-    /// Streams `body` into the bucket as a new file of `new.user` (at most `limit` bytes):
-    /// quota is reserved in the catalog ahead of the bytes (413 as soon as it would be
-    /// passed, whichever instance holds the user's other uploads), the object is written at
-    /// its final key, its SHA-256 checked, its sidecar written beside it, and only then is
-    /// the row committed, which makes it visible. On any error (or when the future is
-    /// dropped) the object goes, the reservation is given back, nothing is listed.
+    /// A new spool file's path (not created).
+    fn spool_path(&self) -> PathBuf {
+        self.limits
+            .spool
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Stores `body` as a new file of `new.user` (at most `limit` bytes). The body goes to
+    /// a spool file on the local disk as it arrives, under a quota reservation in the
+    /// catalog grown ahead of the bytes (413 as soon as the quota would be passed, whichever
+    /// instance holds the user's other uploads); whole parts of it go on to the bucket as
+    /// soon as they are on disk (see [`S3Bytes::put_spool`]: a client that stalls holds no
+    /// part buffer). The object is written at its final key, its SHA-256 checked, its
+    /// sidecar written beside it, and only then is the row committed, which makes it
+    /// visible. On any error (or when the future is dropped) the object goes, the
+    /// reservation is given back, the spool file is removed, nothing is listed.
     pub async fn put_file<S>(&self, new: NewFile, body: S, limit: u64) -> Result<Stored, StoreError>
     where
         S: Stream<Item = Result<Bytes, StoreError>> + Send,
     {
-        let id = format!("upload-{}", uuid::Uuid::new_v4().simple());
-        let mut reservation = Reservation {
-            catalog: self.catalog.clone(),
-            id: id.clone(),
-            armed: true,
-        };
-        let stored_name = format!(
-            "{}_{}",
-            super::random_prefix(),
-            FileName::sanitize(new.name.as_str()).as_str()
-        );
-        let key = Key::new(&new.user, new.folder.as_ref(), &stored_name);
-        let object = key.to_string();
-        // The first error of the body or of the quota, kept whole (the object store sees
-        // only that the body failed).
-        let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
-        let fail = failed.clone();
-        let catalog = self.catalog.clone();
-        let user = new.user.clone();
-        let quota = self.quota;
-        let body = Box::pin(body);
-        let gated =
-            futures_util::stream::unfold((body, 0u64, 0u64), move |(mut body, total, reserved)| {
-                let catalog = catalog.clone();
-                let user = user.clone();
-                let id = id.clone();
-                let fail = fail.clone();
-                async move {
-                    let chunk = match body.next().await? {
-                        Ok(c) => c,
-                        Err(e) => return Some((Err(remember(&fail, e)), (body, total, reserved))),
-                    };
-                    let total = total + chunk.len() as u64;
-                    let mut reserved = reserved;
-                    if total > reserved {
-                        let want = total.max(reserved + RESERVE_STEP);
-                        // Ask for the step; when that does not fit, exactly what is needed.
-                        let got = match catalog.reserve(&user, &id, want, quota).await {
-                            Ok(()) => Ok(want),
-                            Err(_) => catalog
-                                .reserve(&user, &id, total, quota)
-                                .await
-                                .map(|()| total),
-                        };
-                        match got {
-                            Ok(n) => reserved = n,
-                            Err(e) => {
-                                return Some((
-                                    Err(remember(&fail, e.into())),
-                                    (body, total, reserved),
-                                ))
-                            }
-                        }
-                    }
-                    Some((Ok(chunk), (body, total, reserved)))
+        let reservation = Reservation::new(&self.catalog);
+        let key = new.new_key();
+        let path = self.spool_path();
+        let mut sink = Sink::spool(path.clone(), limit).await?;
+        let progress = sink.watch();
+        let receive = async {
+            let mut body = std::pin::pin!(body);
+            let mut reserved = 0;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                let need = sink.written() + chunk.len() as u64;
+                if need > reserved {
+                    let id = (&new.user, reservation.id.as_str());
+                    reserved = reserve_ahead(&self.catalog, id, reserved, need, self.quota).await?;
                 }
-            });
-        let written = match self.bytes.put_stream(&object, gated, limit).await {
-            Ok(w) => w,
+                sink.write(chunk).await?;
+            }
+            sink.close().await
+        };
+        let send = async {
+            let object = key.to_string();
+            Ok::<_, StoreError>(
+                self.bytes
+                    .put_spool(&object, &path, progress, limit)
+                    .await?,
+            )
+        };
+        // The first error stops both: the body is read no further, the multipart upload is
+        // aborted, the spool file removed.
+        let ((_, spool), written) = match tokio::try_join!(receive, send) {
+            Ok(done) => done,
             Err(e) => {
-                let kept = failed.lock().ok().and_then(|mut f| f.take());
-                return Err(kept.unwrap_or_else(|| e.into()));
+                reservation.give_back().await;
+                return Err(e);
             }
         };
-        // From here the object exists: any failure removes it again.
+        drop(spool);
+        self.publish_put(new, key, written, reservation).await
+    }
+
+    /// Publishes the object `written` at `key` as `new`: its SHA-256 checked, its sidecar
+    /// written, its row committed with the quota charged from `reservation`. On any error
+    /// the object goes again.
+    async fn publish_put(
+        &self,
+        new: NewFile,
+        key: Key,
+        written: super::s3::Written,
+        mut reservation: Reservation,
+    ) -> Result<Stored, StoreError> {
+        let object = key.to_string();
         let published = async {
             check_sha(new.expected_sha.as_deref(), &written.sha256)?;
             let meta = Meta::for_upload(
@@ -374,14 +424,7 @@ impl CloudStore {
                     Some(written.crc32),
                 ),
             );
-            let sidecar = Bytes::from(meta.to_json()?);
-            self.bytes
-                .put_stream(
-                    &format!("{object}.meta"),
-                    futures_util::stream::iter([Ok::<_, std::io::Error>(sidecar)]),
-                    u64::MAX,
-                )
-                .await?;
+            self.put_sidecar(&object, &meta).await?;
             let record = FileRecord {
                 key: key.clone(),
                 size: written.size,
@@ -409,6 +452,7 @@ impl CloudStore {
                 if let Err(d) = self.bytes.delete(&object).await {
                     tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
                 }
+                reservation.give_back().await;
                 Err(e)
             }
         }
@@ -483,20 +527,16 @@ impl CloudStore {
         CloudUpload {
             store: self.clone(),
             user: user.clone(),
-            reservation: Reservation {
-                catalog: self.catalog.clone(),
-                id: format!("upload-{}", uuid::Uuid::new_v4().simple()),
-                armed: true,
-            },
+            reservation: Reservation::new(&self.catalog),
             reserved: 0,
         }
     }
 }
 
 impl CloudUpload {
-    /// Starts a file of this upload.
+    /// Starts a file of this upload: a spool file, hashed when it is sent.
     pub async fn begin_file(&self) -> Result<Sink, StoreError> {
-        self.store.spool_sink(self.store.limits.max_file).await
+        Sink::spool(self.store.spool_path(), self.store.limits.max_file).await
     }
 
     /// Writes a chunk of the current file, reserving quota ahead of it (413 as soon as the
@@ -509,16 +549,9 @@ impl CloudUpload {
     ) -> Result<(), StoreError> {
         let need = total_before + sink.written() + chunk.len() as u64;
         if need > self.reserved {
-            let want = need.max(self.reserved + RESERVE_STEP);
-            let c = &self.store.catalog;
-            let (user, id, quota) = (&self.user, &self.reservation.id, self.store.quota);
-            self.reserved = match c.reserve(user, id, want, quota).await {
-                Ok(()) => want,
-                Err(_) => {
-                    c.reserve(user, id, need, quota).await?;
-                    need
-                }
-            };
+            let id = (&self.user, self.reservation.id.as_str());
+            let (catalog, quota) = (&self.store.catalog, self.store.quota);
+            self.reserved = reserve_ahead(catalog, id, self.reserved, need, quota).await?;
         }
         sink.write(chunk).await
     }
@@ -533,23 +566,16 @@ impl CloudUpload {
         expected_sha: Option<String>,
         extra: Map<String, Value>,
     ) -> Result<Stored, StoreError> {
-        check_sha(
-            expected_sha.as_deref(),
-            written.sha256.as_deref().unwrap_or(""),
-        )?;
-        let file = tokio::fs::File::open(spool.path()).await?;
-        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-            .map(|r| r.map_err(StoreError::from));
         let new = NewFile {
             user: self.user.clone(),
             name,
             folder,
             declared_mime,
-            expected_sha: written.sha256.clone(),
+            expected_sha,
             extra,
         };
-        // The file's bytes move from this upload's reservation to the file's own (which
-        // `put_file` grows as it sends them): never held twice against the quota.
+        // The file's bytes move from this upload's reservation to the file's own: never
+        // held twice against the quota.
         self.reserved = self.reserved.saturating_sub(written.size);
         let c = &self.store.catalog;
         if let Err(e) = c
@@ -558,9 +584,26 @@ impl CloudUpload {
         {
             tracing::warn!(error = %e, "cannot shrink a quota reservation; it is released at the end");
         }
-        let stored = self.store.put_file(new, body, written.size).await?;
+        let own = Reservation::new(c);
+        c.reserve(&self.user, &own.id, written.size, self.store.quota)
+            .await?;
+        let key = new.new_key();
+        let (_whole, progress) =
+            tokio::sync::watch::channel(super::sink::Spooled::Whole(written.size));
+        let sent = match self
+            .store
+            .bytes
+            .put_spool(&key.to_string(), spool.path(), progress, written.size)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(e) => {
+                own.give_back().await;
+                return Err(e.into());
+            }
+        };
         drop(spool);
-        Ok(stored)
+        self.store.publish_put(new, key, sent, own).await
     }
 
     /// Releases what is still reserved.
@@ -739,14 +782,6 @@ impl CloudStore {
         }
         Ok(n)
     }
-}
-
-fn remember(slot: &Mutex<Option<StoreError>>, e: StoreError) -> std::io::Error {
-    let text = e.to_string();
-    if let Ok(mut s) = slot.lock() {
-        s.get_or_insert(e);
-    }
-    std::io::Error::other(text)
 }
 
 /// A page of a listing.

@@ -7,9 +7,12 @@ use std::fs::File;
 use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::StoreError;
 
@@ -110,6 +113,22 @@ pub struct Sink {
     /// The file a created sink writes, removed unless kept; `None` for an appending sink
     /// (the file is not its own).
     guard: Option<TempGuard>,
+    /// Whether the file must outlive a crash: fsynced at the end, its write-back started
+    /// batch by batch. A spool only passes bytes on, so it is neither.
+    durable: bool,
+    /// Told the bytes on disk after each batch, for a reader following the file.
+    progress: Option<Arc<watch::Sender<Spooled>>>,
+}
+
+/// How far a spool file is: growing, with this many bytes on disk (readable through
+/// another handle), or whole. A sink that fails or is dropped closes the channel while
+/// `Growing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spooled {
+    /// Bytes on disk so far; more may come.
+    Growing(u64),
+    /// All the bytes are on disk.
+    Whole(u64),
 }
 
 /// The file being written and the hashes of what it holds (when asked for).
@@ -137,7 +156,26 @@ impl Sink {
             limit,
             sent: 0,
             guard: Some(TempGuard::new(path)),
+            durable: true,
+            progress: None,
         })
+    }
+
+    /// Creates spool file `path` (which must not exist): bytes on their way elsewhere,
+    /// neither hashed (the sender hashes what it sends) nor fsynced. Writing more than
+    /// `limit` bytes fails with `TooLarge`.
+    pub async fn spool(path: PathBuf, limit: u64) -> Result<Self, StoreError> {
+        let mut sink = Self::create(path, false, limit).await?;
+        sink.durable = false;
+        Ok(sink)
+    }
+
+    /// Follows the bytes on disk, batch by batch; [`Sink::close`] sends
+    /// [`Spooled::Whole`].
+    pub fn watch(&mut self) -> watch::Receiver<Spooled> {
+        let (tx, rx) = watch::channel(Spooled::Growing(0));
+        self.progress = Some(Arc::new(tx));
+        rx
     }
 
     /// A sink that writes at `file`'s current position (the caller has placed it), carrying
@@ -152,6 +190,8 @@ impl Sink {
             limit,
             sent: 0,
             guard: None,
+            durable: true,
+            progress: None,
         }
     }
 
@@ -182,8 +222,13 @@ impl Sink {
             let (file, hashes) = self.take_file().await?;
             let chunks = std::mem::take(&mut self.pending);
             self.pending_len = 0;
+            let (hint, progress, end) = (self.durable, self.progress.clone(), self.sent);
             self.in_flight = Some(tokio::task::spawn_blocking(move || {
-                write_batch(file, hashes, &chunks, false)
+                let open = write_batch(file, hashes, &chunks, Ending::Batch { hint })?;
+                if let Some(p) = progress {
+                    p.send_replace(Spooled::Growing(end));
+                }
+                Ok(open)
             }));
         }
         Ok(())
@@ -201,13 +246,18 @@ impl Sink {
             .ok_or_else(|| StoreError::Io(std::io::Error::other("an earlier write failed")))
     }
 
-    /// Writes what is left, then fsyncs.
-    async fn flush(&mut self, sync: bool) -> Result<(), StoreError> {
+    /// Writes what is left, then fsyncs when the file is durable.
+    async fn flush(&mut self) -> Result<(), StoreError> {
         let (file, hashes) = self.take_file().await?;
         let chunks = std::mem::take(&mut self.pending);
         self.pending_len = 0;
+        let ending = if self.durable {
+            Ending::Sync
+        } else {
+            Ending::Batch { hint: false }
+        };
         let (file, hashes) =
-            tokio::task::spawn_blocking(move || write_batch(file, hashes, &chunks, sync))
+            tokio::task::spawn_blocking(move || write_batch(file, hashes, &chunks, ending))
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         self.state = Some((file, hashes));
@@ -223,7 +273,7 @@ impl Sink {
                 "an appending sink has no file of its own",
             ))
         })?;
-        self.flush(true).await?;
+        self.flush().await?;
         let (sha256, crc32) = match self.state.take().and_then(|(_, h)| h).map(Hashes::finish) {
             Some((s, c)) => (Some(s), Some(c)),
             None => (None, None),
@@ -236,11 +286,26 @@ impl Sink {
         Ok((written, guard))
     }
 
+    /// Writes what is left of a spool and tells its watchers it is whole; the file stays
+    /// guarded until the caller drops the guard.
+    pub async fn close(mut self) -> Result<(u64, TempGuard), StoreError> {
+        let guard = self.guard.take().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other(
+                "an appending sink has no file of its own",
+            ))
+        })?;
+        self.flush().await?;
+        if let Some(p) = &self.progress {
+            p.send_replace(Spooled::Whole(self.sent));
+        }
+        Ok((self.sent, guard))
+    }
+
     /// Writes what is left and fsyncs, then gives back the bytes written, the hashes (not
     /// finished: they may carry on) and the file, still open (and so still locked, when
     /// the caller locked it).
     pub async fn finish_open(mut self) -> Result<(u64, Hashes, File), StoreError> {
-        self.flush(true).await?;
+        self.flush().await?;
         let (file, hashes) = self
             .state
             .take()
@@ -249,15 +314,27 @@ impl Sink {
     }
 }
 
-/// Hashes and writes `chunks`, then fsyncs when asked (a blocking task's work).
+/// What follows a batch's write.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// More batches come; `hint`: start writing this one back now.
+    Batch { hint: bool },
+    /// The last batch of a durable file: fsync.
+    Sync,
+}
+
+/// Hashes and writes `chunks`, then what `ending` asks (a blocking task's work).
 fn write_batch(
     mut file: File,
     mut hashes: Option<Hashes>,
     chunks: &[Bytes],
-    sync: bool,
+    ending: Ending,
 ) -> Result<Open, StoreError> {
+    let sync = matches!(ending, Ending::Sync);
     // Best effort: a failed lseek only skips the write-back hint below.
-    let start = (!sync).then(|| file.stream_position().ok()).flatten();
+    let start = matches!(ending, Ending::Batch { hint: true })
+        .then(|| file.stream_position().ok())
+        .flatten();
     for c in chunks {
         if let Some(h) = hashes.as_mut() {
             h.update(c);

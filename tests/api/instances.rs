@@ -300,3 +300,74 @@ async fn a_tus_upload_goes_on_at_any_instance_and_of_racing_patches_one_is_kept(
     // The segments went with the publish.
     assert_eq!(segments(), Vec::<String>::new());
 }
+
+/// A one-request upload in S3 mode goes on to the bucket while its body still arrives
+/// (issue 14's upload bench: the send no longer waits for the whole body), holds no part
+/// buffer while its client stalls (other uploads go on), and, cut off, leaves no object,
+/// no multipart upload, no spool file and no reservation.
+#[tokio::test]
+async fn a_raw_upload_is_sent_on_as_it_arrives_and_cut_off_leaves_nothing() {
+    use tokio::io::AsyncWriteExt as _;
+    let (backend, apps, roots) = instances(1, &[]).await;
+    let app = &apps[0];
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/files/upload?user_id=t&filename=big.bin HTTP/1.1\r\nHost: x\r\nX-Service-Token: {SERVICE_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        40 << 20
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&vec![5u8; 20 << 20]).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while backend.s3.open_uploads() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was sent before the body was whole"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The stalled upload holds no share of the bucket's transfer budget: two more large
+    // uploads (more than the default budget's writers could buffer beside it) go through.
+    for i in 0..2 {
+        let data: Vec<u8> = (0..12_000_000u32).map(|x| (x * 7 + i) as u8).collect();
+        let (s, b) = send(
+            app.post(&format!("/v1/files/upload?user_id=v&filename=f{i}.bin"))
+                .as_service()
+                .body(data.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            b["files"][0]["sha256"],
+            hex::encode(sha2::Sha256::digest(&data))
+        );
+    }
+
+    drop(sock);
+    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reserved: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM reservations WHERE user_id = 't'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let spooled = files_under(&roots[0].path().join(".spool"));
+        if backend.s3.open_uploads() == 0 && reserved == 0 && spooled.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left: {} uploads, {reserved} reservations, spool {spooled:?}",
+            backend.s3.open_uploads()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, listing) = send(app.get("/v1/files/all?user_id=t").as_service()).await;
+    assert_eq!(listing["total_count"], 0, "{listing}");
+    assert!(backend.s3.file("storage/v").is_dir());
+    assert!(
+        !backend.s3.file("storage/t").exists(),
+        "an object of the cut upload is in the bucket"
+    );
+}

@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 use upload_server::store::s3::{
     Assembly, GetRange, PartInfo, S3Bytes, S3Config, S3Error, DEFAULT_BUFFER_BUDGET,
 };
+use upload_server::store::sink::Sink;
 
 const MIB: usize = 1 << 20;
 
@@ -221,6 +222,127 @@ async fn put_stream_dropped_midway_aborts_its_upload() {
 
     srv.assert_no_open_uploads().await;
     assert!(matches!(s3.head(KEY).await, Err(S3Error::NotFound)));
+}
+
+/// Writes `bytes` into `sink` in 256 KiB chunks.
+async fn fill(sink: &mut Sink, bytes: &[u8]) {
+    for c in bytes.chunks(256 * 1024) {
+        sink.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+}
+
+/// Waits (up to 10 s) for `cond`.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A one-request upload's spool goes to the bucket while its sink still writes it: parts
+/// leave once the file holds two parts past them, and while the writer waits (a client
+/// that stalls) no part buffer is held. Once the file is whole the object has the right
+/// bytes and hashes.
+#[tokio::test]
+async fn put_spool_sends_parts_while_the_file_grows_and_holds_nothing_while_it_waits() {
+    let srv = S3Fs::start();
+    let s3 = srv.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let bytes = data(23 * MIB + 5, 10);
+    let free = s3.budget().free_writers();
+
+    let mut sink = Sink::spool(path.clone(), 1 << 30).await.unwrap();
+    let progress = sink.watch();
+    let (sender, at) = (s3.clone(), path.clone());
+    let send = tokio::spawn(async move { sender.put_spool(KEY, &at, progress, 1 << 30).await });
+    // 16 MiB on disk: two parts went (the second once 15 MiB were there), then the sender
+    // waits for 20 MiB. The upload is open, its parts' memory given back.
+    fill(&mut sink, &bytes[..16 * MIB]).await;
+    eventually("no multipart upload begun while the file grows", || {
+        srv.open_uploads() == 1
+    })
+    .await;
+    eventually("the sender holds budget while it waits", || {
+        s3.budget().free_writers() == free
+    })
+    .await;
+    assert!(!send.is_finished());
+    assert!(matches!(s3.head(KEY).await, Err(S3Error::NotFound)));
+
+    fill(&mut sink, &bytes[16 * MIB..]).await;
+    let (size, spool) = sink.close().await.unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    let w = send.await.unwrap().unwrap();
+    drop(spool);
+    assert_eq!(w.size, bytes.len() as u64);
+    assert_eq!((w.sha256, w.crc32), local_hashes(&bytes));
+    assert_eq!(read_all(&s3, KEY, None).await, bytes);
+    // Parts of 5 MiB at 0, 5 and 10 MiB, then the last 8 MiB + 5 bytes.
+    let etag = s3.head(KEY).await.unwrap().etag.unwrap();
+    assert!(etag.trim_matches('"').ends_with("-4"), "{etag}");
+    assert_eq!(srv.open_uploads(), 0);
+    assert_eq!(s3.budget().free_writers(), free);
+    assert!(!path.exists(), "the spool file is removed with its guard");
+}
+
+/// A spool whose sink stops before the file is whole (the client went away), one over the
+/// limit, and small or empty ones (one PUT, no multipart upload); a spool already whole
+/// is sent as it is.
+#[tokio::test]
+async fn put_spool_cut_short_or_too_large_leaves_nothing_and_small_ones_are_one_put() {
+    let srv = S3Fs::start();
+    let s3 = srv.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(13 * MIB, 11);
+
+    // Cut after two parts went out: the upload is aborted, nothing is stored.
+    let path = dir.path().join("cut");
+    let mut sink = Sink::spool(path.clone(), 1 << 30).await.unwrap();
+    let progress = sink.watch();
+    let (sender, at) = (s3.clone(), path.clone());
+    let send = tokio::spawn(async move { sender.put_spool(KEY, &at, progress, 1 << 30).await });
+    fill(&mut sink, &bytes).await;
+    eventually("no multipart upload begun", || srv.open_uploads() == 1).await;
+    drop(sink);
+    let err = send.await.unwrap().unwrap_err();
+    assert!(matches!(err, S3Error::Body(_)), "{err:?}");
+    srv.assert_no_open_uploads().await;
+    assert!(matches!(s3.head(KEY).await, Err(S3Error::NotFound)));
+    assert!(!path.exists());
+
+    // Over the limit: TooLarge, nothing stored.
+    let path = dir.path().join("large");
+    let mut sink = Sink::spool(path.clone(), 1 << 30).await.unwrap();
+    let progress = sink.watch();
+    let (sender, at) = (s3.clone(), path.clone());
+    let limit = 12 * MIB as u64;
+    let send = tokio::spawn(async move { sender.put_spool(KEY, &at, progress, limit).await });
+    fill(&mut sink, &bytes).await;
+    let (_, spool) = sink.close().await.unwrap();
+    let err = send.await.unwrap().unwrap_err();
+    drop(spool);
+    assert!(matches!(err, S3Error::TooLarge), "{err:?}");
+    srv.assert_no_open_uploads().await;
+    assert!(matches!(s3.head(KEY).await, Err(S3Error::NotFound)));
+
+    // Whole before the send starts, under two parts, and empty: one PUT each.
+    for (n, len) in [(0, 9 * MIB + 1), (1, 0)] {
+        let path = dir.path().join(format!("whole-{n}"));
+        let mut sink = Sink::spool(path.clone(), 1 << 30).await.unwrap();
+        let progress = sink.watch();
+        fill(&mut sink, &bytes[..len]).await;
+        let (size, _spool) = sink.close().await.unwrap();
+        assert_eq!(size, len as u64);
+        let key = format!("{KEY}.{n}");
+        let w = s3.put_spool(&key, &path, progress, 1 << 30).await.unwrap();
+        assert_eq!((w.sha256, w.crc32), local_hashes(&bytes[..len]));
+        assert_eq!(read_all(&s3, &key, None).await, &bytes[..len]);
+        let etag = s3.head(&key).await.unwrap().etag.unwrap();
+        assert!(!etag.contains('-'), "one PUT: {etag}");
+    }
+    assert_eq!(srv.open_uploads(), 0);
 }
 
 #[tokio::test]

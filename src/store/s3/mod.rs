@@ -14,6 +14,7 @@
 
 pub mod assembly;
 pub mod buffer;
+mod spool;
 pub mod sweep;
 
 use std::ops::Range;
@@ -653,10 +654,12 @@ impl S3Bytes {
     ) -> Result<(PartInfo, Hashes), S3Error> {
         let path = self.path(key)?;
         let len = usize::try_from(size).map_err(|_| S3Error::TooLarge)?;
-        let (chunks, hashes) = tokio::task::spawn_blocking(move || read_hashed(&file, len, hashes))
-            .await
-            .map_err(|e| S3Error::Body(std::io::Error::other(e)))?
-            .map_err(S3Error::Body)?;
+        let (chunks, hashes) = tokio::task::spawn_blocking(move || {
+            spool::read_range_hashed(&std::fs::File::open(file)?, 0, len, hashes)
+        })
+        .await
+        .map_err(|e| S3Error::Body(std::io::Error::other(e)))?
+        .map_err(S3Error::Body)?;
         let payload: PutPayload = chunks.into_iter().collect();
         let info = self
             .put_part_at(&path, upload_id, part_number, payload)
@@ -717,27 +720,6 @@ impl S3Bytes {
         let path = self.path(key)?;
         Ok(self.store.abort_multipart(&path, &upload_id.0).await?)
     }
-}
-
-/// The first `len` bytes of `file` in 1 MiB pieces, hashed on from `hashes`; fewer bytes
-/// than that is an error (the file is a spool file of known size).
-fn read_hashed(
-    file: &std::path::Path,
-    len: usize,
-    mut hashes: Hashes,
-) -> std::io::Result<(Vec<Bytes>, Hashes)> {
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(file)?;
-    let mut chunks = Vec::with_capacity(len.div_ceil(1 << 20));
-    let mut left = len;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(1 << 20)];
-        f.read_exact(&mut buf)?;
-        hashes.update(&buf);
-        left -= buf.len();
-        chunks.push(Bytes::from(buf));
-    }
-    Ok((chunks, hashes))
 }
 
 /// Aborts a multipart upload when dropped armed: an upload cut short (an error, or the
