@@ -771,3 +771,46 @@ async fn pg_batch_tokens_are_kept_until_they_expire() {
     assert!(c.delete_batch(&live).await.unwrap());
     assert!(!c.delete_batch(&live).await.unwrap());
 }
+
+/// Regression (review of session 8): a part commit holds its session's row while it sends
+/// the part to the bucket, and every other commit of the session waited on that row lock
+/// inside a transaction, each holding a pooled connection: a few parallel parts drained the
+/// instance's pool and stalled every other request. They poll now, holding none, and a
+/// complete's claim finds the session busy instead of blocking.
+#[tokio::test]
+async fn pg_waiting_for_a_session_a_part_commit_holds_takes_no_connection() {
+    let db = TestDb::new().await;
+    let a = db.catalog(2).await;
+    let b = db.catalog(2).await;
+    let s = session("locker", Some(10), hour());
+    a.create_session(&s, 10, 1 << 20).await.unwrap();
+    let id = s.upload_id;
+    let held = a.lock_parts(id).await.unwrap();
+    // Five more commits of the session wait on the same instance, whose pool has one
+    // connection left...
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.lock_parts(id).await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... which still serves everything else.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), a.usage(&user("locker")))
+            .await
+            .expect("the waiting commits drained the pool")
+            .unwrap();
+    }
+    let claim = tokio::time::timeout(Duration::from_secs(5), b.claim(id))
+        .await
+        .expect("a claim blocked behind a part commit")
+        .unwrap();
+    assert!(matches!(claim, Claim::Lost(SessionState::Claimed)));
+    // Given back, the lock goes to each waiting commit in turn, then to a claim.
+    drop(held);
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    assert!(matches!(b.claim(id).await.unwrap(), Claim::Won(..)));
+}

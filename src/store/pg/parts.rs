@@ -7,7 +7,9 @@ use sqlx::{PgConnection, Row as _};
 
 use super::files::lock_quota;
 use super::quota::release_locked;
-use super::sessions::{lock_claimed, lock_live, session_uuid, ClaimToken, SessionRecord};
+use super::sessions::{
+    lock_claimed, lock_live, session_uuid, when_unlocked, ClaimToken, SessionRecord,
+};
 use super::{to_i64, to_u64, CatalogError, CatalogResult, PgCatalog};
 use crate::store::sessions::{Session, SessionId};
 use crate::store::StoreError;
@@ -154,19 +156,24 @@ impl PgCatalog {
 
     /// Locks live session `id` for a change of its parts ([`StoreError::Busy`] while a
     /// complete holds it) and reads them: the lock holds until [`PartsLock::put`] commits
-    /// or the lock is dropped (nothing changed). Other part commits of the session, and a
-    /// complete's claim, wait meanwhile, on any instance.
+    /// or the lock is dropped (nothing changed). Other part commits and aborts of the
+    /// session wait meanwhile, on any instance, polling with no connection held (see
+    /// [`LOCK_WAIT`](super::sessions::LOCK_WAIT)); a complete's claim finds the session
+    /// busy and waits as for another complete.
     pub async fn lock_parts(&self, id: SessionId) -> CatalogResult<PartsLock> {
         let sid = session_uuid(id)?;
-        let mut tx = self.pool.begin().await?;
-        let record: SessionRecord = lock_live(&mut tx, id).await?;
-        let parts = parts_of(&mut tx, sid).await?;
-        Ok(PartsLock {
-            tx,
-            sid,
-            declared: record.session.file.size,
-            parts,
+        when_unlocked(|| async {
+            let mut tx = self.pool.begin().await?;
+            let record: SessionRecord = lock_live(&mut tx, id).await?;
+            let parts = parts_of(&mut tx, sid).await?;
+            Ok(PartsLock {
+                tx,
+                sid,
+                declared: record.session.file.size,
+                parts,
+            })
         })
+        .await
     }
 
     /// For a complete holding claim `token` on session `id`: the parts kept in a multipart
@@ -198,18 +205,21 @@ impl PgCatalog {
     /// reservation is released. Returns the part objects to delete.
     pub async fn abort_parts(&self, id: SessionId) -> CatalogResult<Vec<PartRecord>> {
         let sid = session_uuid(id)?;
-        let mut tx = self.pool.begin().await?;
-        let record = lock_live(&mut tx, id).await?;
-        let parts = parts_of(&mut tx, sid).await?;
-        let user = record.session.user_id.as_str().to_owned();
-        lock_quota(&mut tx, &user).await?;
-        release_locked(&mut tx, &user, &id.to_string()).await?;
-        sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(sid)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(parts)
+        when_unlocked(|| async {
+            let mut tx = self.pool.begin().await?;
+            let record = lock_live(&mut tx, id).await?;
+            let parts = parts_of(&mut tx, sid).await?;
+            let user = record.session.user_id.as_str().to_owned();
+            lock_quota(&mut tx, &user).await?;
+            release_locked(&mut tx, &user, &id.to_string()).await?;
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(sid)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(parts)
+        })
+        .await
     }
 }
 

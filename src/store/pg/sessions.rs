@@ -181,7 +181,8 @@ pub(super) async fn lock_live(
     id: SessionId,
 ) -> CatalogResult<SessionRecord> {
     let row = sqlx::query(&format!(
-        "SELECT {SESSION_COLUMNS}, expires_at > now() AS open FROM sessions WHERE id = $1 FOR UPDATE"
+        "SELECT {SESSION_COLUMNS}, expires_at > now() AS open FROM sessions WHERE id = $1
+         FOR UPDATE NOWAIT"
     ))
     .bind(uuid(id)?)
     .fetch_optional(&mut *conn)
@@ -194,6 +195,45 @@ pub(super) async fn lock_live(
         SessionState::Live => Ok(record),
         SessionState::Claimed => Err(StoreError::Busy.into()),
         SessionState::Finished => Err(not_found(Missing::Session)),
+    }
+}
+
+/// Whether `e` is PostgreSQL's answer to `FOR UPDATE NOWAIT` on a row another transaction
+/// holds (`55P03 lock_not_available`).
+pub(super) fn locked(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
+/// How long a change of a session's parts waits for another holding the session (a part
+/// commit sending its part to the bucket under the lock) before it is
+/// [`StoreError::Busy`].
+pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `attempt`, a transaction that locks a session row with `FOR UPDATE NOWAIT`, again
+/// while another transaction holds that row. The wait polls with no connection held: a
+/// commit holding a session while it sends a part to the bucket cannot drain the pool
+/// with the requests queued behind it. Still held after [`LOCK_WAIT`]:
+/// [`StoreError::Busy`].
+pub(super) async fn when_unlocked<T, F, Fut>(mut attempt: F) -> CatalogResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = CatalogResult<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match attempt().await {
+            Err(CatalogError::Db(e)) if locked(&e) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Busy.into());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            done => return done,
+        }
     }
 }
 
@@ -480,12 +520,17 @@ impl PgCatalog {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT state, expires_at > now() AS open, {LEASE_END} < now() AS lapsed, claimed_at
-             FROM sessions WHERE id = $1 FOR UPDATE"
+             FROM sessions WHERE id = $1 FOR UPDATE NOWAIT"
         ))
         .bind(sid)
         .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| not_found(Missing::Session))?;
+        .await;
+        let row = match row {
+            // A part commit holds the row while it sends the part to the bucket: the
+            // session is busy as when claimed, and the caller polls (holding no connection).
+            Err(e) if locked(&e) => return Ok(Claim::Lost(SessionState::Claimed)),
+            row => row?.ok_or_else(|| not_found(Missing::Session))?,
+        };
         if !row.try_get::<bool, _>("open")? {
             return Err(not_found(Missing::Session));
         }
