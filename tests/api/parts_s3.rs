@@ -9,6 +9,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use upload_server::store::s3::{PartInfo, S3Bytes, S3Config, UploadId, DEFAULT_BUFFER_BUDGET};
+
 use crate::helpers::*;
 use crate::instances::instances;
 
@@ -419,4 +421,146 @@ async fn parts_s3_timing_of_a_1_gib_complete() {
         "(parts in the multipart upload: {direct}; key {})",
         done["key"]
     );
+}
+
+/// Regression (review of session 8): a session's multipart upload is begun at the file's
+/// key, and once completed its object stands there before the file's row is committed,
+/// dated by the server as early as the upload's start. A complete that died right then
+/// left it to the deep sweep as "an object without a row", which deleted it: the session
+/// could never complete. Parts' rows now count as naming their objects; the retry finds
+/// the upload completed and publishes it.
+#[tokio::test]
+async fn parts_s3_a_completed_upload_left_by_a_dead_complete_survives_the_sweep() {
+    let (backend, apps, _roots) = instances(1, &[]).await;
+    let data = pattern(12 * MIB + 3, 4);
+    let id = init(&apps[0], "kept.bin", data.len()).await;
+    for (n, chunk) in data.chunks(6 * MIB).enumerate() {
+        ok(apps[0].as_service().put_part(&id, n as u32, chunk).await);
+    }
+    assert_eq!(
+        part_rows(&backend, &id).await,
+        vec![(0, true), (1, true), (2, true)]
+    );
+    // The dead complete got as far as completing the multipart upload.
+    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "SELECT object, upload_id, etag, number, size FROM parts
+         WHERE session_id = $1::uuid ORDER BY number",
+    )
+    .bind(&id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let s3 = S3Bytes::connect(&S3Config {
+        endpoint: Some(backend.s3.endpoint.clone()),
+        bucket: crate::s3_server::BUCKET.into(),
+        region: "us-east-1".into(),
+        access_key_id: crate::s3_server::ACCESS_KEY.into(),
+        secret_access_key: secrecy::SecretString::from(crate::s3_server::SECRET_KEY),
+        prefix: String::new(),
+        path_style: true,
+        allow_http: true,
+        buffer_budget: DEFAULT_BUFFER_BUDGET,
+    })
+    .await
+    .unwrap();
+    let key = rows[0].0.clone();
+    let infos: Vec<PartInfo> = rows
+        .iter()
+        .map(|r| PartInfo {
+            number: r.3 as u32 + 1,
+            etag: r.2.clone(),
+            size: r.4 as u64,
+        })
+        .collect();
+    s3.complete(&key, &UploadId(rows[0].1.clone()), &infos)
+        .await
+        .unwrap();
+    // Two hours old, as an upload begun long ago is dated; beside it a true orphan of the
+    // same age (a file never published), which shows the sweep ran. Then an instance
+    // starts, whose first sweep is deep.
+    let orphan = "storage/u9/0badc0de_never-published.bin";
+    s3.put_stream(
+        orphan,
+        futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]),
+        1,
+    )
+    .await
+    .unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for object in [key.as_str(), orphan] {
+        std::fs::File::options()
+            .write(true)
+            .open(backend.s3.file(object))
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    let env = backend.env();
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.push(("UPLOAD_ROOT", root.path().to_str().unwrap()));
+    pairs.push(("UPLOAD_SIGNING_KEY", ""));
+    let later = spawn_app_with(&pairs).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while backend.s3.file(orphan).exists() {
+        assert!(std::time::Instant::now() < deadline, "no deep sweep ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        backend.s3.file(&key).is_file(),
+        "the sweep deleted the completed upload's object"
+    );
+
+    let done = ok(later
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
+    assert_eq!(done["key"], key.as_str(), "{done}");
+    assert_served(&later, &done, &data).await;
+    assert_only_file(&backend, &done);
+}
+
+/// Regression (review of session 8): a complete ran in its request's future, so a client
+/// that went away mid-complete cut it wherever it was: between completing the multipart
+/// upload and recording that, the rows named an upload that was gone; in any case the
+/// session stayed claimed until its lease lapsed. A complete now runs to its end on a task
+/// of its own: the file is published though nobody waits for the answer.
+#[tokio::test]
+async fn parts_s3_a_complete_whose_client_goes_away_still_publishes() {
+    let (backend, apps, _roots) = instances(1, &[]).await;
+    // 48 parts of 1 MiB: joined through the instance, a complete that takes a while.
+    let data = pattern(48 * MIB, 6);
+    let id = init(&apps[0], "left.bin", data.len()).await;
+    for (n, chunk) in data.chunks(MIB).enumerate() {
+        ok(apps[0].as_service().put_part(&id, n as u32, chunk).await);
+    }
+    let cut = apps[0]
+        .post("/v1/files/complete")
+        .header("x-service-token", SERVICE_TOKEN)
+        .json(&json!({ "uploadId": id, "sha256": sha_hex(&data) }))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(
+        cut.as_ref().is_err_and(|e| e.is_timeout()),
+        "the complete answered within 100 ms ({cut:?}): the test needs a slower one"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (_, l) = send(apps[0].get("/v1/files/all?user_id=u1").as_service()).await;
+        if l["total_count"] == 1 {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the complete stopped with its client: {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = &listed["files"][0];
+    assert_served(&apps[0], done, &data).await;
+    let (s, _) = apps[0].as_service().session(&id).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_only_file(&backend, done);
 }

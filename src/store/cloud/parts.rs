@@ -533,13 +533,22 @@ impl CloudStore {
         info: &Session,
         req: CompleteRequest,
     ) -> Result<Stored, StoreError> {
-        let id = info.upload_id;
-        let (_, _, token) = self.claim_waiting(id).await?;
-        let (stored, left) = self
-            .run_claimed(id, token, self.publish_claimed(info, req, token))
-            .await?;
-        self.remove(left).await;
-        Ok(stored)
+        // On a task of its own: a client that goes away must not cut a complete between
+        // completing the multipart upload (or moving its object) and recording what became
+        // of the parts, which would leave rows naming an upload that is gone. Its claim is
+        // given back or the file published either way, so a retry need not wait for the
+        // lease to lapse.
+        let (store, info) = (self.clone(), info.clone());
+        detached(async move {
+            let id = info.upload_id;
+            let (_, _, token) = store.claim_waiting(id).await?;
+            let (stored, left) = store
+                .run_claimed(id, token, store.publish_claimed(&info, req, token))
+                .await?;
+            store.remove(left).await;
+            Ok(stored)
+        })
+        .await
     }
 
     /// Claims session `id` (see [`CloudStore::complete`]): waits for a complete holding it

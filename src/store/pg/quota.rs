@@ -260,15 +260,20 @@ impl PgCatalog {
         Ok(n)
     }
 
-    /// Of `keys`, those with a file row.
+    /// Of `keys`, those the catalog names: a file's row, or a part's (a session's multipart
+    /// upload is begun at a file key, and once completed its object is there before the
+    /// file's row is committed, dated by the server as early as the upload's start).
     pub async fn existing_keys(&self, keys: &[String]) -> CatalogResult<Vec<String>> {
-        Ok(sqlx::query("SELECT key FROM files WHERE key = ANY($1)")
-            .bind(keys)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+        Ok(sqlx::query(
+            "SELECT key FROM files WHERE key = ANY($1)
+             UNION SELECT object FROM parts WHERE object = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
     }
 
     /// Of session ids `ids`, those the catalog still has.
