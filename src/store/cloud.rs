@@ -4,8 +4,9 @@
 //! visible (a file is listed and served only once its row is committed, after its bytes and
 //! sidecar are in the bucket and checked).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,6 +50,50 @@ pub struct CloudStore {
     pub(super) limits: Limits,
     /// Expired sessions this instance's sweeps removed (`/metrics`).
     swept: Arc<std::sync::atomic::AtomicU64>,
+    /// This instance's part commits, queued per session.
+    pub(super) turns: Turns,
+}
+
+/// Per session, this instance's part commits and aborts in a queue, first come first
+/// served: each waits for its turn here holding nothing (no memory, no connection), and only
+/// then asks PostgreSQL for the session's row, which commits on other instances share by
+/// polling. Without the queue, commits of one session polling side by side on one instance
+/// could overtake one another until one gave up.
+#[derive(Clone, Default)]
+pub(super) struct Turns(Arc<Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A commit's turn on its session, given to the next when dropped.
+pub(super) struct Turn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turns: Turns,
+    id: SessionId,
+}
+
+impl Turns {
+    /// Waits for session `id`'s turn.
+    pub(super) async fn take(&self, id: SessionId) -> Turn {
+        let queue = match self.0.lock() {
+            Ok(mut map) => map.entry(id).or_default().clone(),
+            Err(poisoned) => poisoned.into_inner().entry(id).or_default().clone(),
+        };
+        Turn {
+            guard: Some(queue.lock_owned().await),
+            turns: self.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // The last one out removes the session's queue (a waiter holds a handle on it).
+        if let Ok(mut map) = self.turns.0.lock() {
+            if map.get(&self.id).is_some_and(|q| Arc::strong_count(q) == 1) {
+                map.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// What the settings bound, and where parts wait on the local disk.
@@ -128,6 +173,7 @@ impl CloudStore {
             presign_reads: s.presign_reads,
             limits,
             swept: Arc::default(),
+            turns: Turns::default(),
         })
     }
 
@@ -242,9 +288,10 @@ impl CloudStore {
 
 /// Quota is reserved ahead of the bytes: at least this much more at a time.
 const RESERVE_STEP: u64 = 8 << 20;
-/// ... and at most this much more (the step doubles with the reservation: a 1 GiB upload
-/// takes 9 reservations, not 128).
-const RESERVE_MAX_STEP: u64 = 256 << 20;
+/// ... and at most this much more: the step doubles with the reservation up to it (a 1 GiB
+/// upload takes 35 reservations, not 128), while what is reserved ahead of the bytes, which
+/// another upload of the same user cannot have, stays small.
+const RESERVE_MAX_STEP: u64 = 32 << 20;
 
 /// The reservation `reserved` of `user`'s upload `id` grown to cover `need` bytes: a step
 /// ahead of them, or exactly `need` when the step would pass `quota` (413 only when that
@@ -312,10 +359,12 @@ impl Reservation {
         }
     }
 
-    /// Gives the reservation back now (an error's answer then finds the quota free).
+    /// Gives the reservation back now (an error's answer then finds the quota free); a
+    /// release cut short is still made on drop.
     async fn give_back(mut self) {
+        let released = self.catalog.release(&self.id).await;
         self.armed = false;
-        if let Err(e) = self.catalog.release(&self.id).await {
+        if let Err(e) = released {
             tracing::warn!(reservation = self.id, error = %e, "cannot release a quota reservation; the sweep will");
         }
     }
@@ -798,4 +847,38 @@ pub struct Page {
 fn entry_of(r: FileRecord) -> FileEntry {
     let modified: std::time::SystemTime = r.created_at.into();
     FileEntry::new(r.key, r.meta, r.size, modified)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn turns_are_first_come_first_served_and_leave_no_queue_behind() {
+        let turns = Turns::default();
+        let (id, other) = (SessionId::new(), SessionId::new());
+        let first = turns.take(id).await;
+        // Another session's turn does not wait for this one's.
+        drop(turns.take(other).await);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for i in 0..5 {
+            let (turns, order) = (turns.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let _turn = turns.take(id).await;
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }));
+            // Queued in this order.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(order.lock().unwrap().is_empty());
+        drop(first);
+        for w in waiting {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+        assert!(turns.0.lock().unwrap().is_empty(), "a queue was left");
+    }
 }

@@ -564,3 +564,70 @@ async fn parts_s3_a_complete_whose_client_goes_away_still_publishes() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_only_file(&backend, done);
 }
+
+/// Regression (review of session 8): when a complete's publish failed after the session's
+/// multipart upload was completed, the object was moved to a staging key of random name,
+/// and only then recorded; an instance dying in between left rows naming an upload that
+/// was gone and an object nobody named: the session could never complete. The staging
+/// key is named by the upload now (`parts/{session}/mpu-{16 hex of its SHA-256}`), so
+/// the retry finds the object and joins the parts from it.
+#[tokio::test]
+async fn parts_s3_an_upload_moved_to_staging_by_a_dead_complete_is_found_again() {
+    use sha2::Digest as _;
+    let (backend, apps, _roots) = instances(1, &[]).await;
+    let data = pattern(12 * MIB + 7, 8);
+    let id = init(&apps[0], "staged.bin", data.len()).await;
+    for (n, chunk) in data.chunks(6 * MIB).enumerate() {
+        ok(apps[0].as_service().put_part(&id, n as u32, chunk).await);
+    }
+    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "SELECT object, upload_id, etag, number, size FROM parts
+         WHERE session_id = $1::uuid ORDER BY number",
+    )
+    .bind(&id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let s3 = S3Bytes::connect(&S3Config {
+        endpoint: Some(backend.s3.endpoint.clone()),
+        bucket: crate::s3_server::BUCKET.into(),
+        region: "us-east-1".into(),
+        access_key_id: crate::s3_server::ACCESS_KEY.into(),
+        secret_access_key: secrecy::SecretString::from(crate::s3_server::SECRET_KEY),
+        prefix: String::new(),
+        path_style: true,
+        allow_http: true,
+        buffer_budget: DEFAULT_BUFFER_BUDGET,
+    })
+    .await
+    .unwrap();
+    let (key, upload) = (rows[0].0.clone(), rows[0].1.clone());
+    let infos: Vec<PartInfo> = rows
+        .iter()
+        .map(|r| PartInfo {
+            number: r.3 as u32 + 1,
+            etag: r.2.clone(),
+            size: r.4 as u64,
+        })
+        .collect();
+    // The dead complete completed the upload, failed to publish, moved the object to
+    // staging and died before recording it.
+    s3.complete(&key, &UploadId(upload.clone()), &infos)
+        .await
+        .unwrap();
+    let staging = format!(
+        "parts/{id}/mpu-{}",
+        hex::encode(&sha2::Sha256::digest(upload.as_bytes())[..8])
+    );
+    s3.copy(&key, &staging).await.unwrap();
+    s3.delete_object(&key).await.unwrap();
+
+    let done = ok(apps[0]
+        .as_service()
+        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .await);
+    assert_eq!(done["sha256"], sha_hex(&data), "{done}");
+    assert_served(&apps[0], &done, &data).await;
+    assert_only_file(&backend, &done);
+}

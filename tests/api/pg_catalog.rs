@@ -117,6 +117,9 @@ async fn pg_migrations_are_idempotent_and_safe_from_two_connections_at_once() {
     for sql in [
         include_str!("../../migrations/0001_catalog.sql"),
         include_str!("../../migrations/0002_parts.sql"),
+        include_str!("../../migrations/0003_claim_lease.sql"),
+        include_str!("../../migrations/0004_parts_multipart.sql"),
+        include_str!("../../migrations/0005_parts_object_index.sql"),
     ] {
         sqlx::raw_sql(sql).execute(a.pool()).await.unwrap();
     }

@@ -193,6 +193,7 @@ impl CloudStore {
             // Its bytes are segments, which the catalog's abort names.
             return self.terminate(info).await;
         }
+        let _turn = self.turns.take(info.upload_id).await;
         let parts = self.catalog.abort_parts(info.upload_id).await?;
         self.delete_parts(&parts).await;
         Ok(())
@@ -276,6 +277,7 @@ impl CloudStore {
         let (written, spool) = part.into_sink().finish().await?;
         let n = number.get();
         if written.size > 0 && written.size <= self.bytes.direct_part_max() {
+            let turn = self.turns.take(session.upload_id).await;
             // The memory to send it, before the lock: a commit never waits for the budget
             // while it holds the session and a database connection.
             let _memory = self
@@ -296,7 +298,7 @@ impl CloudStore {
                     let done = store
                         .commit_direct(&session, lock, plan, part, spool.path())
                         .await;
-                    drop((spool, _memory));
+                    drop((spool, _memory, turn));
                     done
                 })
                 .await;
@@ -343,6 +345,7 @@ impl CloudStore {
     /// stand behind a part that is not direct: the multipart upload is then completed into
     /// a staging object first and they become ranges of it.
     async fn record_part(&self, id: SessionId, record: &PartRecord) -> Result<(), StoreError> {
+        let _turn = self.turns.take(id).await;
         let mut lock = self.catalog.lock_parts(id).await?;
         lock.check_room(record.number, record.size)?;
         if lock
@@ -467,9 +470,20 @@ impl CloudStore {
             .collect();
         let key = key.to_owned();
         let size = infos.iter().map(|p| p.size).sum();
+        let staging = staging_key(id, upload);
+        if self.staged(&staging, size).await {
+            // Moved there by a commit or complete cut before it could record it.
+            return Ok(staging);
+        }
         self.complete_upload(&key, &UploadId(upload.to_owned()), &infos, size)
             .await?;
-        self.stage(id, &key, size).await
+        self.move_object(&key, &staging, size).await?;
+        Ok(staging)
+    }
+
+    /// Whether the staging object `staging` is there, `size` bytes long.
+    async fn staged(&self, staging: &str, size: u64) -> bool {
+        self.bytes.head(staging).await.is_ok_and(|o| o.size == size)
     }
 
     /// Completes multipart upload `id` at `key` from `parts` (`size` bytes together). An
@@ -492,13 +506,6 @@ impl CloudStore {
                 _ => Err(e.into()),
             },
         }
-    }
-
-    /// Moves the object at `key` (`size` bytes) to a new staging key of session `id`.
-    async fn stage(&self, id: SessionId, key: &str, size: u64) -> Result<String, StoreError> {
-        let staging = format!("parts/{id}/mpu-{}", uuid::Uuid::new_v4().simple());
-        self.move_object(key, &staging, size).await?;
-        Ok(staging)
     }
 
     /// Copies `from` to `to` inside the bucket (through this instance when the server
@@ -651,49 +658,68 @@ impl CloudStore {
             );
             Key::new(&info.user_id, folder.as_ref(), &stored_name)
         };
-        if let Some((mpu_key, upload_id, infos, hashes)) = fast_chain(&parts) {
-            let (sha256, crc32) = hashes.finish();
-            // Checked before the upload is completed: a mismatch leaves every part as it was.
-            check_sha(req.sha256.as_deref(), &sha256)?;
-            let joining = std::time::Instant::now();
-            self.complete_upload(&mpu_key, &upload_id, &infos, total)
-                .await?;
-            tracing::info!(
-                session = %info.upload_id,
-                parts = infos.len(),
-                bytes = total,
-                server_ms = joining.elapsed().as_millis() as u64,
-                "complete: the bucket joined the parts of the multipart upload, none passed through this instance"
-            );
-            // Begun at the init's name and folder: the complete may ask for others.
-            let same_place = *original_name == info.file.name && folder == info.folder;
-            let key = if same_place {
-                Key::parse(&mpu_key).ok()
-            } else {
-                None
-            };
-            let key = match key {
-                Some(k) => k,
-                None => {
-                    let key = new_key();
-                    if let Err(e) = self.move_object(&mpu_key, &key.to_string(), total).await {
-                        self.rescue(info.upload_id, token, &mpu_key, total).await;
+        'fast: {
+            if let Some((mpu_key, upload_id, infos, hashes)) = fast_chain(&parts) {
+                let (sha256, crc32) = hashes.finish();
+                // Checked before the upload is completed: a mismatch leaves every part as it was.
+                check_sha(req.sha256.as_deref(), &sha256)?;
+                let joining = std::time::Instant::now();
+                if let Err(e) = self
+                    .complete_upload(&mpu_key, &upload_id, &infos, total)
+                    .await
+                {
+                    // A complete cut (its instance died) after a failed publish moved the
+                    // object to the staging key: the parts are ranges of it, as `rescue` meant.
+                    let staging = staging_key(info.upload_id, &upload_id.0);
+                    if !self.staged(&staging, total).await {
                         return Err(e);
                     }
-                    key
+                    tracing::warn!(session = %info.upload_id, staging, "found a session's completed multipart upload at its staging key: joining the parts from there");
+                    parts = self
+                        .catalog
+                        .rebase_claimed(info.upload_id, token, &staging)
+                        .await?;
+                    break 'fast;
                 }
-            };
-            let published = self
-                .publish_file(info, &req, token, &key, (total, sha256, crc32))
-                .await;
-            return match published {
-                Ok(stored) => Ok((stored, Leftovers::default())),
-                Err(e) => {
-                    self.rescue(info.upload_id, token, &key.to_string(), total)
-                        .await;
-                    Err(e)
-                }
-            };
+                tracing::info!(
+                    session = %info.upload_id,
+                    parts = infos.len(),
+                    bytes = total,
+                    server_ms = joining.elapsed().as_millis() as u64,
+                    "complete: the bucket joined the parts of the multipart upload, none passed through this instance"
+                );
+                // Begun at the init's name and folder: the complete may ask for others.
+                let same_place = *original_name == info.file.name && folder == info.folder;
+                let key = if same_place {
+                    Key::parse(&mpu_key).ok()
+                } else {
+                    None
+                };
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let key = new_key();
+                        if let Err(e) = self.move_object(&mpu_key, &key.to_string(), total).await {
+                            self.rescue(info.upload_id, token, (&mpu_key, &upload_id.0), total)
+                                .await;
+                            return Err(e);
+                        }
+                        key
+                    }
+                };
+                let published = self
+                    .publish_file(info, &req, token, &key, (total, sha256, crc32))
+                    .await;
+                return match published {
+                    Ok(stored) => Ok((stored, Leftovers::default())),
+                    Err(e) => {
+                        let object = key.to_string();
+                        self.rescue(info.upload_id, token, (&object, &upload_id.0), total)
+                            .await;
+                        Err(e)
+                    }
+                };
+            }
         }
         if parts.iter().any(|p| p.upload().is_some()) {
             let staging = self.materialize(info.upload_id, &parts).await?;
@@ -764,7 +790,13 @@ impl CloudStore {
     /// A fast complete failed after its multipart upload was completed into `object`: the
     /// object moves to a staging key and the parts become ranges of it, so the next
     /// complete finds them.
-    async fn rescue(&self, id: SessionId, token: ClaimToken, object: &str, size: u64) {
+    async fn rescue(
+        &self,
+        id: SessionId,
+        token: ClaimToken,
+        (object, upload): (&str, &str),
+        size: u64,
+    ) {
         let rescued = async {
             // Only while the claim is still this complete's (renewed for a whole lease
             // now): once another holds it, the object may be its published file.
@@ -775,7 +807,8 @@ impl CloudStore {
             if let Err(e) = self.bytes.delete_object(&format!("{object}.meta")).await {
                 tracing::warn!(object, error = %e, "cannot delete an unpublished sidecar");
             }
-            let staging = self.stage(id, object, size).await?;
+            let staging = staging_key(id, upload);
+            self.move_object(object, &staging, size).await?;
             self.catalog.rebase_claimed(id, token, &staging).await?;
             Ok::<_, StoreError>(())
         }
@@ -852,6 +885,15 @@ impl CloudStore {
             .await?;
         Ok(())
     }
+}
+
+/// Where the multipart upload `upload` of session `id` is moved once completed, when its
+/// parts cannot stay as they are (they become ranges of it): named by the upload, so a
+/// commit or complete cut between the move and recording it finds the object again.
+fn staging_key(id: SessionId, upload: &str) -> String {
+    use sha2::Digest as _;
+    let tag = hex::encode(&sha2::Sha256::digest(upload.as_bytes())[..8]);
+    format!("parts/{id}/mpu-{tag}")
 }
 
 /// Runs `work` to its end on a task of its own, even when the caller is dropped.
