@@ -423,6 +423,47 @@ async fn parts_s3_timing_of_a_1_gib_complete() {
     );
 }
 
+/// Completes session `id`'s multipart upload straight in the bucket, from the parts the
+/// catalog records, as a complete that died right after would have; a client of the
+/// bucket, the upload's key and its id.
+async fn complete_by_hand(backend: &CloudBackend, id: &str) -> (S3Bytes, String, String) {
+    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "SELECT object, upload_id, etag, number, size FROM parts
+         WHERE session_id = $1::uuid ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let s3 = S3Bytes::connect(&S3Config {
+        endpoint: Some(backend.s3.endpoint.clone()),
+        bucket: crate::s3_server::BUCKET.into(),
+        region: "us-east-1".into(),
+        access_key_id: crate::s3_server::ACCESS_KEY.into(),
+        secret_access_key: secrecy::SecretString::from(crate::s3_server::SECRET_KEY),
+        prefix: String::new(),
+        path_style: true,
+        allow_http: true,
+        buffer_budget: DEFAULT_BUFFER_BUDGET,
+    })
+    .await
+    .unwrap();
+    let (key, upload) = (rows[0].0.clone(), rows[0].1.clone());
+    let infos: Vec<PartInfo> = rows
+        .iter()
+        .map(|r| PartInfo {
+            number: r.3 as u32 + 1,
+            etag: r.2.clone(),
+            size: r.4 as u64,
+        })
+        .collect();
+    s3.complete(&key, &UploadId(upload.clone()), &infos)
+        .await
+        .unwrap();
+    (s3, key, upload)
+}
+
 /// Regression (review of session 8): a session's multipart upload is begun at the file's
 /// key, and once completed its object stands there before the file's row is committed,
 /// dated by the server as early as the upload's start. A complete that died right then
@@ -442,40 +483,7 @@ async fn parts_s3_a_completed_upload_left_by_a_dead_complete_survives_the_sweep(
         vec![(0, true), (1, true), (2, true)]
     );
     // The dead complete got as far as completing the multipart upload.
-    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
-    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
-        "SELECT object, upload_id, etag, number, size FROM parts
-         WHERE session_id = $1::uuid ORDER BY number",
-    )
-    .bind(&id)
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    let s3 = S3Bytes::connect(&S3Config {
-        endpoint: Some(backend.s3.endpoint.clone()),
-        bucket: crate::s3_server::BUCKET.into(),
-        region: "us-east-1".into(),
-        access_key_id: crate::s3_server::ACCESS_KEY.into(),
-        secret_access_key: secrecy::SecretString::from(crate::s3_server::SECRET_KEY),
-        prefix: String::new(),
-        path_style: true,
-        allow_http: true,
-        buffer_budget: DEFAULT_BUFFER_BUDGET,
-    })
-    .await
-    .unwrap();
-    let key = rows[0].0.clone();
-    let infos: Vec<PartInfo> = rows
-        .iter()
-        .map(|r| PartInfo {
-            number: r.3 as u32 + 1,
-            etag: r.2.clone(),
-            size: r.4 as u64,
-        })
-        .collect();
-    s3.complete(&key, &UploadId(rows[0].1.clone()), &infos)
-        .await
-        .unwrap();
+    let (s3, key, _) = complete_by_hand(&backend, &id).await;
     // Two hours old, as an upload begun long ago is dated; beside it a true orphan of the
     // same age (a file never published), which shows the sweep ran. Then an instance
     // starts, whose first sweep is deep.
@@ -512,11 +520,17 @@ async fn parts_s3_a_completed_upload_left_by_a_dead_complete_survives_the_sweep(
         "the sweep deleted the completed upload's object"
     );
 
+    // The retry asks for another name: the object is copied there, and removed from the
+    // upload's key once the file is published.
     let done = ok(later
         .as_service()
-        .complete(&id, json!({ "sha256": sha_hex(&data) }))
+        .complete(
+            &id,
+            json!({ "sha256": sha_hex(&data), "meta": { "filename": "renamed.bin" } }),
+        )
         .await);
-    assert_eq!(done["key"], key.as_str(), "{done}");
+    let stored = done["key"].as_str().unwrap();
+    assert!(stored.ends_with("_renamed.bin") && stored != key, "{done}");
     assert_served(&later, &done, &data).await;
     assert_only_file(&backend, &done);
 }
@@ -580,42 +594,9 @@ async fn parts_s3_an_upload_moved_to_staging_by_a_dead_complete_is_found_again()
     for (n, chunk) in data.chunks(6 * MIB).enumerate() {
         ok(apps[0].as_service().put_part(&id, n as u32, chunk).await);
     }
-    let db = sqlx::PgPool::connect(&backend.db.url()).await.unwrap();
-    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
-        "SELECT object, upload_id, etag, number, size FROM parts
-         WHERE session_id = $1::uuid ORDER BY number",
-    )
-    .bind(&id)
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    let s3 = S3Bytes::connect(&S3Config {
-        endpoint: Some(backend.s3.endpoint.clone()),
-        bucket: crate::s3_server::BUCKET.into(),
-        region: "us-east-1".into(),
-        access_key_id: crate::s3_server::ACCESS_KEY.into(),
-        secret_access_key: secrecy::SecretString::from(crate::s3_server::SECRET_KEY),
-        prefix: String::new(),
-        path_style: true,
-        allow_http: true,
-        buffer_budget: DEFAULT_BUFFER_BUDGET,
-    })
-    .await
-    .unwrap();
-    let (key, upload) = (rows[0].0.clone(), rows[0].1.clone());
-    let infos: Vec<PartInfo> = rows
-        .iter()
-        .map(|r| PartInfo {
-            number: r.3 as u32 + 1,
-            etag: r.2.clone(),
-            size: r.4 as u64,
-        })
-        .collect();
     // The dead complete completed the upload, failed to publish, moved the object to
     // staging and died before recording it.
-    s3.complete(&key, &UploadId(upload.clone()), &infos)
-        .await
-        .unwrap();
+    let (s3, key, upload) = complete_by_hand(&backend, &id).await;
     let staging = format!(
         "parts/{id}/mpu-{}",
         hex::encode(&sha2::Sha256::digest(upload.as_bytes())[..8])

@@ -511,15 +511,22 @@ impl CloudStore {
     /// Copies `from` to `to` inside the bucket (through this instance when the server
     /// cannot), then deletes `from`.
     async fn move_object(&self, from: &str, to: &str, size: u64) -> Result<(), StoreError> {
+        self.copy_object(from, to, size).await?;
+        if let Err(e) = self.bytes.delete_object(from).await {
+            tracing::warn!(key = from, error = %e, "cannot delete a moved object; the sweep will");
+        }
+        Ok(())
+    }
+
+    /// Copies `from` (`size` bytes) to `to` inside the bucket, through this instance when the
+    /// server cannot.
+    async fn copy_object(&self, from: &str, to: &str, size: u64) -> Result<(), StoreError> {
         if let Err(e) = self.bytes.copy(from, to).await {
             tracing::warn!(error = %e, "CopyObject failed; copying through this instance");
             let source = vec![(from.to_owned(), None)];
             self.bytes
                 .put_stream(to, joined(self.bytes.clone(), source), size)
                 .await?;
-        }
-        if let Err(e) = self.bytes.delete_object(from).await {
-            tracing::warn!(key = from, error = %e, "cannot delete a moved object; the sweep will");
         }
         Ok(())
     }
@@ -695,26 +702,38 @@ impl CloudStore {
                 } else {
                     None
                 };
-                let key = match key {
-                    Some(k) => k,
+                let (key, copied) = match key {
+                    Some(k) => (k, false),
                     None => {
+                        // Copied, not moved: until the file's row is committed the object
+                        // stays where the parts' rows say, so a complete cut meanwhile (its
+                        // instance died) is carried on by the retry, which finds the upload
+                        // completed there. It goes once the file is published.
                         let key = new_key();
-                        if let Err(e) = self.move_object(&mpu_key, &key.to_string(), total).await {
-                            self.rescue(info.upload_id, token, (&mpu_key, &upload_id.0), total)
-                                .await;
-                            return Err(e);
-                        }
-                        key
+                        self.copy_object(&mpu_key, &key.to_string(), total).await?;
+                        (key, true)
                     }
                 };
                 let published = self
                     .publish_file(info, &req, token, &key, (total, sha256, crc32))
                     .await;
                 return match published {
+                    Ok(stored) if copied => Ok((
+                        stored,
+                        Leftovers {
+                            objects: vec![mpu_key],
+                            uploads: Vec::new(),
+                        },
+                    )),
                     Ok(stored) => Ok((stored, Leftovers::default())),
                     Err(e) => {
-                        let object = key.to_string();
-                        self.rescue(info.upload_id, token, (&object, &upload_id.0), total)
+                        if copied {
+                            let object = key.to_string();
+                            if let Err(d) = self.bytes.delete(&object).await {
+                                tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
+                            }
+                        }
+                        self.rescue(info.upload_id, token, (&mpu_key, &upload_id.0), total)
                             .await;
                         Err(e)
                     }
