@@ -407,19 +407,9 @@ impl S3Bytes {
             hashes.update(&chunk);
             buf.push(chunk);
             while buf.len() >= 2 * PART {
-                let guard = match upload.as_mut() {
-                    Some(g) => g,
-                    None => upload.insert(AbortOnDrop {
-                        id: self.store.create_multipart(&path).await?,
-                        store: self.store.clone(),
-                        path: path.clone(),
-                        armed: true,
-                    }),
-                };
-                let idx = parts.len() + flight.len();
-                if idx >= MAX_PARTS as usize - 1 {
-                    return Err(S3Error::TooLarge);
-                }
+                let (guard, idx) = self
+                    .begun_upload(&mut upload, &path, parts.len() + flight.len())
+                    .await?;
                 let payload = buf.take(PART);
                 // A part in flight holds its bytes beside the buffer refilling: it needs
                 // a part's worth more of the budget. When none is free, the oldest part in
@@ -476,6 +466,30 @@ impl S3Bytes {
             sha256,
             crc32,
         })
+    }
+
+    /// The multipart upload at `path` in `upload`, begun on first use, and the index of
+    /// its next part after the `taken` ones (sent or in flight); `TooLarge` when that
+    /// would leave no part number for the last part.
+    async fn begun_upload<'a>(
+        &self,
+        upload: &'a mut Option<AbortOnDrop>,
+        path: &Path,
+        taken: usize,
+    ) -> Result<(&'a mut AbortOnDrop, usize), S3Error> {
+        if taken >= MAX_PARTS as usize - 1 {
+            return Err(S3Error::TooLarge);
+        }
+        let guard = match upload {
+            Some(g) => g,
+            None => upload.insert(AbortOnDrop {
+                id: self.store.create_multipart(path).await?,
+                store: self.store.clone(),
+                path: path.clone(),
+                armed: true,
+            }),
+        };
+        Ok((guard, taken))
     }
 
     /// Stores `bytes` at `key` unless an object is there (`If-None-Match: *`): for

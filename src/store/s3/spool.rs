@@ -18,7 +18,7 @@ use object_store::multipart::MultipartStore as _;
 use object_store::{ObjectStoreExt as _, PutPayload};
 use tokio::sync::watch;
 
-use super::{AbortOnDrop, InFlight, S3Bytes, S3Error, Written, MAX_IN_FLIGHT, MAX_PARTS, MIN_PART};
+use super::{AbortOnDrop, InFlight, S3Bytes, S3Error, Written, MAX_IN_FLIGHT, MIN_PART};
 use crate::store::sink::{Hashes, Spooled};
 
 /// Bytes read per `pread` (and per chunk of a part's payload).
@@ -86,19 +86,9 @@ impl S3Bytes {
                 // one PUT.
                 break on_disk;
             }
-            let guard = match upload.as_mut() {
-                Some(g) => g,
-                None => upload.insert(AbortOnDrop {
-                    id: self.store.create_multipart(&path).await?,
-                    store: self.store.clone(),
-                    path: path.clone(),
-                    armed: true,
-                }),
-            };
-            let idx = parts.len() + flight.len();
-            if idx >= MAX_PARTS as usize - 1 {
-                return Err(S3Error::TooLarge);
-            }
+            let (guard, idx) = self
+                .begun_upload(&mut upload, &path, parts.len() + flight.len())
+                .await?;
             if flight.len() >= MAX_IN_FLIGHT {
                 if let Some(done) = flight.next().await {
                     parts.push(done?);
