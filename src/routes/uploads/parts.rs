@@ -92,6 +92,7 @@ impl PartReceived {
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such session (or another user's)", body = ErrorBody),
         (status = 413, description = "Parts past the declared size", body = ErrorBody),
+        (status = 423, description = "The upload is being completed, or (s3 mode) other parts of it kept it busy for 30 s; retry", body = ErrorBody),
         (status = 422, description = "Malformed JSON or a missing field", body = ErrorBody),
         (status = 507, description = "The disk is full", body = ErrorBody),
     ))]
@@ -213,6 +214,7 @@ pub(crate) async fn upload_part_json(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such session (or another user's)", body = ErrorBody),
         (status = 413, description = "Parts past the declared size", body = ErrorBody),
+        (status = 423, description = "The upload is being completed, or (s3 mode) other parts of it kept it busy for 30 s; retry", body = ErrorBody),
         (status = 422, description = "The part number is not an integer", body = ErrorBody),
         (status = 507, description = "The disk is full", body = ErrorBody),
     ))]

@@ -147,6 +147,7 @@ pub struct StatusWord {
         (status = 400, description = "Not a session id", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such session (or another user's)", body = ErrorBody),
+        (status = 423, description = "The upload is being completed, or (s3 mode) its parts kept it busy for 30 s; retry", body = ErrorBody),
     ))]
 pub(crate) async fn abort_session(
     State(state): State<AppState>,
