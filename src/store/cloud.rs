@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use serde_json::{Map, Value};
 
 use super::batch::BatchToken;
-use super::key::{ClientFileName, FileName, FolderPath, Key, UserId};
+use super::key::{ClientFileName, FolderPath, Key, UserId};
 use super::pg::{FileRecord, PgCatalog, SessionState};
 use super::publish::check_sha;
 use super::read::{FileEntry, Listed};
@@ -331,14 +331,9 @@ pub struct NewFile {
 }
 
 impl NewFile {
-    /// A new key for the file: its folder, a random prefix and its sanitized name.
+    /// A new key for the file.
     fn new_key(&self) -> Key {
-        let stored_name = format!(
-            "{}_{}",
-            super::random_prefix(),
-            FileName::sanitize(self.name.as_str()).as_str()
-        );
-        Key::new(&self.user, self.folder.as_ref(), &stored_name)
+        super::fresh_key(&self.user, self.folder.as_ref(), &self.name)
     }
 }
 

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::cloud::{joined, CloudStore};
-use super::key::{FileName, Key};
+use super::key::Key;
 use super::pg::{SegmentRecord, SessionState};
 use super::publish::check_sha;
 use super::resumable::{resumable_session, Finished, NewResumable, Progress};
@@ -319,12 +319,7 @@ impl CloudStore {
         chain: Option<(String, u32)>,
         token: super::pg::ClaimToken,
     ) -> Result<Stored, StoreError> {
-        let stored_name = format!(
-            "{}_{}",
-            super::random_prefix(),
-            FileName::sanitize(info.file.name.as_str()).as_str()
-        );
-        let key = Key::new(&info.user_id, info.folder.as_ref(), &stored_name);
+        let key = super::fresh_key(&info.user_id, info.folder.as_ref(), &info.file.name);
         let object = key.to_string();
         let copied = match (objects, &chain) {
             ([one], Some(_)) => match self.bytes.copy(one, &object).await {

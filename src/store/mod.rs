@@ -187,6 +187,22 @@ pub struct CompleteRequest {
     pub extra: Map<String, Value>,
 }
 
+impl CompleteRequest {
+    /// The name and folder the completed file of `session` gets: the init's, unless this
+    /// request overrides them.
+    pub fn placement<'a>(
+        &'a self,
+        session: &'a sessions::Session,
+    ) -> (&'a key::ClientFileName, Option<&'a key::FolderPath>) {
+        let name = self.filename.as_ref().unwrap_or(&session.file.name);
+        let folder = match &self.folder {
+            Some(chosen) => chosen.as_ref(),
+            None => session.folder.as_ref(),
+        };
+        (name, folder)
+    }
+}
+
 /// The filesystem store.
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -229,6 +245,17 @@ fn now_rfc3339() -> String {
 /// An 8-hex-digit prefix, as the old service made.
 fn random_prefix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// A new key for a file its client named `name`, in `folder` of `user`: a fresh random
+/// prefix and the sanitized name (`{prefix}_{name}`, as the old service stored files).
+fn fresh_key(user: &UserId, folder: Option<&key::FolderPath>, name: &key::ClientFileName) -> Key {
+    let stored_name = format!(
+        "{}_{}",
+        random_prefix(),
+        key::FileName::sanitize(name.as_str()).as_str()
+    );
+    Key::new(user, folder, &stored_name)
 }
 
 impl FileStore {

@@ -28,13 +28,9 @@ impl FileStore {
                 actual: total,
             });
         }
-        let original_name = req.filename.as_ref().unwrap_or(&info.file.name);
-        let folder = match &req.folder {
-            Some(chosen) => chosen.as_ref(),
-            None => info.folder.as_ref(),
-        };
         let mut extra = info.meta.clone();
-        extra.extend(req.extra);
+        extra.extend(req.extra.clone());
+        let (original_name, folder) = req.placement(info);
         let publish = |written: Written, tmp: TempGuard| {
             self.publish(
                 &info.user_id,

@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use super::super::key::{FileName, Key};
+use super::super::key::Key;
 use super::super::parts::PartUpload;
 use super::super::pg::FileRecord;
 use super::super::pg::Publish;
@@ -48,7 +48,7 @@ use super::super::s3::{GetRange, PartInfo, S3Bytes, S3Error, UploadId, MAX_PARTS
 use super::super::sessions::{PartNumber, Session, SessionId};
 use super::super::sidecar::Meta;
 use super::super::sink::{Hashes, Sink};
-use super::super::{CompleteRequest, Missing, StoreError, Stored};
+use super::super::{fresh_key, CompleteRequest, Missing, StoreError, Stored};
 use super::{CloudStore, CLAIM_POLL, COMPLETE_WAIT};
 
 /// A hash state as a part row keeps it: `{sha state hex}:{crc32}`.
@@ -386,12 +386,11 @@ impl CloudStore {
         let (key, upload_id) = match plan.upload {
             Some((key, id)) => (key, UploadId(id)),
             None => {
-                let stored_name = format!(
-                    "{}_{}",
-                    super::super::random_prefix(),
-                    FileName::sanitize(session.file.name.as_str()).as_str()
+                let key = fresh_key(
+                    &session.user_id,
+                    session.folder.as_ref(),
+                    &session.file.name,
                 );
-                let key = Key::new(&session.user_id, session.folder.as_ref(), &stored_name);
                 let key = key.to_string();
                 let id = self.bytes.begin_multipart(&key).await?;
                 (key, id)
@@ -652,19 +651,8 @@ impl CloudStore {
                 actual: total,
             });
         }
-        let original_name = req.filename.as_ref().unwrap_or(&info.file.name);
-        let folder = match &req.folder {
-            Some(chosen) => chosen.clone(),
-            None => info.folder.clone(),
-        };
-        let new_key = || {
-            let stored_name = format!(
-                "{}_{}",
-                super::super::random_prefix(),
-                FileName::sanitize(original_name.as_str()).as_str()
-            );
-            Key::new(&info.user_id, folder.as_ref(), &stored_name)
-        };
+        let (original_name, folder) = req.placement(info);
+        let new_key = || fresh_key(&info.user_id, folder, original_name);
         'fast: {
             if let Some((mpu_key, upload_id, infos, hashes)) = fast_chain(&parts) {
                 let (sha256, crc32) = hashes.finish();
@@ -696,7 +684,7 @@ impl CloudStore {
                     "complete: the bucket joined the parts of the multipart upload, none passed through this instance"
                 );
                 // Begun at the init's name and folder: the complete may ask for others.
-                let same_place = *original_name == info.file.name && folder == info.folder;
+                let same_place = *original_name == info.file.name && folder == info.folder.as_ref();
                 let key = if same_place {
                     Key::parse(&mpu_key).ok()
                 } else {
@@ -848,17 +836,13 @@ impl CloudStore {
         key: &Key,
         (size, sha256, crc32): (u64, String, u32),
     ) -> Result<Stored, StoreError> {
-        let original_name = req.filename.as_ref().unwrap_or(&info.file.name);
-        let folder = match &req.folder {
-            Some(chosen) => chosen.clone(),
-            None => info.folder.clone(),
-        };
+        let (original_name, folder) = req.placement(info);
         let mut extra = info.meta.clone();
         extra.extend(req.extra.clone());
         let meta = Meta::for_upload(
             &info.user_id,
             original_name,
-            folder.as_ref(),
+            folder,
             info.file.mime.as_deref(),
             extra,
             (size, Some(sha256.clone()), Some(crc32)),
