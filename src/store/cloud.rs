@@ -28,8 +28,6 @@ use crate::zip_stream::Source;
 
 mod parts;
 
-pub(super) use parts::joined;
-
 /// How long a presigned read URL (`S3_PRESIGN_READS=1`) stays valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(300);
 

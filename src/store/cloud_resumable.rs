@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::cloud::{joined, CloudStore};
+use super::cloud::CloudStore;
 use super::key::Key;
 use super::pg::{SegmentRecord, SessionState};
 use super::publish::check_sha;
@@ -306,11 +306,10 @@ impl CloudStore {
         Ok(stored)
     }
 
-    /// Joins `objects` (`total` bytes) into a new file of session `info`, claimed under
-    /// `token`, and publishes it: sidecar, row, quota charge (the session's reservation
-    /// released) and the session finished, in one transaction. `chain`: the SHA-256 and
-    /// CRC-32 the segments' hash chain gives, which the bytes must match; without it they
-    /// are hashed as they pass. On failure the new object goes.
+    /// Joins segment objects `objects` (`total` bytes) into a new file of session `info`,
+    /// claimed under `token`, and publishes it with the name, folder and metadata the
+    /// upload was created with (see [`CloudStore::publish_joined`]). `chain`: the SHA-256
+    /// and CRC-32 the segments' hash chain gives, which the bytes must match.
     async fn publish_objects(
         &self,
         info: &Session,
@@ -319,55 +318,10 @@ impl CloudStore {
         chain: Option<(String, u32)>,
         token: super::pg::ClaimToken,
     ) -> Result<Stored, StoreError> {
-        let key = super::fresh_key(&info.user_id, info.folder.as_ref(), &info.file.name);
-        let object = key.to_string();
-        let copied = match (objects, &chain) {
-            ([one], Some(_)) => match self.bytes.copy(one, &object).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "CopyObject failed; copying the segment through this instance");
-                    false
-                }
-            },
-            _ => false,
-        };
-        let (sha256, crc32) = match chain {
-            Some(c) if copied => c,
-            chain => {
-                let w = self
-                    .bytes
-                    .put_stream(
-                        &object,
-                        joined(
-                            self.bytes.clone(),
-                            objects.iter().map(|o| (o.clone(), None)).collect(),
-                        ),
-                        total,
-                    )
-                    .await?;
-                if w.size != total || chain.as_ref().is_some_and(|(sha, _)| *sha != w.sha256) {
-                    let _ = self.bytes.delete_object(&object).await;
-                    return Err(StoreError::Io(std::io::Error::other(
-                        "a segment changed in the bucket",
-                    )));
-                }
-                (w.sha256, w.crc32)
-            }
-        };
-        // A resumable upload keeps the name, folder and metadata it was created with.
+        let sources = objects.iter().map(|o| (o.clone(), None)).collect();
         let plain = CompleteRequest::default();
-        match self
-            .publish_file(info, &plain, token, &key, (total, sha256, crc32))
+        self.publish_joined(info, &plain, token, sources, total, chain)
             .await
-        {
-            Ok(stored) => Ok(stored),
-            Err(e) => {
-                if let Err(d) = self.bytes.delete(&object).await {
-                    tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
-                }
-                Err(e)
-            }
-        }
     }
 
     /// Deletes objects whose rows are gone (a failure is left to the sweep).

@@ -735,63 +735,92 @@ impl CloudStore {
                 .rebase_claimed(info.upload_id, token, &staging)
                 .await?;
         }
-        let key = new_key();
+        // One part in an object of its own is copied inside the bucket, its hashes known.
+        let known = match parts.as_slice() {
+            [one] if one.place == Place::Object => Some((one.sha256.clone(), one.crc32)),
+            _ => None,
+        };
+        let sources = parts
+            .iter()
+            .map(|p| match p.place {
+                Place::Range { offset } => (p.object.clone(), Some(offset..offset + p.size)),
+                _ => (p.object.clone(), None),
+            })
+            .collect();
+        let stored = self
+            .publish_joined(info, &req, token, sources, total, known)
+            .await?;
+        Ok((stored, leftovers(&parts, &[])))
+    }
+
+    /// Joins `sources` (objects, or ranges of them: `total` bytes in all) into a new file
+    /// of session `info`, placed as `req` says, and publishes it under `token` (see
+    /// [`CloudStore::publish_file`]). `known`: the SHA-256 and CRC-32 the records of the
+    /// parts or segments give, checked against `req.sha256` before a byte moves; a single
+    /// whole source is then copied inside the bucket. Otherwise the bytes pass through
+    /// this instance, hashed on the way, and must match `known` or else `req.sha256`. On
+    /// failure the new object goes.
+    pub(in crate::store) async fn publish_joined(
+        &self,
+        info: &Session,
+        req: &CompleteRequest,
+        token: ClaimToken,
+        sources: Vec<(String, Option<std::ops::Range<u64>>)>,
+        total: u64,
+        known: Option<(String, u32)>,
+    ) -> Result<Stored, StoreError> {
+        if let Some((sha256, _)) = &known {
+            check_sha(req.sha256.as_deref(), sha256)?;
+        }
+        let (name, folder) = req.placement(info);
+        let key = fresh_key(&info.user_id, folder, name);
         let object = key.to_string();
-        let (sha256, crc32) = match parts.as_slice() {
-            [one] if one.place == Place::Object => {
-                check_sha(req.sha256.as_deref(), &one.sha256)?;
-                if let Err(e) = self.bytes.copy(&one.object, &object).await {
+        let copied = match (sources.as_slice(), &known) {
+            ([(one, None)], Some(_)) => match self.bytes.copy(one, &object).await {
+                Ok(()) => true,
+                Err(e) => {
                     // A server without CopyObject (or one that fails it on a long name, as
                     // s3s-fs does past 255 bytes with its temp names): the bytes go through.
-                    tracing::warn!(error = %e, "CopyObject failed; copying the part through this instance");
-                    let w = self
-                        .bytes
-                        .put_stream(
-                            &object,
-                            joined(self.bytes.clone(), vec![(one.object.clone(), None)]),
-                            total,
-                        )
-                        .await?;
-                    if w.sha256 != one.sha256 {
-                        let _ = self.bytes.delete_object(&object).await;
-                        return Err(StoreError::Io(std::io::Error::other(
-                            "a part changed in the bucket",
-                        )));
-                    }
+                    tracing::warn!(error = %e, "CopyObject failed; copying through this instance");
+                    false
                 }
-                (one.sha256.clone(), one.crc32)
-            }
-            _ => {
-                let sources = parts
-                    .iter()
-                    .map(|p| match p.place {
-                        Place::Range { offset } => {
-                            (p.object.clone(), Some(offset..offset + p.size))
-                        }
-                        _ => (p.object.clone(), None),
-                    })
-                    .collect();
-                let joined = joined(self.bytes.clone(), sources);
-                let w = self.bytes.put_stream(&object, joined, total).await?;
-                if let Err(e) = check_sha(req.sha256.as_deref(), &w.sha256) {
+            },
+            _ => false,
+        };
+        let (sha256, crc32) = match known {
+            Some(hashes) if copied => hashes,
+            known => {
+                let w = self
+                    .bytes
+                    .put_stream(&object, joined(self.bytes.clone(), sources), total)
+                    .await?;
+                let checked = if w.size != total
+                    || known
+                        .as_ref()
+                        .is_some_and(|(sha256, _)| *sha256 != w.sha256)
+                {
+                    Err(StoreError::Io(std::io::Error::other(
+                        "a stored part changed in the bucket",
+                    )))
+                } else {
+                    check_sha(req.sha256.as_deref(), &w.sha256)
+                };
+                if let Err(e) = checked {
                     let _ = self.bytes.delete_object(&object).await;
                     return Err(e);
                 }
                 (w.sha256, w.crc32)
             }
         };
-        match self
-            .publish_file(info, &req, token, &key, (total, sha256, crc32))
-            .await
-        {
-            Ok(stored) => Ok((stored, leftovers(&parts, &[]))),
-            Err(e) => {
-                if let Err(d) = self.bytes.delete(&object).await {
-                    tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
-                }
-                Err(e)
+        let published = self
+            .publish_file(info, req, token, &key, (total, sha256, crc32))
+            .await;
+        if published.is_err() {
+            if let Err(d) = self.bytes.delete(&object).await {
+                tracing::warn!(key = object, error = %d, "cannot remove an unpublished object; the sweep will");
             }
         }
+        published
     }
 
     /// A fast complete failed after its multipart upload was completed into `object`: the
@@ -910,7 +939,7 @@ async fn detached<T: Send + 'static>(
 
 /// The objects (or ranges of them) one after the other, each streamed as the server sends
 /// it.
-pub(in crate::store) fn joined(
+fn joined(
     bytes: S3Bytes,
     sources: Vec<(String, Option<std::ops::Range<u64>>)>,
 ) -> futures_util::stream::BoxStream<'static, Result<Bytes, S3Error>> {
