@@ -382,7 +382,7 @@ impl Drop for Reservation {
 
 impl CloudStore {
     /// A new spool file's path (not created).
-    fn spool_path(&self) -> PathBuf {
+    pub(super) fn spool_path(&self) -> PathBuf {
         self.limits
             .spool
             .join(uuid::Uuid::new_v4().simple().to_string())

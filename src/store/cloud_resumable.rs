@@ -147,10 +147,7 @@ impl CloudStore {
                     ))
                 })?
         };
-        let path = self
-            .limits
-            .spool
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        let path = self.spool_path();
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -256,12 +256,9 @@ impl CloudStore {
         ))
     }
 
-    pub(in crate::store) async fn spool_sink(&self, limit: u64) -> Result<Sink, StoreError> {
-        let path = self
-            .limits
-            .spool
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        Sink::create(path, true, limit).await
+    /// A hashed spool file for a part of at most `limit` bytes.
+    async fn spool_sink(&self, limit: u64) -> Result<Sink, StoreError> {
+        Sink::create(self.spool_path(), true, limit).await
     }
 
     /// Makes a received part count, replacing any part of the same number (what only the
