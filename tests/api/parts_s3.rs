@@ -81,6 +81,12 @@ async fn assert_served(app: &TestApp, done: &Value, data: &[u8]) {
     assert!(body.as_ref() == data, "the stored bytes differ");
 }
 
+/// The file is served with `data`, and the bucket holds it and its sidecar, nothing else.
+async fn assert_stored(backend: &CloudBackend, app: &TestApp, done: &Value, data: &[u8]) {
+    assert_served(app, done, data).await;
+    assert_only_file(backend, done);
+}
+
 /// The bucket holds the file and its sidecar, nothing else; no multipart upload is open.
 fn assert_only_file(backend: &CloudBackend, done: &Value) {
     let key = done["key"].as_str().unwrap();
@@ -129,8 +135,7 @@ async fn parts_s3_in_order_go_into_one_multipart_upload_and_complete_copies_noth
         done["key"].as_str().unwrap().ends_with("_film.mp4"),
         "{done}"
     );
-    assert_served(&apps[2], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[2], &done, &data).await;
     // Completing again: not found.
     let (s, _) = apps[0].as_service().complete(&id, json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -158,8 +163,7 @@ async fn parts_s3_in_order_completed_under_another_name_and_folder() {
         key.starts_with("storage/u1/docs/") && key.ends_with("_b.bin"),
         "{done}"
     );
-    assert_served(app, &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, app, &done, &data).await;
 }
 
 #[tokio::test]
@@ -188,8 +192,7 @@ async fn parts_s3_out_of_order_and_resent_end_in_the_right_bytes() {
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(&apps[0], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[0], &done, &data).await;
 }
 
 #[tokio::test]
@@ -211,8 +214,7 @@ async fn parts_s3_sent_at_once_end_in_the_right_bytes() {
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(&apps[0], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[0], &done, &data).await;
 }
 
 #[tokio::test]
@@ -236,8 +238,7 @@ async fn parts_s3_a_part_past_the_declared_size_is_refused_and_changes_nothing()
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(app, &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, app, &done, &data).await;
 }
 
 #[tokio::test]
@@ -260,8 +261,7 @@ async fn parts_s3_small_parts_are_joined() {
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(&apps[0], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[0], &done, &data).await;
 }
 
 #[tokio::test]
@@ -293,8 +293,7 @@ async fn parts_s3_a_small_part_resent_between_direct_ones_keeps_them() {
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(app, &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, app, &done, &data).await;
 }
 
 #[tokio::test]
@@ -331,8 +330,7 @@ async fn parts_s3_a_sha_mismatch_keeps_the_parts_for_a_resend() {
         .as_service()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
-    assert_served(&apps[1], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[1], &done, &data).await;
 }
 
 #[tokio::test]
@@ -531,8 +529,7 @@ async fn parts_s3_a_completed_upload_left_by_a_dead_complete_survives_the_sweep(
         .await);
     let stored = done["key"].as_str().unwrap();
     assert!(stored.ends_with("_renamed.bin") && stored != key, "{done}");
-    assert_served(&later, &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &later, &done, &data).await;
 }
 
 /// Regression (review of session 8): a complete ran in its request's future, so a client
@@ -573,10 +570,9 @@ async fn parts_s3_a_complete_whose_client_goes_away_still_publishes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let done = &listed["files"][0];
-    assert_served(&apps[0], done, &data).await;
+    assert_stored(&backend, &apps[0], done, &data).await;
     let (s, _) = apps[0].as_service().session(&id).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_only_file(&backend, done);
 }
 
 /// Regression (review of session 8): when a complete's publish failed after the session's
@@ -609,6 +605,5 @@ async fn parts_s3_an_upload_moved_to_staging_by_a_dead_complete_is_found_again()
         .complete(&id, json!({ "sha256": sha_hex(&data) }))
         .await);
     assert_eq!(done["sha256"], sha_hex(&data), "{done}");
-    assert_served(&apps[0], &done, &data).await;
-    assert_only_file(&backend, &done);
+    assert_stored(&backend, &apps[0], &done, &data).await;
 }
