@@ -26,15 +26,15 @@ use super::pg::{SegmentRecord, SessionState};
 use super::publish::check_sha;
 use super::resumable::{resumable_session, Finished, NewResumable, Progress};
 use super::sessions::{Concat, SegmentHashes, Session, SessionId};
-use super::sink::{Hashes, Sink, TempGuard};
+use super::sink::{Hashes, Sink};
 use super::{CompleteRequest, Missing, StoreError, Stored};
 
-/// An append on its way: the request's bytes spooled to the local disk, hashed on from
-/// the chain's end. Dropped, the spool goes and nothing is recorded.
+/// An append on its way: the request's bytes spooled to the local disk, then sent to a
+/// segment object hashed on from `from`, the chain's end. Dropped, the spool goes and
+/// nothing is recorded.
 pub struct CloudAppend {
-    // (Dropped first: the spool file is closed before its guard removes it.)
     sink: Sink,
-    spool: TempGuard,
+    from: Hashes,
     offset: u64,
 }
 
@@ -147,18 +147,9 @@ impl CloudStore {
                     ))
                 })?
         };
-        let path = self.spool_path();
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?
-            .into_std()
-            .await;
-        let spool = TempGuard::new(path);
         Ok(CloudAppend {
-            sink: Sink::append(file, hashes, limit.saturating_sub(offset)),
-            spool,
+            sink: Sink::spool(self.spool_path(), limit.saturating_sub(offset)).await?,
+            from: hashes,
             offset,
         })
     }
@@ -173,17 +164,17 @@ impl CloudStore {
         append: CloudAppend,
     ) -> Result<u64, StoreError> {
         let CloudAppend {
-            sink,
-            spool,
+            mut sink,
+            from,
             offset,
         } = append;
         let id = session.upload_id;
-        let (size, hashes, file) = sink.finish_open().await?;
-        drop(file);
-        let (sha_state, crc32) = hashes.state();
-        let hashes = SegmentHashes { sha_state, crc32 };
+        let whole = sink.watch();
+        let (size, spool) = sink.close().await?;
         if size == 0 {
             drop(spool);
+            let (sha_state, crc32) = from.state();
+            let hashes = SegmentHashes { sha_state, crc32 };
             let done = self
                 .catalog
                 .append_segment(id, offset, 0, &hashes, None)
@@ -191,15 +182,14 @@ impl CloudStore {
             return Ok(done.end);
         }
         let object = format!("parts/{id}/seg-{offset}-{}", uuid::Uuid::new_v4().simple());
-        let body = tokio::fs::File::open(spool.path()).await?;
-        self.bytes
-            .put_stream(
-                &object,
-                tokio_util::io::ReaderStream::with_capacity(body, 1 << 20),
-                size,
-            )
+        // Hashed once, as it is sent: on from the chain's end.
+        let (_, hashes) = self
+            .bytes
+            .put_spool_from(&object, spool.path(), whole, size, from)
             .await?;
         drop(spool);
+        let (sha_state, crc32) = hashes.state();
+        let hashes = SegmentHashes { sha_state, crc32 };
         let info = json!({ "object": object });
         match self
             .catalog

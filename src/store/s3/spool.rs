@@ -45,9 +45,31 @@ impl S3Bytes {
         &self,
         key: &str,
         file: &FsPath,
-        mut progress: watch::Receiver<Spooled>,
+        progress: watch::Receiver<Spooled>,
         limit: u64,
     ) -> Result<Written, S3Error> {
+        let (size, hashes) = self
+            .put_spool_from(key, file, progress, limit, Hashes::default())
+            .await?;
+        let (sha256, crc32) = hashes.finish();
+        Ok(Written {
+            size,
+            sha256,
+            crc32,
+        })
+    }
+
+    /// [`S3Bytes::put_spool`], hashing on from `hashes` (the bytes before the file's, as a
+    /// resumable upload's chain of segments has them): the bytes stored and the hashes
+    /// carried on to their end, unfinished.
+    pub async fn put_spool_from(
+        &self,
+        key: &str,
+        file: &FsPath,
+        mut progress: watch::Receiver<Spooled>,
+        limit: u64,
+        mut hashes: Hashes,
+    ) -> Result<(u64, Hashes), S3Error> {
         let path = self.path(key)?;
         let file = Arc::new(
             tokio::fs::File::open(file)
@@ -57,7 +79,6 @@ impl S3Bytes {
                 .await,
         );
         let part = SPOOL_PART as u64;
-        let mut hashes = Hashes::default();
         let mut offset = 0u64;
         let mut upload: Option<AbortOnDrop> = None;
         let mut parts = Vec::new();
@@ -127,12 +148,7 @@ impl S3Bytes {
             }
         }
         drop(memory);
-        let (sha256, crc32) = hashes.finish();
-        Ok(Written {
-            size: whole,
-            sha256,
-            crc32,
-        })
+        Ok((whole, hashes))
     }
 }
 
